@@ -1,0 +1,189 @@
+"""Wires the pipeline together: a provider of desired resources -> snapshot cache -> xDS server.
+
+A provider turns its inputs (a file of Envoy resources, model policies, metrics) into the resources
+of one node group. The connected proxies are one of those inputs — e.g. a model's rate limit is divided
+among the replicas of a group — so the registry of streams is observed like any other source instead of
+the xDS layer calling upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry
+
+from spillover.admin import AdminServer
+from spillover.server.cache import Snapshot, SnapshotCache
+from spillover.server.resources import MESSAGE_CLASSES, TYPE_PREFIX
+from spillover.server.service import XdsServer, group_by_cluster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """What a provider knows about the node group it builds resources for."""
+
+    name: str
+    replicas: int
+
+
+class Provider(Protocol):
+    """Produces the resources of a node group. `changed` is set by the app; call it on every change."""
+
+    changed: Callable[[], None]
+
+    def resources(self, group: GroupView) -> Iterable[Message]: ...
+
+    async def run(self) -> None: ...
+
+
+class StaticResourcesFile:
+    """Serves Envoy resources written by hand in a YAML/JSON file (each with its `@type`), watched."""
+
+    def __init__(self, path: Path, poll_interval: float = 0.25) -> None:
+        self.path = path
+        self.poll_interval = poll_interval
+        self.changed: Callable[[], None] = lambda: None
+        self._messages: list[Message] = load_resources_file(path)
+        self._stamp = _file_stamp(path)
+
+    def resources(self, group: GroupView) -> Iterable[Message]:
+        return self._messages
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            stamp = _file_stamp(self.path)
+            if stamp == self._stamp:
+                continue
+            self._stamp = stamp
+            try:
+                self._messages = load_resources_file(self.path)
+            except (OSError, ValueError) as error:
+                # Envoy keeps the last good configuration: a broken edit changes nothing.
+                log.error("%s: %s (keeping the last good resources)", self.path, error)
+                continue
+            self.changed()
+
+
+def _file_stamp(path: Path) -> tuple[float, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime, stat.st_size)
+
+
+def load_resources_file(path: Path) -> list[Message]:
+    text = path.read_text()
+    documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    items: list[Any] = []
+    for document in documents:
+        if isinstance(document, dict) and "resources" in document:
+            items.extend(document["resources"] or [])
+        elif isinstance(document, list):
+            items.extend(document)
+        else:
+            items.append(document)
+    return [parse_resource(item, f"{path.name} resources[{index}]") for index, item in enumerate(items)]
+
+
+def parse_resource(item: Any, where: str) -> Message:
+    if not isinstance(item, dict) or "@type" not in item:
+        raise ValueError(f"{where}: must be a mapping with an '@type' (e.g. {TYPE_PREFIX}envoy.config.cluster.v3.Cluster)")
+    body = dict(item)
+    type_url = str(body.pop("@type"))
+    if not type_url.startswith(TYPE_PREFIX):
+        type_url = TYPE_PREFIX + type_url
+    message_class = MESSAGE_CLASSES.get(type_url)
+    if message_class is None:
+        known = ", ".join(sorted(t.removeprefix(TYPE_PREFIX) for t in MESSAGE_CLASSES))
+        raise ValueError(f"{where}.@type: unknown resource type {type_url!r}; known: {known}")
+    try:
+        return json_format.ParseDict(body, message_class())
+    except json_format.ParseError as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+@dataclass
+class ControlPlane:
+    """The running control plane: one provider feeding the xDS server through the snapshot cache."""
+
+    provider: Provider
+    debounce: float = 0.1
+    max_delay: float = 1.0
+    group_of: Callable[..., str] = group_by_cluster
+    registries: list[CollectorRegistry] = field(default_factory=list)
+    cache: SnapshotCache = field(init=False)
+    xds: XdsServer = field(init=False)
+    admin: AdminServer | None = field(init=False, default=None)
+    _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
+    _started: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.cache = SnapshotCache(debounce=self.debounce, max_delay=self.max_delay)
+        self.xds = XdsServer(self.cache, group_of=self.group_of)
+        self.provider.changed = self.refresh_all
+        self.xds.proxies.on_change.append(self._group_changed)
+
+    def _group_changed(self, group: str) -> None:
+        # A group's first proxy needs its snapshot right away; later replica changes can be debounced.
+        if self.cache.get(group) is None:
+            self.cache.set_snapshot(group, self.build(group))
+        else:
+            self.cache.update(group, self.build(group))
+
+    def build(self, group: str) -> Snapshot:
+        view = GroupView(name=group, replicas=max(1, self.xds.proxies.replicas(group)))
+        return Snapshot.from_messages(self.provider.resources(view))
+
+    def refresh_all(self) -> None:
+        for group in self.cache.groups():
+            try:
+                snapshot = self.build(group)
+            except Exception:
+                log.exception("building resources for group %s failed; it keeps its last snapshot", group)
+                continue
+            self.cache.update(group, snapshot)
+
+    async def start(self, xds_address: str, admin_host: str = "127.0.0.1", admin_port: int = 0) -> None:
+        await self.xds.start(xds_address)
+        self.admin = AdminServer(
+            self.xds, [self.xds.metrics_registry, *self.registries], ready=lambda: self._started
+        )
+        await self.admin.start(admin_host, admin_port)
+        self._tasks.append(asyncio.get_running_loop().create_task(self.provider.run()))
+        self._started = True
+
+    async def stop(self) -> None:
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.xds.stop()
+        if self.admin is not None:
+            await self.admin.stop()
+
+
+async def run_until_signalled(plane: ControlPlane, xds_address: str, admin_host: str, admin_port: int) -> None:
+    await plane.start(xds_address, admin_host, admin_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: Envoys keep serving their last configuration")
+        await plane.stop()

@@ -1,0 +1,180 @@
+"""The `spillover` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from spillover import __version__
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT with a port 0-65535")
+    return host, int(port)
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: must be >= 0")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spillover", description="Envoy control plane for AI model serving")
+    parser.add_argument("--version", action="version", version=f"spillover {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the xDS server")
+    serve.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="gRPC ADS listen address")
+    serve.add_argument("--admin-address", default="127.0.0.1:19000", type=_host_port, help="admin HTTP address")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--resources", type=Path, help="a YAML/JSON file of Envoy resources (each with @type)")
+    serve.add_argument("--debounce", type=_seconds, default=0.1, help="quiet period before a push (s)")
+    serve.add_argument("--debounce-max", type=_seconds, default=1.0, help="longest delay of a push (s)")
+    serve.add_argument(
+        "--group-by",
+        default="cluster",
+        help="how Envoys share snapshots: 'cluster' (node.cluster) or 'metadata:KEY' (a node metadata string)",
+    )
+
+    boot = commands.add_parser("bootstrap", help="print an Envoy bootstrap pointing at spillover")
+    boot.add_argument("--node-id", required=True)
+    boot.add_argument("--cluster", required=True, help="the node group (Envoys of one group share config)")
+    boot.add_argument("--xds-address", required=True, help="HOST:PORT of spillover's xDS server")
+    boot.add_argument("--admin-port", type=int, default=9901)
+    boot.add_argument("--admin-address", default="127.0.0.1")
+    boot.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
+
+    status = commands.add_parser("status", help="show connected proxies and their sync state")
+    status.add_argument("--admin-address", default="127.0.0.1:19000", type=_host_port)
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+
+    demo = commands.add_parser("demo", help="the embedded default: upstreams, spillover and a real Envoy")
+    demo.add_argument("--listen-port", type=int, default=10000)
+    demo.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port)
+    demo.add_argument("--admin-address", default="127.0.0.1:19000", type=_host_port)
+    demo.add_argument("--envoy-admin-port", type=int, default=9901)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = {"serve": _serve, "bootstrap": _bootstrap, "status": _status, "demo": _demo}[args.command]
+    return handler(args)
+
+
+def _group_of(spec: str) -> Any:
+    from spillover.server.service import group_by_cluster, group_by_metadata
+
+    if spec == "cluster":
+        return group_by_cluster
+    if spec.startswith("metadata:") and spec.removeprefix("metadata:"):
+        return group_by_metadata(spec.removeprefix("metadata:"))
+    raise SystemExit(f"--group-by: {spec!r} is not 'cluster' or 'metadata:KEY'")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from spillover.app import ControlPlane, StaticResourcesFile, run_until_signalled
+
+    try:
+        provider = StaticResourcesFile(args.resources)
+    except (OSError, ValueError) as error:
+        print(f"spillover serve: {error}", file=sys.stderr)
+        return 2
+    plane = ControlPlane(
+        provider, debounce=args.debounce, max_delay=max(args.debounce, args.debounce_max), group_of=_group_of(args.group_by)
+    )
+    xds_host, xds_port = args.xds_address
+    admin_host, admin_port = args.admin_address
+    asyncio.run(run_until_signalled(plane, f"{xds_host}:{xds_port}", admin_host, admin_port))
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    from spillover.bootstrap import render_bootstrap_yaml
+
+    try:
+        text = render_bootstrap_yaml(
+            args.node_id,
+            args.cluster,
+            args.xds_address,
+            admin_port=args.admin_port,
+            admin_address=args.admin_address,
+            delta=args.delta,
+        )
+    except ValueError as error:
+        print(f"spillover bootstrap: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    host, port = args.admin_address
+    url = f"http://{host}:{port}/debug/proxies"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            payload = json.load(response)
+    except (urllib.error.URLError, OSError) as error:
+        print(f"spillover status: cannot read {url}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(payload, indent=2, sort_keys=True))
+        return 0
+    print(format_status(payload["proxies"]))
+    return 0
+
+
+def format_status(proxies: list[dict[str, Any]]) -> str:
+    """A table like `istioctl proxy-status`: one row per stream, one column per xDS type."""
+    columns = ["CDS", "EDS", "SDS", "LDS", "RDS"]
+    header = ["NODE", "GROUP", "MODE", "STATUS", *columns]
+    rows = [header]
+    for proxy in proxies:
+        by_type = {state["type"]: state for state in proxy["types"].values()}
+        cells = []
+        for column in columns:
+            state = by_type.get(column)
+            # The acked version's prefix tells at a glance whether two proxies run the same config.
+            cells.append("-" if state is None else f"{state['status']} {state['acked_version'][:8]}".rstrip())
+        rows.append([proxy["node_id"], proxy["group"], proxy["mode"], proxy["status"], *cells])
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append("(no proxies connected)")
+    return "\n".join(lines)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from spillover.demo import run_demo
+
+    xds_host, xds_port = args.xds_address
+    admin_host, admin_port = args.admin_address
+    return asyncio.run(
+        run_demo(
+            listen_port=args.listen_port,
+            xds_address=f"{xds_host}:{xds_port}",
+            admin_host=admin_host,
+            admin_port=admin_port,
+            envoy_admin_port=args.envoy_admin_port,
+        )
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

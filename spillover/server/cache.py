@@ -1,0 +1,183 @@
+"""Versioned snapshots per node group, debounced publishing, and change notification to streams."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from google.protobuf.message import Message
+
+from spillover.server.resources import PUSH_ORDER, Resource, type_version
+
+log = logging.getLogger(__name__)
+
+_EMPTY: Mapping[str, Resource] = MappingProxyType({})
+# Nonces only need to be unique per stream; a per-process prefix keeps them unique across restarts too.
+_NONCE_PREFIX = secrets.token_hex(3)
+_nonce_counter = itertools.count(1)
+
+
+def new_nonce() -> str:
+    return f"{_NONCE_PREFIX}-{next(_nonce_counter)}"
+
+
+@dataclass(frozen=True, slots=True)
+class SharedResponse:
+    """A fully encoded response that any number of streams may send as it is."""
+
+    nonce: str
+    payload: bytes
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """An immutable set of resources by type, with a version per type.
+
+    Encoded responses are memoized on the snapshot, so streams of one group that want the same
+    resources share one encoding.
+    """
+
+    resources: Mapping[str, Mapping[str, Resource]]
+    versions: Mapping[str, str]
+    build_seconds: float = 0.0
+    generation: int = 0
+    _responses: dict[tuple[object, ...], SharedResponse] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_resources(cls, resources: Iterable[Resource], types: Iterable[str] = PUSH_ORDER) -> Snapshot:
+        """`types` lists the types served even when empty (so Envoy's initial fetch completes)."""
+        by_type: dict[str, dict[str, Resource]] = {type_url: {} for type_url in types}
+        for resource in resources:
+            named = by_type.setdefault(resource.type_url, {})
+            if resource.name in named:
+                raise ValueError(f"duplicate {resource.type_url} resource named {resource.name!r}")
+            named[resource.name] = resource
+        frozen = {
+            type_url: MappingProxyType(dict(sorted(named.items()))) for type_url, named in by_type.items()
+        }
+        versions = {type_url: type_version(named.values()) for type_url, named in frozen.items()}
+        return cls(resources=MappingProxyType(frozen), versions=MappingProxyType(versions))
+
+    @classmethod
+    def from_messages(cls, messages: Iterable[Message], types: Iterable[str] = PUSH_ORDER) -> Snapshot:
+        started = time.perf_counter()
+        snapshot = cls.from_resources((Resource.from_message(m) for m in messages), types)
+        snapshot.build_seconds = time.perf_counter() - started
+        return snapshot
+
+    def get(self, type_url: str) -> Mapping[str, Resource]:
+        return self.resources.get(type_url, _EMPTY)
+
+    def version(self, type_url: str) -> str:
+        # A type absent from the snapshot still needs a stable, non-empty version.
+        return self.versions.get(type_url) or type_version(())
+
+    def serves(self, type_url: str) -> bool:
+        return type_url in self.resources
+
+    def shared_response(self, key: tuple[object, ...], build: Callable[[str], bytes]) -> SharedResponse:
+        response = self._responses.get(key)
+        if response is None:
+            nonce = new_nonce()
+            response = SharedResponse(nonce, build(nonce))
+            self._responses[key] = response
+        return response
+
+
+@dataclass
+class _Pending:
+    snapshot: Snapshot
+    first_change: float
+    last_change: float
+
+
+class SnapshotCache:
+    """Holds the published snapshot of each node group and wakes the streams watching a group.
+
+    `set_snapshot` publishes at once; `update` debounces: a burst of changes becomes one push, published
+    after `debounce` seconds of quiet or at most `max_delay` after the first change of the burst.
+    """
+
+    def __init__(self, debounce: float = 0.1, max_delay: float = 1.0) -> None:
+        if debounce < 0 or max_delay < debounce:
+            raise ValueError("debounce must be >= 0 and max_delay >= debounce")
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self._snapshots: dict[str, Snapshot] = {}
+        self._watchers: dict[str, set[asyncio.Queue[object]]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._generation = itertools.count(1)
+        self._published_at: dict[str, float] = {}
+        self.on_publish: list[Callable[[str, Snapshot], None]] = []
+
+    def get(self, group: str) -> Snapshot | None:
+        return self._snapshots.get(group)
+
+    def groups(self) -> list[str]:
+        return sorted(self._snapshots)
+
+    def published_at(self, group: str) -> float | None:
+        """Monotonic time of the group's last publish, for push-latency measurement."""
+        return self._published_at.get(group)
+
+    def set_snapshot(self, group: str, snapshot: Snapshot) -> None:
+        self._pending.pop(group, None)
+        timer = self._timers.pop(group, None)
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+        snapshot.generation = next(self._generation)
+        self._snapshots[group] = snapshot
+        self._published_at[group] = time.monotonic()
+        for callback in self.on_publish:
+            callback(group, snapshot)
+        for queue in self._watchers.get(group, ()):
+            queue.put_nowait(snapshot)
+
+    def update(self, group: str, snapshot: Snapshot) -> None:
+        """Debounced publish; the newest snapshot of a burst wins."""
+        if self.debounce == 0:
+            self.set_snapshot(group, snapshot)
+            return
+        now = time.monotonic()
+        pending = self._pending.get(group)
+        if pending is None:
+            self._pending[group] = _Pending(snapshot, now, now)
+            self._timers[group] = asyncio.get_running_loop().create_task(self._publish_when_quiet(group))
+        else:
+            pending.snapshot = snapshot
+            pending.last_change = now
+
+    async def _publish_when_quiet(self, group: str) -> None:
+        while True:
+            pending = self._pending.get(group)
+            if pending is None:
+                return
+            deadline = min(pending.last_change + self.debounce, pending.first_change + self.max_delay)
+            delay = deadline - time.monotonic()
+            if delay <= 0:
+                self.set_snapshot(group, pending.snapshot)
+                return
+            await asyncio.sleep(delay)
+
+    async def flush(self) -> None:
+        """Publish every pending snapshot now (used at shutdown and by tests of the debounce)."""
+        for group, pending in list(self._pending.items()):
+            self.set_snapshot(group, pending.snapshot)
+
+    def watch(self, group: str, queue: asyncio.Queue[object]) -> None:
+        """Every snapshot published for `group` from now on is put on `queue`."""
+        self._watchers.setdefault(group, set()).add(queue)
+
+    def unwatch(self, group: str, queue: asyncio.Queue[object]) -> None:
+        watchers = self._watchers.get(group)
+        if watchers is not None:
+            watchers.discard(queue)
+            if not watchers:
+                del self._watchers[group]

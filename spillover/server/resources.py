@@ -1,0 +1,142 @@
+"""xDS resources serialized once, with their wire encodings ready to be shared by every stream.
+
+A DiscoveryResponse is `header fields + repeated resources`; protobuf concatenation of encoded fields
+is a valid message, so each resource's encoded `resources` entry (for SotW and for Delta) is built once
+per version and responses become a join of shared bytes instead of a re-serialization per stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+TYPE_PREFIX = "type.googleapis.com/"
+CLUSTER = TYPE_PREFIX + cluster_pb2.Cluster.DESCRIPTOR.full_name
+ENDPOINT = TYPE_PREFIX + endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name
+LISTENER = TYPE_PREFIX + listener_pb2.Listener.DESCRIPTOR.full_name
+ROUTE = TYPE_PREFIX + route_pb2.RouteConfiguration.DESCRIPTOR.full_name
+SECRET = TYPE_PREFIX + secret_pb2.Secret.DESCRIPTOR.full_name
+
+# Make-before-break: a cluster must exist (and be warm) before anything routes to it.
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
+# In SotW these types carry the full set in every response: a missing name is a deletion.
+FULL_STATE_TYPES = frozenset({CLUSTER, LISTENER})
+MESSAGE_CLASSES: Mapping[str, type[Message]] = MappingProxyType(
+    {
+        CLUSTER: cluster_pb2.Cluster,
+        ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+        LISTENER: listener_pb2.Listener,
+        ROUTE: route_pb2.RouteConfiguration,
+        SECRET: secret_pb2.Secret,
+    }
+)
+SHORT_NAMES: Mapping[str, str] = MappingProxyType(
+    {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+)
+
+
+def short_type(type_url: str) -> str:
+    return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _field(message_class: type[Message], name: str) -> int:
+    # Field numbers come from the descriptors, so a proto change can't silently desync the encoding.
+    return int(message_class.DESCRIPTOR.fields_by_name[name].number)
+
+
+_ANY_TYPE_URL = _field(any_pb2.Any, "type_url")
+_ANY_VALUE = _field(any_pb2.Any, "value")
+_SOTW_RESOURCES = _field(discovery_pb2.DiscoveryResponse, "resources")
+_DELTA_RESOURCES = _field(discovery_pb2.DeltaDiscoveryResponse, "resources")
+_RESOURCE_NAME = _field(discovery_pb2.Resource, "name")
+_RESOURCE_VERSION = _field(discovery_pb2.Resource, "version")
+_RESOURCE_BODY = _field(discovery_pb2.Resource, "resource")
+
+
+def resource_name(message: Message) -> str:
+    if isinstance(message, endpoint_pb2.ClusterLoadAssignment):
+        return message.cluster_name
+    name = getattr(message, "name", "")
+    if not name:
+        raise ValueError(f"{type(message).__name__} has no name: every xDS resource needs one")
+    return str(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One named resource at one version. Immutable; shared by every snapshot and stream holding it."""
+
+    type_url: str
+    name: str
+    version: str
+    body: bytes  # deterministic serialization of the message itself
+    sotw_entry: bytes = field(repr=False)  # DiscoveryResponse.resources entry (tag, length, Any)
+    delta_entry: bytes = field(repr=False)  # DeltaDiscoveryResponse.resources entry
+
+    @classmethod
+    def from_message(cls, message: Message, name: str | None = None) -> Resource:
+        type_url = TYPE_PREFIX + message.DESCRIPTOR.full_name
+        body = message.SerializeToString(deterministic=True)
+        return cls.from_bytes(type_url, name or resource_name(message), body)
+
+    @classmethod
+    def from_bytes(cls, type_url: str, name: str, body: bytes) -> Resource:
+        version = hashlib.blake2b(body, digest_size=8).hexdigest()
+        any_bytes = _length_delimited(_ANY_TYPE_URL, type_url.encode()) + _length_delimited(_ANY_VALUE, body)
+        resource_bytes = (
+            _length_delimited(_RESOURCE_NAME, name.encode())
+            + _length_delimited(_RESOURCE_VERSION, version.encode())
+            + _length_delimited(_RESOURCE_BODY, any_bytes)
+        )
+        return cls(
+            type_url=type_url,
+            name=name,
+            version=version,
+            body=body,
+            sotw_entry=_length_delimited(_SOTW_RESOURCES, any_bytes),
+            delta_entry=_length_delimited(_DELTA_RESOURCES, resource_bytes),
+        )
+
+    def message(self) -> Message:
+        message_class = MESSAGE_CLASSES.get(self.type_url)
+        if message_class is None:
+            raise KeyError(f"no message class registered for {self.type_url}")
+        return message_class.FromString(self.body)
+
+
+def type_version(resources: Iterable[Resource]) -> str:
+    """A version for a whole type: stable across restarts, so a reconnecting Envoy causes no churn."""
+    digest = hashlib.blake2b(digest_size=8)
+    for resource in sorted(resources, key=lambda r: r.name):
+        digest.update(resource.name.encode())
+        digest.update(b"\0")
+        digest.update(resource.version.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
