@@ -247,7 +247,8 @@ class XdsServer:
                 if item is _EOF:
                     return
                 if isinstance(item, BaseException):
-                    log.info("stream %s (%s) ended: %s", stream.node_id, stream.peer, item)
+                    log.info("stream %s (%s) sent an unreadable request: %r", stream.node_id, stream.peer, item)
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable request: {item}")
                     return
                 if isinstance(item, Snapshot):
                     outgoing = stream.on_snapshot()
