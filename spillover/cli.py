@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--admin-address", default="127.0.0.1")
     boot.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
 
+    validate = commands.add_parser("validate", help="check ModelDeployment documents offline")
+    validate.add_argument("files", nargs="+", help="YAML files (multi-document)")
+
     status = commands.add_parser("status", help="show connected proxies and their sync state")
     status.add_argument("--admin-address", default="127.0.0.1:19000", type=_host_port)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -74,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler = {"serve": _serve, "bootstrap": _bootstrap, "status": _status, "demo": _demo}[args.command]
+    handler = {
+        "serve": _serve,
+        "bootstrap": _bootstrap,
+        "status": _status,
+        "validate": _validate,
+        "demo": _demo,
+    }[args.command]
     return handler(args)
 
 
@@ -122,6 +131,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(text)
     return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from spillover.policy import validate_main
+
+    return validate_main(args.files)
 
 
 def _status(args: argparse.Namespace) -> int:
