@@ -94,16 +94,16 @@ class AdminServer:
         return out
 
     async def proxies(self, request: web.Request) -> web.Response:
-        return _json({"proxies": self.proxies_json()})
+        return json_response({"proxies": self.proxies_json()})
 
     async def config(self, request: web.Request) -> web.Response:
         node = request.query.get("node", "")
         if not node:
-            return _json({"error": "query parameter 'node' is required (a connected proxy's node id)"}, 400)
+            return json_response({"error": "query parameter 'node' is required (a connected proxy's node id)"}, 400)
         sent = self.xds.sent_config(node)
         if not sent and not self.xds.proxies.find(node):
-            return _json({"error": f"no connected proxy with node id {node!r}"}, 404)
-        return _json(
+            return json_response({"error": f"no connected proxy with node id {node!r}"}, 404)
+        return json_response(
             {
                 "node": node,
                 "resources": {
@@ -131,7 +131,7 @@ class AdminServer:
             self._runner = None
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
+def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(
         status=status, text=json.dumps(payload, indent=2, sort_keys=True) + "\n", content_type="application/json"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
@@ -124,6 +125,7 @@ class ControlPlane:
     max_delay: float = 1.0
     group_of: Callable[..., str] = group_by_cluster
     registries: list[CollectorRegistry] = field(default_factory=list)
+    debug_routes: list[web.RouteDef] = field(default_factory=list)
     cache: SnapshotCache = field(init=False)
     xds: XdsServer = field(init=False)
     admin: AdminServer | None = field(init=False, default=None)
@@ -159,7 +161,10 @@ class ControlPlane:
     async def start(self, xds_address: str, admin_host: str = "127.0.0.1", admin_port: int = 0) -> None:
         await self.xds.start(xds_address)
         self.admin = AdminServer(
-            self.xds, [self.xds.metrics_registry, *self.registries], ready=lambda: self._started
+            self.xds,
+            [self.xds.metrics_registry, *self.registries],
+            ready=lambda: self._started,
+            extra_routes=self.debug_routes,
         )
         await self.admin.start(admin_host, admin_port)
         self._tasks.append(asyncio.get_running_loop().create_task(self.provider.run()))

@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port, help="gRPC ADS listen address")
     serve.add_argument("--admin-address", default="127.0.0.1:19000", type=_host_port, help="admin HTTP address")
     source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policies", type=Path, help="a directory of ModelDeployment YAML files (watched)")
     source.add_argument("--resources", type=Path, help="a YAML/JSON file of Envoy resources (each with @type)")
+    serve.add_argument(
+        "--listen", default="0.0.0.0:10000", type=_host_port, help="the Envoy listener serving models (with --policies)"
+    )
     serve.add_argument("--debounce", type=_seconds, default=0.1, help="quiet period before a push (s)")
     serve.add_argument("--debounce-max", type=_seconds, default=1.0, help="longest delay of a push (s)")
     serve.add_argument(
@@ -100,18 +104,42 @@ def _group_of(spec: str) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from spillover.app import ControlPlane, StaticResourcesFile, run_until_signalled
 
-    try:
-        provider = StaticResourcesFile(args.resources)
-    except (OSError, ValueError) as error:
-        print(f"spillover serve: {error}", file=sys.stderr)
-        return 2
-    plane = ControlPlane(
-        provider, debounce=args.debounce, max_delay=max(args.debounce, args.debounce_max), group_of=_group_of(args.group_by)
-    )
+    options: dict[str, Any] = {
+        "debounce": args.debounce,
+        "max_delay": max(args.debounce, args.debounce_max),
+        "group_of": _group_of(args.group_by),
+    }
+    if args.policies is not None:
+        plane = policy_control_plane(args.policies, args.listen, **options)
+    else:
+        try:
+            provider = StaticResourcesFile(args.resources)
+        except (OSError, ValueError) as error:
+            print(f"spillover serve: {error}", file=sys.stderr)
+            return 2
+        plane = ControlPlane(provider, **options)
     xds_host, xds_port = args.xds_address
     admin_host, admin_port = args.admin_address
     asyncio.run(run_until_signalled(plane, f"{xds_host}:{xds_port}", admin_host, admin_port))
     return 0
+
+
+def policy_control_plane(directory: Path, listen: tuple[str, int], **options: Any) -> Any:
+    from aiohttp import web
+
+    from spillover.admin import json_response
+    from spillover.app import ControlPlane
+    from spillover.policies import PolicyProvider
+    from spillover.translate import ir
+
+    provider = PolicyProvider(directory, ir.Listener(address=listen[0], port=listen[1]))
+
+    async def models(request: web.Request) -> web.Response:
+        return json_response(provider.models_json())
+
+    return ControlPlane(
+        provider, registries=[provider.registry], debug_routes=[web.get("/debug/models", models)], **options
+    )
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

@@ -54,7 +54,10 @@ async def fetch_token(session: aiohttp.ClientSession, credentials: ClientCredent
     if credentials.scope:
         form["scope"] = credentials.scope
     headers = {"Accept": "application/json"}
-    secret = credentials.client_secret()
+    try:
+        secret = credentials.client_secret()
+    except Exception as error:  # a missing or unreadable secret file: its message names the file only
+        raise TokenError(f"client secret of {credentials.client_id}: {error}") from None
     if credentials.auth_method == "post":
         form["client_id"] = credentials.client_id
         form["client_secret"] = secret

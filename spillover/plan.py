@@ -1,0 +1,186 @@
+"""Planning: validated policies + decisions + what the sources know -> the translation IR of one gateway.
+
+Pure functions. The inputs are the desired state (ModelDeployments), the decision per model (state and
+remote share, from the decision stage), the number of Envoy replicas of the node group (rate limits are
+model-wide, so each replica enforces its share) and the OAuth tokens fetched for remote backends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from spillover.policy.model import HealthCheck as PolicyHealthCheck
+from spillover.policy.model import ModelDeployment, OAuthConfig, OverflowState
+from spillover.policy.model import OutlierDetection as PolicyOutlier
+from spillover.policy.types import split_host_port
+from spillover.translate import ir
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a model's traffic goes now: the decision stage's output for one model."""
+
+    state: OverflowState
+    remote_share: int  # percent of requests to the remote backend, 0-100
+    reason: str = ""
+
+
+def static_decision(md: ModelDeployment, remote_usable: bool) -> Decision:
+    """The decision when no metric says otherwise (the overflow engine refines OVERFLOW on top).
+
+    A model without local endpoints sends everything to a usable remote (FAILOVER); disabled
+    offloading keeps everything local.
+    """
+    has_remote = md.spec.offloading_config is not None and md.spec.offloading_config.remote_backend is not None
+    local = md.spec.local_backend.endpoints if md.spec.local_backend else []
+    if not md.spec.enabled:
+        return Decision(OverflowState.DISABLED, 0, "spec.enabled is false")
+    if has_remote and not local:
+        if remote_usable:
+            return Decision(OverflowState.FAILOVER, 100, "no local endpoint")
+        return Decision(OverflowState.FAILOVER, 0, "no local endpoint and the remote backend is not usable")
+    return Decision(OverflowState.STANDBY, 0, "")
+
+
+def bearer_secret_name(md: ModelDeployment) -> str:
+    # Named after the model and the credentials, so a rotated client id gets a fresh secret.
+    oauth = _oauth(md)
+    digest = hashlib.blake2b(f"{oauth.token_url}\0{oauth.client_id}".encode(), digest_size=4).hexdigest() if oauth else ""
+    return f"spillover-token-{md.name}-{digest}"
+
+
+def _oauth(md: ModelDeployment) -> OAuthConfig | None:
+    offloading = md.spec.offloading_config
+    remote = offloading.remote_backend if offloading else None
+    auth = remote.auth_config if remote else None
+    return auth.oauth_config if auth else None
+
+
+def needs_token(md: ModelDeployment) -> bool:
+    return _oauth(md) is not None
+
+
+def _health_check(policy: PolicyHealthCheck | None) -> ir.HealthCheck | None:
+    if policy is None:
+        return None
+    return ir.HealthCheck(
+        path=policy.path,
+        interval_s=policy.interval,
+        timeout_s=policy.timeout,
+        healthy_threshold=policy.healthy_threshold,
+        unhealthy_threshold=policy.unhealthy_threshold,
+    )
+
+
+def _outlier(policy: PolicyOutlier | None) -> ir.OutlierDetection | None:
+    if policy is None or not policy.enabled:
+        return None
+    return ir.OutlierDetection(
+        consecutive_5xx=policy.consecutive_5xx,
+        interval_s=policy.interval,
+        base_ejection_time_s=policy.base_ejection_time,
+        max_ejection_percent=int(policy.max_ejection_percent),
+    )
+
+
+def _remote(md: ModelDeployment, token: str | None) -> ir.RemoteBackend | None:
+    offloading = md.spec.offloading_config
+    remote = offloading.remote_backend if offloading else None
+    if remote is None:
+        return None
+    ca = remote.effective_ca
+    return ir.RemoteBackend(
+        host=remote.host_name,
+        port=remote.effective_port,
+        scheme=remote.scheme,
+        sni=remote.effective_sni,
+        ca_file=None if ca in (None, "system") else ca,
+        host_rewrite=remote.effective_host_rewrite,
+        path_prefix=remote.render_path_prefix(md.model, md.workspace),
+        headers=tuple(sorted(remote.headers_to_add.items())),
+        # A secret Envoy can't get stalls its whole initialization (15 s fetch timeout), so the
+        # secret is referenced only once a token exists; until then the remote gets no traffic.
+        bearer_token_secret_name=bearer_secret_name(md) if needs_token(md) and token else None,
+        bearer_token=token,
+        health_check=_health_check(remote.health_check),
+        outlier_detection=_outlier(remote.outlier_detection),
+    )
+
+
+def _profiles(md: ModelDeployment, replicas: int) -> tuple[ir.Profile, ...]:
+    routing = md.spec.routing
+    if routing is None:
+        return (ir.Profile("default", "least-request"),)
+    profiles = []
+    for name, profile in sorted(routing.effective_profiles().items()):
+        total = float(profile.requests_per_second or 0.0)
+        # Each replica enforces its share; the 429 body quotes the model-wide figure users configured.
+        share = total / replicas if total else 0.0
+        params = ir.StrategyParams(
+            session_header=profile.effective_session_header,
+            prefix_chars=profile.effective_prefix_length,
+            **({"hash_balance_factor": profile.hash_balance_factor} if profile.hash_balance_factor else {}),
+        )
+        profiles.append(
+            ir.Profile(
+                name=name,
+                strategy=routing.strategy_for(name),
+                requests_per_second=share,
+                total_requests_per_second=total,
+                params=params,
+            )
+        )
+    return tuple(profiles)
+
+
+def _endpoints(md: ModelDeployment) -> tuple[ir.Endpoint, ...]:
+    local = md.spec.local_backend
+    endpoints = []
+    for text in local.endpoints if local else []:
+        host, port = split_host_port(text)
+        endpoints.append(ir.Endpoint(host=host, port=int(port or 0)))
+    return tuple(endpoints)
+
+
+def model_ir(md: ModelDeployment, decision: Decision, replicas: int, token: str | None) -> ir.Model:
+    remote = _remote(md, token)
+    usable = remote is not None and (token is not None or not needs_token(md))
+    remote_share = decision.remote_share if usable else 0
+    timeouts = md.spec.timeouts
+    retries = md.spec.retries
+    routing = md.spec.routing
+    return ir.Model(
+        name=md.model,
+        endpoints=_endpoints(md),
+        profiles=_profiles(md, replicas),
+        default_profile=routing.effective_default_profile if routing else "default",
+        locked_strategy=routing.locked_routing_strategy if routing else None,
+        remote=remote,
+        split=ir.TrafficSplit(local=100 - remote_share, remote=remote_share),
+        timeouts=ir.Timeouts(
+            request_s=timeouts.request,
+            per_try_s=retries.per_try_timeout or 0.0,
+            per_try_idle_s=timeouts.idle or 0.0,
+            connect_s=timeouts.connect,
+        ),
+        retries=ir.Retries(num_retries=retries.attempts, retry_on=tuple(retries.retry_on)),
+    )
+
+
+def plan_gateway(
+    group: str,
+    listener: ir.Listener,
+    models: Iterable[ModelDeployment],
+    decisions: Mapping[str, Decision],
+    replicas: int,
+    tokens: Mapping[str, str | None],
+) -> ir.Gateway:
+    """`decisions` and `tokens` are keyed by model name (spec.model)."""
+    replicas = max(1, replicas)
+    planned = []
+    for md in sorted(models, key=lambda m: m.model):
+        decision = decisions.get(md.model) or Decision(OverflowState.STANDBY, 0)
+        planned.append(model_ir(md, decision, replicas, tokens.get(md.model)))
+    return ir.Gateway(name=group, listener=listener, models=tuple(planned))
