@@ -1,0 +1,140 @@
+"""Translator rules that golden files would only show implicitly."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+
+from spillover.translate import (
+    STRATEGIES,
+    Endpoint,
+    Gateway,
+    Model,
+    Profile,
+    RemoteBackend,
+    TrafficSplit,
+    translate,
+)
+from tests.harness.envoy import Envoy
+from tests.translate.cases import CASES
+from tests.translate.static import to_static_bootstrap
+
+
+def _gateway(*models: Model) -> Gateway:
+    return Gateway("g", models=models)
+
+
+def _model(**kwargs: object) -> Model:
+    base = Model("m", (Endpoint("127.0.0.1", 9000),))
+    return dataclasses.replace(base, **kwargs)
+
+
+def _routes(gateway: Gateway) -> list:
+    return list(translate(gateway).routes["spillover_routes"].virtual_hosts[0].routes)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_real_envoy_accepts_every_golden_case(case: str, tmp_path: Path) -> None:
+    result = Envoy.validate(to_static_bootstrap(translate(CASES[case]())), tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_unknown_strategy_is_refused_not_defaulted() -> None:
+    with pytest.raises(ValueError, match="unknown routing strategy 'fastest'"):
+        translate(_gateway(_model(profiles=(Profile("default", "fastest"),))))
+
+
+def test_unknown_locked_strategy_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown routing strategy"):
+        translate(_gateway(_model(locked_strategy="nope")))
+
+
+def test_every_known_strategy_translates() -> None:
+    for strategy in STRATEGIES:
+        translate(_gateway(_model(profiles=(Profile("default", strategy),))))
+
+
+def test_no_strategy_anywhere_is_refused() -> None:
+    with pytest.raises(ValueError, match="no routing strategy"):
+        translate(_gateway(_model(profiles=(Profile("default"),))))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"split": TrafficSplit(50, 40)}, "summing to 100"),
+        ({"split": TrafficSplit(50, 50)}, "no remote backend"),
+        ({"default_profile": "missing"}, "default profile 'missing'"),
+        ({"profiles": (Profile("default", "random"), Profile("default", "random"))}, "defined twice"),
+        ({"endpoints": (Endpoint("127.0.0.1", 1), Endpoint("127.0.0.1", 1))}, "listed twice"),
+        ({"endpoints": (Endpoint("127.0.0.1", 70000),)}, "port must be"),
+        ({"remote": RemoteBackend("h", 1, scheme="ftp"), "split": TrafficSplit(0, 100)}, "scheme"),
+        ({"remote": RemoteBackend("h", 1, path_prefix="x"), "split": TrafficSplit(0, 100)}, "path_prefix"),
+    ],
+)
+def test_invalid_ir_is_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        translate(_gateway(_model(**kwargs)))
+
+
+def test_duplicate_model_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        translate(_gateway(_model(), _model()))
+
+
+def test_conflicting_token_values_for_one_secret_are_refused() -> None:
+    a = RemoteBackend("a", 1, bearer_token_secret_name="t", bearer_token="x")
+    b = RemoteBackend("b", 1, bearer_token_secret_name="t", bearer_token="y")
+    with pytest.raises(ValueError, match="two different token values"):
+        translate(
+            _gateway(
+                dataclasses.replace(_model(), remote=a), dataclasses.replace(_model(), name="n", remote=b)
+            )
+        )
+
+
+def test_token_never_appears_in_repr() -> None:
+    remote = RemoteBackend("a", 1, bearer_token_secret_name="t", bearer_token="very-secret")
+    assert "very-secret" not in repr(_model(remote=remote))
+
+
+def test_default_profile_has_a_single_route_so_a_single_token_bucket() -> None:
+    # "config-profile: default" and "no profile" must share one bucket: one route serves both.
+    model = _model(profiles=(Profile("default", "random", 3, 3), Profile("b", "random", 1, 1)))
+    names = [r.name for r in _routes(_gateway(model))]
+    assert names == ["m/b", "m/default", "unknown-model", "missing-model"]
+
+
+@pytest.mark.parametrize(
+    ("rps", "bucket"),
+    [(5, (5, 5, 1.0)), (16.5, (17, 1, 1 / 16.5)), (0.5, (1, 1, 2.0)), (33.3, (34, 33, 1.0))],
+)
+def test_token_bucket_for_per_replica_share(rps: float, bucket: tuple[int, int, float]) -> None:
+    route = _routes(_gateway(_model(profiles=(Profile("default", "random", rps, rps * 3),))))[0]
+    config = local_rate_limit_pb2.LocalRateLimit()
+    route.typed_per_filter_config["envoy.filters.http.local_ratelimit"].Unpack(config)
+    tb = config.token_bucket
+    interval = tb.fill_interval.seconds + tb.fill_interval.nanos / 1e9
+    assert (tb.max_tokens, tb.tokens_per_fill.value) == bucket[:2]
+    assert interval == pytest.approx(bucket[2], abs=1e-9)
+
+
+def test_least_request_drops_weights_but_throughput_keeps_them() -> None:
+    model = _model(
+        endpoints=(Endpoint("127.0.0.1", 1, 5), Endpoint("127.0.0.1", 2, 1)),
+        profiles=(Profile("default", "least-request"), Profile("t", "throughput")),
+    )
+    endpoints = translate(_gateway(model)).endpoints
+    weights = {
+        name: [e.load_balancing_weight.value for e in cla.endpoints[0].lb_endpoints]
+        for name, cla in endpoints.items()
+    }
+    assert weights == {"m/local/least_request_c2": [0, 0], "m/local/least_request_c2_w1": [5, 1]}
+
+
+def test_profiles_with_the_same_lb_share_a_cluster() -> None:
+    model = _model(profiles=(Profile("default", "round-robin"), Profile("x", "least-latency")))
+    assert list(translate(_gateway(model)).clusters) == ["m/local/round_robin"]
