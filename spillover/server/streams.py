@@ -78,6 +78,9 @@ class TypeState:
     versions_by_nonce: OrderedDict[str, str] = field(default_factory=OrderedDict)
     last_sent_at: float = 0.0
     responses: int = 0
+    # Delta: the snapshot generation this type was fully diffed against; while it is current and the
+    # subscription is unchanged there is nothing to compare (an ACK costs O(1), not O(resources)).
+    synced_generation: int | None = None
 
     def subscribed(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -311,6 +314,8 @@ class SotwStream(BaseStream):
             state = self.types.get(type_url)
             if state is None or not snapshot.serves(type_url):
                 continue
+            if type_url not in force and state.sent_key == self._content_key(type_url, state, snapshot, {}):
+                continue  # the common case (an ACK, an unrelated change) stays O(1)
             wanted = self._wanted(type_url, state, snapshot)
             kept: dict[str, Resource] = {}
             if type_url == CLUSTER:
@@ -396,6 +401,8 @@ class DeltaStream(BaseStream):
             else:
                 state.names.discard(name)
                 state.sent.pop(name, None)
+        if subscribe or request.resource_names_unsubscribe:
+            state.synced_generation = None
 
         if request.response_nonce:
             if _is_nack(request):
@@ -428,6 +435,8 @@ class DeltaStream(BaseStream):
         return updates, removed
 
     def _has_changes(self, type_url: str, state: TypeState, snapshot: Snapshot) -> bool:
+        if state.synced_generation == snapshot.generation:
+            return False
         updates, removed = self._diff(type_url, state, snapshot)
         return bool(updates or removed)
 
@@ -437,11 +446,14 @@ class DeltaStream(BaseStream):
         out: list[Outgoing] = []
         for type_url in self._push_types():
             state = self.types.get(type_url)
-            if state is None or not snapshot.serves(type_url):
+            if state is None or not snapshot.serves(type_url) or state.synced_generation == snapshot.generation:
                 continue
             updates, removed = self._diff(type_url, state, snapshot)
-            if type_url == CLUSTER and removed and self._referrers_pending(snapshot):
+            deferred = type_url == CLUSTER and bool(removed) and self._referrers_pending(snapshot)
+            if deferred:
                 removed = []
+            # A deferred removal must be looked at again once the referrers are acknowledged.
+            state.synced_generation = None if deferred else snapshot.generation
             if not updates and not removed:
                 continue
             out.append(self._encode(type_url, state, snapshot, updates, removed))
@@ -455,6 +467,7 @@ class DeltaStream(BaseStream):
                     # Forget what the client has for these clusters, so their EDS goes out again.
                     for resource in updates:
                         endpoints.sent.pop(resource.name, None)
+                    endpoints.synced_generation = None
         return out
 
     def _encode(
