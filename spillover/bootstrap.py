@@ -102,6 +102,9 @@ def _check_port(value: object, field: str) -> int:
     return value
 
 
+ADMIN_PORT_METADATA = "spillover.admin_port"
+
+
 def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
@@ -167,8 +170,12 @@ def build_bootstrap(
     connect_timeout = _duration(xds_connect_timeout_s, "xds_connect_timeout_s")
     if not isinstance(delta, bool):
         raise ValueError(f"delta must be a bool, got {delta!r}")
+    node = _node(node_id, cluster)
+    if admin_port:
+        # Lets spillover read this Envoy's stats (the `envoy` metric source) at <peer ip>:<port>.
+        node["metadata"] = {ADMIN_PORT_METADATA: admin_port}
     return {
-        "node": _node(node_id, cluster),
+        "node": node,
         "admin": _admin(admin_address, admin_port),
         "dynamic_resources": {
             "ads_config": {

@@ -154,6 +154,15 @@ class ProxyRegistry:
         """Distinct Envoys (by node id) connected for a group."""
         return len({s.node_id for s in self._streams if s.group == group})
 
+    def admin_urls(self, group: str | None = None) -> list[str]:
+        """Admin endpoints of the connected Envoys (one per node id), for reading their stats."""
+        urls: dict[str, str] = {}
+        for stream in self.streams():
+            url = stream.admin_url()
+            if url and (group is None or stream.group == group):
+                urls.setdefault(stream.node_id, url)
+        return [urls[node] for node in sorted(urls)]
+
     def find(self, node_id: str) -> list[BaseStream]:
         return [s for s in self.streams() if s.node_id == node_id]
 

@@ -166,6 +166,16 @@ class BaseStream:
     def node_id(self) -> str:
         return self.node.id if self.node is not None else ""
 
+    def admin_url(self, metadata_key: str = "spillover.admin_port") -> str | None:
+        """Where this Envoy's admin endpoint is, when its bootstrap advertises the port."""
+        if self.node is None:
+            return None
+        value = self.node.metadata.fields.get(metadata_key)
+        if value is None or value.WhichOneof("kind") != "number_value" or not 0 < value.number_value < 65536:
+            return None
+        host = _peer_host(self.peer)
+        return f"http://{host}:{int(value.number_value)}" if host else None
+
     def _accept_node(self, request_node: base_pb2.Node, has_node: bool) -> bool:
         """Returns True when this request established the stream's node (its first request)."""
         if self.node is not None:
@@ -202,6 +212,7 @@ class BaseStream:
             "mode": self.mode,
             "peer": self.peer,
             "envoy_version": _envoy_version(node) if node is not None else "",
+            "admin_url": self.admin_url() or "",
             "connected_at": self.connected_at,
             "status": self.status().value,
             "types": {type_url: state.describe() for type_url, state in sorted(self.types.items())},
@@ -227,6 +238,16 @@ class BaseStream:
 
     def _has_changes(self, type_url: str, state: TypeState, snapshot: Snapshot) -> bool:
         raise NotImplementedError
+
+
+def _peer_host(peer: str) -> str:
+    """The host of a gRPC peer string: `ipv4:10.0.0.1:5000` or `ipv6:[::1]:5000`."""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return rest.rsplit(":", 1)[0]
+    if kind == "ipv6":
+        return rest.rsplit(":", 1)[0]  # keeps the brackets a URL needs
+    return ""
 
 
 def _envoy_version(node: base_pb2.Node) -> str:

@@ -559,3 +559,16 @@ async def test_debounce_is_capped_by_max_delay() -> None:
         await asyncio.sleep(0.05)
     assert published, "max_delay must force a publish during a continuous stream of changes"
     assert published[0] - started < 0.5 + 0.15
+
+
+async def test_the_admin_address_advertised_in_node_metadata_is_known(server: Server) -> None:
+    server.publish(cluster("a"))
+    with_admin = node("with-admin")
+    with_admin.metadata.update({"spillover.admin_port": 9911})
+    client, other = server.client(), server.client()
+    client.send(node=with_admin, type_url=CLUSTER)
+    other.send(node=node("without-admin"), type_url=CLUSTER)
+    await client.recv()
+    await other.recv()
+    assert server.xds.proxies.admin_urls() == ["http://127.0.0.1:9911"]
+    assert server.xds.proxies.admin_urls(group="elsewhere") == []
