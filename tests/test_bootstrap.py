@@ -76,7 +76,11 @@ def test_admin_and_node() -> None:
     bootstrap = build_bootstrap(
         "pod-a", "edge-fleet", "127.0.0.1:1", admin_port=19000, admin_address="0.0.0.0"
     )
-    assert bootstrap["node"] == {"id": "pod-a", "cluster": "edge-fleet"}
+    assert bootstrap["node"] == {
+        "id": "pod-a",
+        "cluster": "edge-fleet",
+        "metadata": {"spillover.admin_port": 19000},
+    }
     assert bootstrap["admin"] == {"address": {"socket_address": {"address": "0.0.0.0", "port_value": 19000}}}
 
 
