@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -47,7 +48,12 @@ class Snapshot:
     versions: Mapping[str, str]
     build_seconds: float = 0.0
     generation: int = 0
+    # Set when published after another snapshot of the same group: the generation it follows and,
+    # per type, the names added, changed or removed since. Streams one step behind diff only those.
+    previous_generation: int | None = None
+    changes: Mapping[str, frozenset[str]] | None = None
     _responses: dict[tuple[object, ...], SharedResponse] = field(default_factory=dict, repr=False)
+    _subsets: dict[tuple[str, tuple[str, ...]], Mapping[str, Resource]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_resources(cls, resources: Iterable[Resource], types: Iterable[str] = PUSH_ORDER) -> Snapshot:
@@ -77,6 +83,25 @@ class Snapshot:
     def version(self, type_url: str) -> str:
         # A type absent from the snapshot still needs a stable, non-empty version.
         return self.versions.get(type_url) or type_version(())
+
+    def subset(self, type_url: str, names: tuple[str, ...]) -> Mapping[str, Resource]:
+        """The named resources that exist, memoized: streams subscribing to the same names share it."""
+        key = (type_url, names)
+        subset = self._subsets.get(key)
+        if subset is None:
+            available = self.get(type_url)
+            subset = MappingProxyType({name: available[name] for name in names if name in available})
+            self._subsets[key] = subset
+        return subset
+
+    def changes_since(self, previous: Snapshot) -> dict[str, frozenset[str]]:
+        changes = {}
+        for type_url in set(self.resources) | set(previous.resources):
+            now, before = self.get(type_url), previous.get(type_url)
+            changed = {n for n, r in now.items() if (b := before.get(n)) is not r and (b is None or b.version != r.version)}
+            changed.update(n for n in before if n not in now)
+            changes[type_url] = frozenset(changed)
+        return changes
 
     def serves(self, type_url: str) -> bool:
         return type_url in self.resources
@@ -132,6 +157,15 @@ class SnapshotCache:
         timer = self._timers.pop(group, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
+        if snapshot.generation:
+            # Already published (here or for another group): its bookkeeping belongs to that publish.
+            snapshot = dataclasses.replace(
+                snapshot, generation=0, previous_generation=None, changes=None, _responses={}, _subsets={}
+            )
+        previous = self._snapshots.get(group)
+        if previous is not None:
+            snapshot.previous_generation = previous.generation
+            snapshot.changes = MappingProxyType(snapshot.changes_since(previous))
         snapshot.generation = next(self._generation)
         self._snapshots[group] = snapshot
         self._published_at[group] = time.monotonic()

@@ -7,6 +7,7 @@ per version and responses become a join of shared bytes instead of a re-serializ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,22 +63,32 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
+_SHORT_LENGTHS = tuple(bytes([n]) for n in range(128))
 
 
-def _field(message_class: type[Message], name: str) -> int:
+def _length_delimited(tag: bytes, payload: bytes) -> bytes:
+    # Snapshot builds encode a handful of fields per resource: the one-byte length is the common case.
+    size = len(payload)
+    return tag + (_SHORT_LENGTHS[size] if size < 128 else _varint(size)) + payload
+
+
+def _tag(message_class: type[Message], name: str) -> bytes:
     # Field numbers come from the descriptors, so a proto change can't silently desync the encoding.
-    return int(message_class.DESCRIPTOR.fields_by_name[name].number)
+    return _varint((int(message_class.DESCRIPTOR.fields_by_name[name].number) << 3) | 2)
 
 
-_ANY_TYPE_URL = _field(any_pb2.Any, "type_url")
-_ANY_VALUE = _field(any_pb2.Any, "value")
-_SOTW_RESOURCES = _field(discovery_pb2.DiscoveryResponse, "resources")
-_DELTA_RESOURCES = _field(discovery_pb2.DeltaDiscoveryResponse, "resources")
-_RESOURCE_NAME = _field(discovery_pb2.Resource, "name")
-_RESOURCE_VERSION = _field(discovery_pb2.Resource, "version")
-_RESOURCE_BODY = _field(discovery_pb2.Resource, "resource")
+_ANY_TYPE_URL = _tag(any_pb2.Any, "type_url")
+_ANY_VALUE = _tag(any_pb2.Any, "value")
+_SOTW_RESOURCES = _tag(discovery_pb2.DiscoveryResponse, "resources")
+_DELTA_RESOURCES = _tag(discovery_pb2.DeltaDiscoveryResponse, "resources")
+_RESOURCE_NAME = _tag(discovery_pb2.Resource, "name")
+_RESOURCE_VERSION = _tag(discovery_pb2.Resource, "version")
+_RESOURCE_BODY = _tag(discovery_pb2.Resource, "resource")
+
+
+@functools.lru_cache(maxsize=64)
+def _type_url_field(type_url: str) -> bytes:
+    return _length_delimited(_ANY_TYPE_URL, type_url.encode())
 
 
 def resource_name(message: Message) -> str:
@@ -109,7 +120,7 @@ class Resource:
     @classmethod
     def from_bytes(cls, type_url: str, name: str, body: bytes) -> Resource:
         version = hashlib.blake2b(body, digest_size=8).hexdigest()
-        any_bytes = _length_delimited(_ANY_TYPE_URL, type_url.encode()) + _length_delimited(_ANY_VALUE, body)
+        any_bytes = _type_url_field(type_url) + _length_delimited(_ANY_VALUE, body)
         resource_bytes = (
             _length_delimited(_RESOURCE_NAME, name.encode())
             + _length_delimited(_RESOURCE_VERSION, version.encode())

@@ -66,9 +66,15 @@ class TypeState:
 
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
+    # The subscription as sorted names: computed when it changes, shared by the content keys and
+    # the snapshot's memo of named subsets (comparing the same tuple object is O(1)).
+    names_key: tuple[str, ...] = ()
+    requested_raw: tuple[str, ...] | None = None  # SotW: the last request's names, as sent
     nonce: str = ""  # newest nonce sent
     sent_version: str = ""  # version_info (SotW) / system_version_info (Delta) of the newest response
-    sent: dict[str, Resource] = field(default_factory=dict)  # what the client has (or was last sent)
+    # What the client has (or was last sent). SotW shares the snapshot's read-only mapping when it
+    # can; Delta keeps a dict of its own because it changes name by name.
+    sent: Mapping[str, Resource] = field(default_factory=dict)
     sent_key: object = None  # identity of the last SotW response content, to skip identical resends
     acked_nonce: str = ""
     acked_version: str = ""
@@ -289,18 +295,23 @@ class SotwStream(BaseStream):
             state.nack_error = ""
             self.events.on_ack(type_url)
 
-        requested = set(request.resource_names)
-        wildcard = "*" in requested or (not requested and (first or state.wildcard))
-        requested.discard("*")
-        newly_requested = bool(requested - state.names) or (wildcard and not state.wildcard)
-        state.wildcard, state.names = wildcard, requested
+        raw = tuple(request.resource_names)
+        newly_requested = False
+        if raw != state.requested_raw:  # ACKs repeat the names: no set to build for them
+            requested = set(raw)
+            wildcard = "*" in requested or (not requested and (first or state.wildcard))
+            requested.discard("*")
+            newly_requested = bool(requested - state.names) or (wildcard and not state.wildcard)
+            state.wildcard, state.names = wildcard, requested
+            state.names_key = tuple(sorted(requested))
+            state.requested_raw = raw
 
         snapshot = self.snapshot_of(self.group)
         force: set[str] = set()
         if first and snapshot is not None and request.version_info == snapshot.version(type_url):
             # A reconnecting Envoy that already runs this exact version: answering would only make
             # it redo work (and count an update), so remember what it has instead.
-            state.sent = dict(self._wanted(type_url, state, snapshot))
+            state.sent = self._wanted(type_url, state, snapshot)
             state.sent_key = self._content_key(type_url, state, snapshot, {})
             state.sent_version = state.acked_version = request.version_info
             return self._respond(snapshot, force)
@@ -312,16 +323,15 @@ class SotwStream(BaseStream):
         return self._respond(self.snapshot_of(self.group), set())
 
     def _wanted(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Mapping[str, Resource]:
-        available = snapshot.get(type_url)
         if state.wildcard:
-            return available
-        return {name: available[name] for name in sorted(state.names) if name in available}
+            return snapshot.get(type_url)
+        return snapshot.subset(type_url, state.names_key)
 
     def _content_key(
         self, type_url: str, state: TypeState, snapshot: Snapshot, kept: Mapping[str, Resource]
     ) -> object:
-        names_key = None if state.wildcard else tuple(sorted(state.names))
-        kept_key = tuple(sorted((r.name, r.version) for r in kept.values()))
+        names_key = None if state.wildcard else state.names_key
+        kept_key = tuple(sorted((r.name, r.version) for r in kept.values())) if kept else ()
         return (snapshot.version(type_url), names_key, kept_key)
 
     def _has_changes(self, type_url: str, state: TypeState, snapshot: Snapshot) -> bool:
@@ -351,7 +361,7 @@ class SotwStream(BaseStream):
                 changed = [r.name for r in wanted.values() if state_sent_version(state, r.name) != r.version]
                 if changed or CLUSTER in force:
                     force.add(ENDPOINT)
-            state.sent = {**wanted, **kept}
+            state.sent = {**wanted, **kept} if kept else wanted
             state.sent_key = key
         return out
 
@@ -401,17 +411,17 @@ class DeltaStream(BaseStream):
         state = self.types.get(type_url)
         subscribe = set(request.resource_names_subscribe)
         if state is None:
-            state = self.types[type_url] = TypeState()
+            state = self.types[type_url] = TypeState(sent={})
             state.wildcard = not subscribe or "*" in subscribe
             # Reconnect: the client tells us what it has, so only differences are sent.
             snapshot = self.snapshot_of(self.group)
             available = snapshot.get(type_url) if snapshot is not None else {}
+            sent = _mutable(state)
             for name, version in request.initial_resource_versions.items():
                 resource = available.get(name)
-                if resource is not None and resource.version == version:
-                    state.sent[name] = resource
-                else:
-                    state.sent[name] = _placeholder(type_url, name, version)
+                sent[name] = resource if resource is not None and resource.version == version else (
+                    _placeholder(type_url, name, version)
+                )
         else:
             if "*" in subscribe:
                 state.wildcard = True
@@ -421,7 +431,7 @@ class DeltaStream(BaseStream):
                 state.wildcard = False
             else:
                 state.names.discard(name)
-                state.sent.pop(name, None)
+                _mutable(state).pop(name, None)
         if subscribe or request.resource_names_unsubscribe:
             state.synced_generation = None
 
@@ -446,6 +456,22 @@ class DeltaStream(BaseStream):
         self, type_url: str, state: TypeState, snapshot: Snapshot
     ) -> tuple[list[Resource], list[str]]:
         available = snapshot.get(type_url)
+        changes = snapshot.changes.get(type_url) if snapshot.changes is not None else None
+        if changes is not None and state.synced_generation is not None and (
+            state.synced_generation == snapshot.previous_generation
+        ):
+            # One snapshot behind (the usual case): only the names that changed can differ.
+            sent = state.sent
+            updates = []
+            removed = []
+            for name in sorted(changes):
+                resource = available.get(name)
+                if resource is None:
+                    if name in sent:
+                        removed.append(name)
+                elif state.subscribed(name) and state_sent_version(state, name) != resource.version:
+                    updates.append(resource)
+            return updates, removed
         if state.wildcard:
             candidates: Iterable[Resource] = available.values()
         else:
@@ -478,16 +504,17 @@ class DeltaStream(BaseStream):
             if not updates and not removed:
                 continue
             out.append(self._encode(type_url, state, snapshot, updates, removed))
+            sent = _mutable(state)
             for resource in updates:
-                state.sent[resource.name] = resource
+                sent[resource.name] = resource
             for name in removed:
-                del state.sent[name]
+                del sent[name]
             if type_url == CLUSTER and updates:
                 endpoints = self.types.get(ENDPOINT)
                 if endpoints is not None:
                     # Forget what the client has for these clusters, so their EDS goes out again.
                     for resource in updates:
-                        endpoints.sent.pop(resource.name, None)
+                        _mutable(endpoints).pop(resource.name, None)
                     endpoints.synced_generation = None
         return out
 
@@ -515,6 +542,12 @@ class DeltaStream(BaseStream):
             payload = build(nonce)
         state.record_sent(nonce, version)
         return Outgoing(type_url, payload, len(updates))
+
+
+def _mutable(state: TypeState) -> dict[str, Resource]:
+    # Delta states are created with a dict of their own (see DeltaStream.on_request).
+    assert isinstance(state.sent, dict)
+    return state.sent
 
 
 def _placeholder(type_url: str, name: str, version: str) -> Resource:
