@@ -1,0 +1,566 @@
+"""Push fan-out: one xDS server process, several client processes with one HTTP/2 connection per stream.
+
+Every simulated Envoy opens its own channel (its own TCP connection), subscribes over ADS to wildcard CDS
+and to EDS for every cluster, and ACKs each response the way Envoy does. The orchestrator (this process)
+changes ONE ClusterLoadAssignment and measures, with the system-wide CLOCK_MONOTONIC, the time from the
+trigger until each stream has the new version. The server's CPU time per push comes from its own
+getrusage(RUSAGE_SELF) (all its threads), its memory from /proc/self/status.
+
+The baseline ("floor") is a bare grpc.aio server in the same kind of process, with the same stream
+structure (reader task + queue + async-generator handler, identity response serializer), streaming the
+very same pre-encoded bytes with no xDS logic: it answers each initial request with the current payload
+of that type and writes a pre-built EDS payload to every stream on a push. ACKs are parsed and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+GROUP = "bench"
+SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+
+
+# --------------------------------------------------------------------------------------------- server
+
+
+def _proc_status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _pid_cpu_seconds(pid: int) -> float:
+    """utime + stime of another process (by pid) from /proc/<pid>/stat, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _quiet(log_path: str) -> None:
+    """Child processes write their stderr (gRPC core logs, tracebacks) to a log file, not the report."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def server_main(
+    conn: Connection, kind: str, protocol: str, debounce: float, n_clusters: int, changes: int, log_path: str
+) -> None:
+    _quiet(log_path)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_server(conn, kind, protocol, debounce, n_clusters, changes))
+
+
+async def _server(
+    conn: Connection, kind: str, protocol: str, debounce: float, n_clusters: int, changes: int
+) -> None:
+    import grpc
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from benchmarks import fixtures
+    from spillover.server.cache import Snapshot, SnapshotCache
+    from spillover.server.resources import CLUSTER, ENDPOINT, Resource
+
+    resources = [Resource.from_message(m) for m in fixtures.messages(n_clusters)]
+    snapshot = Snapshot.from_resources(resources)
+    loop = asyncio.get_running_loop()
+    stopped = asyncio.Event()
+
+    def changed_resources(i: int) -> tuple[list[Resource], Resource]:
+        """Change i: the endpoints (weights) of ONE cluster change; everything else is the same objects."""
+        target = i % n_clusters
+        new = Resource.from_message(fixtures.load_assignment(target, generation=i + 1))
+        out = list(resources)
+        out[2 * target + 1] = new
+        return out, new
+
+    if kind == "xds":
+        from spillover.server.service import XdsServer
+
+        cache = SnapshotCache(debounce=debounce, max_delay=max(1.0, debounce))
+        cache.set_snapshot(GROUP, snapshot)
+        xds = XdsServer(cache)
+        port = await xds.start("127.0.0.1:0")
+
+        def change(i: int) -> str:
+            nonlocal resources
+            resources, _ = changed_resources(i)
+            snap = Snapshot.from_resources(resources)
+            cache.update(GROUP, snap)  # debounced when debounce > 0, immediate otherwise
+            return snap.version(ENDPOINT)
+
+        async def stop() -> None:
+            await xds.stop(0)
+
+    else:  # the transport floor
+        watchers: set[asyncio.Queue[object]] = set()
+        eof = object()
+
+        def sotw_payload(snap: Snapshot, type_url: str, nonce: str) -> bytes:
+            header = discovery_pb2.DiscoveryResponse(
+                version_info=snap.version(type_url), type_url=type_url, nonce=nonce
+            )
+            return header.SerializeToString() + b"".join(r.sotw_entry for r in snap.get(type_url).values())
+
+        def delta_payload(
+            snap: Snapshot, type_url: str, nonce: str, only: list[Resource] | None = None
+        ) -> bytes:
+            header = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=snap.version(type_url), type_url=type_url, nonce=nonce
+            )
+            entries = only if only is not None else snap.get(type_url).values()
+            return header.SerializeToString() + b"".join(r.delta_entry for r in entries)
+
+        current: dict[str, bytes] = {}
+        if protocol == "sotw":
+            current = {t: sotw_payload(snapshot, t, f"n0-{t[-8:]}") for t in (CLUSTER, ENDPOINT)}
+        else:
+            current = {t: delta_payload(snapshot, t, f"n0-{t[-8:]}") for t in (CLUSTER, ENDPOINT)}
+        # Every push is pre-encoded before the clock starts: the floor does nothing but move bytes.
+        pushes: list[tuple[str, bytes]] = []
+        for i in range(changes):
+            all_resources, new = changed_resources(i)
+            snap = Snapshot.from_resources(all_resources)
+            if protocol == "sotw":
+                payload = sotw_payload(snap, ENDPOINT, f"p{i}")
+            else:
+                payload = delta_payload(snap, ENDPOINT, f"p{i}", [new])
+            pushes.append((snap.version(ENDPOINT), payload))
+
+        request_class = (
+            discovery_pb2.DiscoveryRequest if protocol == "sotw" else discovery_pb2.DeltaDiscoveryRequest
+        )
+
+        async def handle(requests: Any, context: Any) -> Any:
+            inbox: asyncio.Queue[object] = asyncio.Queue()
+
+            async def read() -> None:
+                try:
+                    async for request in requests:
+                        inbox.put_nowait(request)
+                except Exception:
+                    pass
+                finally:
+                    inbox.put_nowait(eof)
+
+            reader = loop.create_task(read())
+            try:
+                while True:
+                    item: Any = await inbox.get()
+                    if item is eof:
+                        return
+                    if isinstance(item, bytes):
+                        yield item
+                    elif not item.response_nonce:  # an initial request for a type: answer it
+                        yield current[item.type_url]
+                        if item.type_url == ENDPOINT:
+                            watchers.add(inbox)
+            finally:
+                reader.cancel()
+                watchers.discard(inbox)
+
+        method = "StreamAggregatedResources" if protocol == "sotw" else "DeltaAggregatedResources"
+        handler = grpc.method_handlers_generic_handler(
+            "envoy.service.discovery.v3.AggregatedDiscoveryService",
+            {
+                method: grpc.stream_stream_rpc_method_handler(
+                    handle, request_deserializer=request_class.FromString, response_serializer=bytes
+                )
+            },
+        )
+        from spillover.server.service import GRPC_SERVER_OPTIONS
+
+        server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
+        server.add_generic_rpc_handlers([handler])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+
+        def change(i: int) -> str:
+            version, payload = pushes[i]
+            current[ENDPOINT] = payload
+            for queue in watchers:
+                queue.put_nowait(payload)
+            return version
+
+        async def stop() -> None:
+            await server.stop(0)
+
+    def on_command() -> None:
+        try:
+            command = conn.recv()
+        except EOFError:
+            stopped.set()
+            return
+        op = command[0]
+        if op == "change":
+            conn.send(("changed", change(command[1])))
+        elif op == "stats":
+            conn.send(("stats", _cpu_seconds(), _proc_status()))
+        elif op == "stop":
+            stopped.set()
+
+    loop.add_reader(conn.fileno(), on_command)
+    conn.send(("ready", port, snapshot.version(ENDPOINT), _proc_status()))
+    await stopped.wait()
+    loop.remove_reader(conn.fileno())
+    await stop()
+
+
+# --------------------------------------------------------------------------------------------- client
+
+
+def client_main(
+    conn: Connection, port: int, protocol: str, n_streams: int, n_clusters: int, index: int, log_path: str
+) -> None:
+    _quiet(log_path)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_clients(conn, port, protocol, n_streams, n_clusters, index))
+
+
+async def _clients(
+    conn: Connection, port: int, protocol: str, n_streams: int, n_clusters: int, index: int
+) -> None:
+    import grpc
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    from benchmarks import fixtures
+    from spillover.server.resources import CLUSTER, ENDPOINT
+
+    loop = asyncio.get_running_loop()
+    names = [fixtures.cluster_name(i) for i in range(n_clusters)]
+    short = {CLUSTER: "CDS", ENDPOINT: "EDS"}
+    seen: dict[tuple[str, str], dict[int, float]] = {}
+    stopped = asyncio.Event()
+    connect_slots = asyncio.Semaphore(32)
+
+    def record(stream: int, type_url: str, version: str, at: float) -> None:
+        key = (short.get(type_url, type_url), version)
+        times = seen.setdefault(key, {})
+        if stream not in times:
+            times[stream] = at
+            if len(times) == n_streams:
+                conn.send(("got", index, key[0], key[1], list(times.values())))
+                del seen[key]
+
+    options = [
+        ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel, like one Envoy each
+        ("grpc.max_receive_message_length", -1),
+        ("grpc.bench_client_index", f"{index}"),
+    ]
+
+    async def sotw(i: int) -> None:
+        async with connect_slots:
+            channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=[*options, ("grpc.bench_stream", i)]
+            )
+            await channel.channel_ready()
+        call = channel.stream_stream(
+            SOTW_METHOD,
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )()
+        node = base_pb2.Node(id=f"bench-{index}-{i}", cluster=GROUP)
+        await call.write(discovery_pb2.DiscoveryRequest(node=node, type_url=CLUSTER))
+        eds_requested = False
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    return
+                record(i, response.type_url, response.version_info, time.monotonic())
+                if response.type_url == CLUSTER and not eds_requested:
+                    # Envoy asks for the endpoints of the new clusters, then ACKs the clusters.
+                    eds_requested = True
+                    await call.write(discovery_pb2.DiscoveryRequest(type_url=ENDPOINT, resource_names=names))
+                await call.write(
+                    discovery_pb2.DiscoveryRequest(
+                        type_url=response.type_url,
+                        version_info=response.version_info,
+                        response_nonce=response.nonce,
+                        resource_names=names if response.type_url == ENDPOINT else (),
+                    )
+                )
+        finally:
+            await channel.close(None)
+
+    async def delta(i: int) -> None:
+        async with connect_slots:
+            channel = grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=[*options, ("grpc.bench_stream", i)]
+            )
+            await channel.channel_ready()
+        call = channel.stream_stream(
+            DELTA_METHOD,
+            request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
+        )()
+        node = base_pb2.Node(id=f"bench-{index}-{i}", cluster=GROUP)
+        await call.write(discovery_pb2.DeltaDiscoveryRequest(node=node, type_url=CLUSTER))
+        eds_requested = False
+        try:
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    return
+                record(i, response.type_url, response.system_version_info, time.monotonic())
+                if response.type_url == CLUSTER and not eds_requested:
+                    eds_requested = True
+                    await call.write(
+                        discovery_pb2.DeltaDiscoveryRequest(type_url=ENDPOINT, resource_names_subscribe=names)
+                    )
+                await call.write(
+                    discovery_pb2.DeltaDiscoveryRequest(
+                        type_url=response.type_url, response_nonce=response.nonce
+                    )
+                )
+        finally:
+            await channel.close(None)
+
+    def on_command() -> None:
+        with contextlib.suppress(EOFError):
+            conn.recv()
+        stopped.set()
+
+    loop.add_reader(conn.fileno(), on_command)
+    run = sotw if protocol == "sotw" else delta
+    tasks = [loop.create_task(run(i)) for i in range(n_streams)]
+
+    def failed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not stopped.is_set():
+            with contextlib.suppress(Exception):
+                conn.send(("error", index, repr(task.exception())))
+
+    for task in tasks:
+        task.add_done_callback(failed)
+    await stopped.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------- orchestrator
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))  # nearest-rank
+    return ordered[rank]
+
+
+def run_push(
+    kind: str,
+    protocol: str,
+    debounce: float,
+    procs: int,
+    streams_per_proc: int,
+    changes: int,
+    warmup: int,
+    n_clusters: int,
+    settle: float,
+    log_dir: str,
+    log: Any = print,
+) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    tag = f"{kind}-{protocol}-{int(debounce * 1000)}ms"
+    server_log = os.path.join(log_dir, f"{tag}-server.log")
+    total_changes = warmup + changes
+    server_conn, child = ctx.Pipe()
+    server = ctx.Process(
+        target=server_main,
+        args=(child, kind, protocol, debounce, n_clusters, total_changes, server_log),
+        name=f"bench-server-{kind}",
+        daemon=True,
+    )
+    clients: list[tuple[Any, Connection]] = []
+    received: dict[tuple[str, str], list[float]] = {}
+    reporters: dict[tuple[str, str], int] = {}
+    started = time.monotonic()
+
+    def pump(timeout: float) -> list[Any]:
+        """Collect client reports; return messages from the server."""
+        from_server = []
+        for ready in wait([server_conn, *(c for _, c in clients)], timeout):
+            try:
+                message: Any = ready.recv()  # type: ignore[union-attr,call-arg]
+            except EOFError as error:
+                raise BenchError(f"a benchmark process died ({kind}/{protocol})") from error
+            if ready is server_conn:
+                from_server.append(message)
+            elif message[0] == "got":
+                _, _, short, version, times = message
+                received.setdefault((short, version), []).extend(times)
+                reporters[(short, version)] = reporters.get((short, version), 0) + 1
+            elif message[0] == "error":
+                raise BenchError(f"client process {message[1]} failed: {message[2]}")
+        return from_server
+
+    def server_reply(op: str, timeout: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in pump(0.5):
+                if message[0] == op:
+                    return message
+            if not server.is_alive():
+                raise BenchError(f"the {kind} server process exited with {server.exitcode}")
+        raise BenchError(f"no {op!r} from the server within {timeout}s")
+
+    def all_received(key: tuple[str, str], timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while reporters.get(key, 0) < procs:
+            if time.monotonic() > deadline:
+                got = len(received.get(key, []))
+                raise BenchError(
+                    f"{kind}/{protocol}: only {got} of {procs * streams_per_proc} streams got {key}"
+                )
+            for message in pump(0.2):
+                if message[0] != "stats":
+                    raise BenchError(f"unexpected server message {message!r}")
+        return max(received[key])
+
+    def stats() -> tuple[float, dict[str, int]]:
+        server_conn.send(("stats",))
+        _, cpu, status = server_reply("stats")
+        return cpu, status
+
+    try:
+        server.start()
+        _, port, version0, status_empty = server_reply("ready")
+        rss_empty = status_empty["VmRSS"]
+        for index in range(procs):
+            parent, child_end = ctx.Pipe()
+            process = ctx.Process(
+                target=client_main,
+                args=(
+                    child_end,
+                    port,
+                    protocol,
+                    streams_per_proc,
+                    n_clusters,
+                    index,
+                    os.path.join(log_dir, f"{tag}-clients-{index}.log"),
+                ),
+                name=f"bench-clients-{index}",
+                daemon=True,
+            )
+            process.start()
+            clients.append((process, parent))
+        connect_started = time.monotonic()
+        all_received(("EDS", version0), timeout=180)
+        connect_s = time.monotonic() - connect_started
+        time.sleep(settle)
+        cpu_a, status = stats()
+        time.sleep(1.0)
+        cpu_b, status = stats()
+        idle_cpu_per_s = cpu_b - cpu_a
+        rss_connected = status["VmRSS"]
+
+        latencies: list[float] = []
+        per_push: list[dict[str, float]] = []
+        client_pids = [p.pid for p, _ in clients if p.pid is not None]
+        for i in range(total_changes):
+            clients_before = sum(_pid_cpu_seconds(pid) for pid in client_pids)
+            cpu_before, _ = stats()
+            t0 = time.monotonic()
+            server_conn.send(("change", i))
+            _, version = server_reply("changed")
+            t_changed = time.monotonic()
+            t_last = all_received(("EDS", version), timeout=120)
+            time.sleep(settle)  # let the ACKs of this push be processed: they are part of its cost
+            cpu_after, status = stats()
+            clients_after = sum(_pid_cpu_seconds(pid) for pid in client_pids)
+            if i < warmup:
+                continue
+            lat = [t - t0 for t in received[("EDS", version)]]
+            latencies.extend(lat)
+            per_push.append(
+                {
+                    "p50_s": _percentile(lat, 50),
+                    "p99_s": _percentile(lat, 99),
+                    "last_s": t_last - t0,
+                    "trigger_s": t_changed - t0,
+                    "cpu_s": cpu_after - cpu_before,
+                    "clients_cpu_s": clients_after - clients_before,
+                }
+            )
+        rss_after = status["VmRSS"]
+        hwm = status["VmHWM"]
+    finally:
+        # Clients first (their streams end cleanly), then the server.
+        for _, conn in clients:
+            with contextlib.suppress(Exception):
+                conn.send(("stop",))
+        for process, _ in clients:
+            process.join(5)
+        with contextlib.suppress(Exception):
+            server_conn.send(("stop",))
+        server.join(5)
+        for process in [p for p, _ in clients] + [server]:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()  # SIGTERM to this pid only
+                process.join(2)
+            if process.is_alive() and process.pid is not None:
+                process.kill()
+                process.join(2)
+
+    cpu_per_push = [p["cpu_s"] for p in per_push]
+    streams = procs * streams_per_proc
+    log(
+        f"    {kind:5s} {protocol:5s} debounce={debounce * 1000:.0f}ms streams={streams}: "
+        f"p50={_percentile(latencies, 50) * 1000:.1f}ms p99={_percentile(latencies, 99) * 1000:.1f}ms "
+        f"cpu/push={statistics.median(cpu_per_push) * 1000:.1f}ms "
+        f"(clients {statistics.median(p['clients_cpu_s'] for p in per_push) * 1000:.0f}ms) rss={rss_connected / 2**20:.1f}MiB "
+        f"({time.monotonic() - started:.0f}s)"
+    )
+    return {
+        "kind": kind,
+        "protocol": protocol,
+        "debounce_s": debounce,
+        "streams": streams,
+        "client_processes": procs,
+        "clusters": n_clusters,
+        "changes": changes,
+        "connect_s": connect_s,
+        "p50_s": _percentile(latencies, 50),
+        "p99_s": _percentile(latencies, 99),
+        "max_s": max(latencies),
+        "last_median_s": statistics.median(p["last_s"] for p in per_push),
+        "push_p99_median_s": statistics.median(p["p99_s"] for p in per_push),
+        "cpu_per_push_s": statistics.median(cpu_per_push),
+        "cpu_per_push_mean_s": statistics.fmean(cpu_per_push),
+        "clients_cpu_per_push_s": statistics.median(p["clients_cpu_s"] for p in per_push),
+        "idle_cpu_per_s": idle_cpu_per_s,
+        "settle_s": settle,
+        "rss_empty_bytes": rss_empty,
+        "rss_connected_bytes": rss_connected,
+        "rss_after_bytes": rss_after,
+        "rss_hwm_bytes": hwm,
+        "per_push": per_push,
+    }
