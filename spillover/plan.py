@@ -129,6 +129,7 @@ def _profiles(md: ModelDeployment, replicas: int) -> tuple[ir.Profile, ...]:
                 strategy=routing.strategy_for(name),
                 requests_per_second=share,
                 total_requests_per_second=total,
+                burst=float(profile.burst) / replicas if profile.burst else 0.0,
                 params=params,
             )
         )

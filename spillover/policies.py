@@ -75,7 +75,7 @@ class PolicyProvider:
         self.source = DirectorySource(directory, poll_interval=poll_interval)
         self.listener = listener
         self.changed: Callable[[], None] = lambda: None
-        self.tokens = TokenManager(changed=lambda: self.changed())
+        self.tokens = TokenManager(changed=self._inputs_changed)
         self.state: DesiredState = self.source.poll() or self.source.state
         self._decisions: dict[str, Decision] = {}
         self._since: dict[str, float] = {}
@@ -91,6 +91,12 @@ class PolicyProvider:
             registry=self.registry,
         )
         self._report(self.state)
+        # Decisions are state of their own: reported even while no Envoy is connected.
+        self.decisions()
+
+    def _inputs_changed(self) -> None:
+        self.decisions()
+        self.changed()
 
     def _credentials(self) -> dict[str, ClientCredentials]:
         return {name: c for name, md in self.state.models.items() if (c := credentials_of(md)) is not None}
@@ -138,7 +144,7 @@ class PolicyProvider:
         self.state = state
         self._report(state)
         self.tokens.want(list(self._credentials().values()))
-        self.changed()
+        self._inputs_changed()
 
     def _report(self, state: DesiredState) -> None:
         self._errors.clear()

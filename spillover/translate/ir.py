@@ -105,13 +105,15 @@ class Profile:
     """An AIBrix config profile. ``strategy`` None: the default profile's strategy applies.
 
     ``requests_per_second`` is this Envoy replica's share (0 = unlimited);
-    ``total_requests_per_second`` is the model-level figure quoted in the 429 body.
+    ``total_requests_per_second`` is the model-level figure quoted in the 429 body;
+    ``burst`` is this replica's share of the bucket size (0 = one second's worth).
     """
 
     name: str
     strategy: str | None = None
     requests_per_second: float = 0.0
     total_requests_per_second: float = 0.0
+    burst: float = 0.0
     params: StrategyParams = StrategyParams()
 
 

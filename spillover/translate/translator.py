@@ -481,26 +481,30 @@ def _openai_error(message: str, type_: str, code: str, param: str | None) -> str
     return _json({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
-def _token_bucket(rps: float) -> token_bucket_pb2.TokenBucket:
+def _token_bucket(rps: float, burst: float = 0.0) -> token_bucket_pb2.TokenBucket:
     if float(rps).is_integer():
         tokens, per_fill, interval = int(rps), int(rps), 1.0
-    elif rps <= 20:
-        # One token every 1/rps seconds keeps fractional shares (50 rps over 3 replicas) exact;
-        # Envoy's minimum fill interval is 50 ms, hence the 20 rps bound.
-        tokens, per_fill, interval = math.ceil(rps), 1, 1.0 / rps
     else:
-        tokens, per_fill, interval = math.ceil(rps), round(rps), 1.0
+        # A fractional share (50 rps over 3 replicas) stays exact as `per_fill` tokens every
+        # per_fill/rps seconds; Envoy's minimum fill interval is 50 ms, which sets per_fill.
+        per_fill = math.ceil(rps * 0.05)
+        tokens, interval = math.ceil(rps), per_fill / rps
+    if burst:
+        if not math.isfinite(burst) or burst < 0:
+            raise ValueError(f"burst must be a finite number >= 0, got {burst!r}")
+        # The bucket's size is the burst; it can't be smaller than one fill.
+        tokens = max(math.ceil(burst), per_fill)
     return token_bucket_pb2.TokenBucket(
         max_tokens=tokens, tokens_per_fill=_u32(per_fill), fill_interval=_duration(interval, "fill_interval")
     )
 
 
-def _rate_limit(rps: float) -> any_pb2.Any:
+def _rate_limit(rps: float, burst: float = 0.0) -> any_pb2.Any:
     enabled = percent_pb2.FractionalPercent(numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED)
     return _any(
         local_rate_limit_pb2.LocalRateLimit(
             stat_prefix=_RL_STAT_PREFIX,
-            token_bucket=_token_bucket(rps),
+            token_bucket=_token_bucket(rps, burst),
             filter_enabled=base_pb2.RuntimeFractionalPercent(
                 default_value=enabled, runtime_key="spillover.model_rps.enabled"
             ),
@@ -566,7 +570,7 @@ def _model_route(
                 }
             }
         )
-        route.typed_per_filter_config[_RATE_LIMIT_FILTER].CopyFrom(_rate_limit(rps))
+        route.typed_per_filter_config[_RATE_LIMIT_FILTER].CopyFrom(_rate_limit(rps, profile.burst))
     route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(_struct(meta))
 
     split = model.split

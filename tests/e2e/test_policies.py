@@ -10,8 +10,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.e2e.harness import Spillover, post_model, served_by
 from tests.e2e.policies import beamlit_example, model_deployment, write
 from tests.harness.envoy import Envoy
@@ -150,13 +148,6 @@ def test_file_edits_reach_envoy_invalid_files_keep_last_good_config_and_deletes_
     assert server.stop() == 0, server.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="spillover gap: decisions are computed only while building an Envoy's resources "
-    "(spillover/policies.py PolicyProvider.decisions() is called from resources() alone), so before any "
-    "Envoy connects /debug/models says UNKNOWN and spillover_model_state has no sample",
-)
 def test_model_states_are_reported_before_any_envoy_connects(
     policy_dir: Path,
     spillover_factory: Callable[..., Spillover],

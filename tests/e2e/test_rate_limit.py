@@ -8,8 +8,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.e2e.harness import Load, Spillover, drive, post_model, served_by
 from tests.e2e.policies import model_deployment, write
 from tests.harness.envoy import Envoy
@@ -155,13 +153,6 @@ def test_model_rps_is_enforced_and_divided_among_the_envoys_of_a_group(
     assert server.stop() == 0, server.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="spillover bug: Profile.burst is validated (spillover/policy/model.py:764) but dropped by "
-    "planning: spillover/plan.py _profiles() never passes it on, ir.Profile has no burst field and "
-    "translator._token_bucket() sets max_tokens from requestsPerSecond alone",
-)
 def test_burst_sets_the_token_bucket_size(
     policy_dir: Path,
     spillover_factory: Callable[..., Spillover],

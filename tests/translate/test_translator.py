@@ -110,7 +110,14 @@ def test_default_profile_has_a_single_route_so_a_single_token_bucket() -> None:
 
 @pytest.mark.parametrize(
     ("rps", "bucket"),
-    [(5, (5, 5, 1.0)), (16.5, (17, 1, 1 / 16.5)), (0.5, (1, 1, 2.0)), (33.3, (34, 33, 1.0))],
+    [
+        (5, (5, 5, 1.0)),
+        (16.5, (17, 1, 1 / 16.5)),
+        (0.5, (1, 1, 2.0)),
+        # Above 20/s a fraction is kept exact by filling 2 tokens every 2/33.3 s (>= Envoy's 50 ms).
+        (33.3, (34, 2, 2 / 33.3)),
+        (22.5, (23, 2, 2 / 22.5)),
+    ],
 )
 def test_token_bucket_for_per_replica_share(rps: float, bucket: tuple[int, int, float]) -> None:
     route = _routes(_gateway(_model(profiles=(Profile("default", "random", rps, rps * 3),))))[0]
@@ -120,6 +127,16 @@ def test_token_bucket_for_per_replica_share(rps: float, bucket: tuple[int, int, 
     interval = tb.fill_interval.seconds + tb.fill_interval.nanos / 1e9
     assert (tb.max_tokens, tb.tokens_per_fill.value) == bucket[:2]
     assert interval == pytest.approx(bucket[2], abs=1e-9)
+
+
+def test_burst_sizes_the_bucket_without_changing_the_rate() -> None:
+    profile = Profile("default", "random", 10, 20, burst=40)
+    route = _routes(_gateway(_model(profiles=(profile,))))[0]
+    config = local_rate_limit_pb2.LocalRateLimit()
+    route.typed_per_filter_config["envoy.filters.http.local_ratelimit"].Unpack(config)
+    assert config.token_bucket.max_tokens == 40
+    assert config.token_bucket.tokens_per_fill.value == 10
+    assert config.token_bucket.fill_interval.seconds == 1
 
 
 def test_least_request_drops_weights_but_throughput_keeps_them() -> None:
