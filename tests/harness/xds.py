@@ -34,8 +34,8 @@ T = TypeVar("T")
 class XdsThread:
     def __init__(
         self,
-        debounce: float = 0.05,
-        max_delay: float = 0.5,
+        debounce: float = 0.1,
+        max_delay: float = 1.0,
         group_of: Callable[[base_pb2.Node], str] = group_by_cluster,
     ) -> None:
         self.debounce = debounce
