@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv test run bench lint typecheck clean
+.PHONY: venv system-deps test run bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: venv
+# The tests run a real Prometheus (Debian's package). Installed only when missing.
+system-deps:
+	@command -v prometheus >/dev/null 2>&1 || { \
+		echo "installing prometheus (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	}
+
+test: venv system-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 run: venv

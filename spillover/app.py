@@ -9,7 +9,10 @@ the xDS layer calling upstream.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib
 import logging
+import pkgutil
 import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -99,6 +102,34 @@ def load_resources_file(path: Path) -> list[Message]:
     return [parse_resource(item, f"{path.name} resources[{index}]") for index, item in enumerate(items)]
 
 
+def _import_types(value: Any) -> None:
+    """Loads the proto modules of every `@type` inside a resource (typed_config, typed extensions).
+
+    json_format resolves `Any` only through the descriptor pool, which holds modules already
+    imported; a hand-written file may name any Envoy extension.
+    """
+    if isinstance(value, dict):
+        type_url = value.get("@type")
+        if isinstance(type_url, str):
+            _import_proto_package(type_url.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+        for item in value.values():
+            _import_types(item)
+    elif isinstance(value, list):
+        for item in value:
+            _import_types(item)
+
+
+@functools.lru_cache(maxsize=None)
+def _import_proto_package(package: str) -> None:
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return  # json_format reports the unknown type with its name
+    for info in pkgutil.iter_modules(getattr(module, "__path__", [])):
+        if info.name.endswith("_pb2"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
 def parse_resource(item: Any, where: str) -> Message:
     if not isinstance(item, dict) or "@type" not in item:
         raise ValueError(f"{where}: must be a mapping with an '@type' (e.g. {TYPE_PREFIX}envoy.config.cluster.v3.Cluster)")
@@ -110,6 +141,7 @@ def parse_resource(item: Any, where: str) -> Message:
     if message_class is None:
         known = ", ".join(sorted(t.removeprefix(TYPE_PREFIX) for t in MESSAGE_CLASSES))
         raise ValueError(f"{where}.@type: unknown resource type {type_url!r}; known: {known}")
+    _import_types(body)
     try:
         return json_format.ParseDict(body, message_class())
     except json_format.ParseError as error:

@@ -422,6 +422,11 @@ class DeltaStream(BaseStream):
                 sent[name] = resource if resource is not None and resource.version == version else (
                     _placeholder(type_url, name, version)
                 )
+            if snapshot is not None and request.initial_resource_versions:
+                updates, removed = self._diff(type_url, state, snapshot)
+                if not updates and not removed:
+                    # Reconnected with exactly this config: nothing to send, and status can say so.
+                    state.sent_version = state.acked_version = snapshot.version(type_url)
         else:
             if "*" in subscribe:
                 state.wildcard = True

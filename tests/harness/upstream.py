@@ -28,6 +28,8 @@ DELAY_HEADER = "x-upstream-delay-s"
 class _Handler(BaseHTTPRequestHandler):
     # HTTP/1.1 so Envoy's connection pool can keep connections alive, as real backends do.
     protocol_version = "HTTP/1.1"
+    # Without it Nagle + delayed ACKs cost ~40 ms per request on a kept-alive connection.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

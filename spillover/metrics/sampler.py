@@ -1,0 +1,116 @@
+"""Samples every overflow metric of every model, concurrently, with a deadline per source."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from spillover.metrics.envoy import EnvoyScrape, EnvoySource
+from spillover.metrics.kubernetes import KubernetesSource
+from spillover.metrics.prometheus import PrometheusSource
+from spillover.metrics.render import EnvoyQuery, KubeQuery, PromQuery, RenderedMetric, render_model
+from spillover.metrics.sample import Sample
+from spillover.policy.model import ModelDeployment
+from spillover.policy.presets import DEFAULT_PRESETS, PresetTable, Source
+
+__all__ = ["MetricsSampler"]
+
+log = logging.getLogger(__name__)
+
+
+class MetricsSampler:
+    """`await sampler.sample(models)` -> `{spec.model: {metric display name: Sample}}`.
+
+    Never raises for a source problem: a missing, failing or slow source gives error samples.
+    `timeout` bounds each source's work in a round (one number, or per source name).
+    """
+
+    def __init__(
+        self,
+        *,
+        prometheus: PrometheusSource | None = None,
+        kubernetes: KubernetesSource | None = None,
+        envoy: EnvoySource | None = None,
+        presets: PresetTable = DEFAULT_PRESETS,
+        timeout: float | Mapping[str, float] = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.prometheus = prometheus
+        self.kubernetes = kubernetes
+        self.envoy = envoy
+        self.presets = presets
+        self._timeout = timeout
+        self._clock = clock
+
+    def timeout_for(self, source: Source) -> float:
+        if isinstance(self._timeout, Mapping):
+            return float(self._timeout.get(source, 5.0))
+        return float(self._timeout)
+
+    async def close(self) -> None:
+        for source in (self.prometheus, self.kubernetes, self.envoy):
+            if source is not None:
+                await source.close()
+
+    async def _bounded(self, source: Source, what: Awaitable[Sample], deadline: float) -> Sample:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(what, max(remaining, 0.0))
+        except TimeoutError:
+            return Sample(None, self._clock(), f"{source}: timed out after {self.timeout_for(source):g}s")
+        except Exception as exc:  # a bug must not take the whole round down
+            log.exception("%s metric failed", source)
+            return Sample(None, self._clock(), f"{source}: {type(exc).__name__}: {exc}")
+
+    async def sample(self, models: Iterable[ModelDeployment]) -> dict[str, dict[str, Sample]]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        sources: tuple[Source, ...] = ("prometheus", "kubernetes", "envoy")
+        deadlines = {s: start + self.timeout_for(s) for s in sources}
+        models = list(models)
+        rendered: list[tuple[str, RenderedMetric]] = []
+        for md in models:
+            for metric in render_model(md, self.presets):
+                rendered.append((md.model, metric))
+
+        # Envoy: one scrape of every proxy per round, shared by all Envoy metrics.
+        scrape: EnvoyScrape | None = None
+        scrape_error = ""
+        if self.envoy is not None and any(m.source == "envoy" and m.query is not None for _, m in rendered):
+            try:
+                scrape = await asyncio.wait_for(self.envoy.scrape(), max(deadlines["envoy"] - loop.time(), 0.0))
+            except TimeoutError:
+                scrape_error = f"envoy: timed out after {self.timeout_for('envoy'):g}s"
+            except Exception as exc:
+                log.exception("envoy scrape failed")
+                scrape_error = f"envoy: {type(exc).__name__}: {exc}"
+
+        async def one(metric: RenderedMetric) -> Sample:
+            q = metric.query
+            if q is None:
+                return Sample(None, self._clock(), metric.error)
+            if isinstance(q, PromQuery):
+                if self.prometheus is None:
+                    return Sample(None, self._clock(), "prometheus: no Prometheus server configured")
+                return await self._bounded(
+                    "prometheus", self.prometheus.sample(q.promql, metric.reducer), deadlines["prometheus"]
+                )
+            if isinstance(q, KubeQuery):
+                if self.kubernetes is None:
+                    return Sample(None, self._clock(), "kubernetes: no Kubernetes API configured")
+                return await self._bounded("kubernetes", self.kubernetes.sample(q), deadlines["kubernetes"])
+            if isinstance(q, EnvoyQuery):
+                if self.envoy is None:
+                    return Sample(None, self._clock(), "envoy: no Envoy admin endpoints configured")
+                if scrape is None:
+                    return Sample(None, self._clock(), scrape_error or "envoy: no scrape")
+                return self.envoy.evaluate(scrape, q, metric.reducer, metric.window)
+            return Sample(None, self._clock(), f"{metric.source}: unsupported query {type(q).__name__}")
+
+        samples = await asyncio.gather(*(one(m) for _, m in rendered))
+        result: dict[str, dict[str, Sample]] = {md.model: {} for md in models}
+        for (model, metric), s in zip(rendered, samples, strict=True):
+            result.setdefault(model, {})[metric.name] = s
+        return result
