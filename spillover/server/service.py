@@ -168,6 +168,7 @@ class ProxyRegistry:
 
 
 _EOF = object()
+_TICK = object()  # a stream's own deadline passed (warming timeout)
 
 
 class XdsServer:
@@ -178,8 +179,10 @@ class XdsServer:
         cache: SnapshotCache,
         group_of: Callable[[base_pb2.Node], str] = group_by_cluster,
         registry: CollectorRegistry | None = None,
+        warm_timeout: float = 5.0,
     ) -> None:
         self.cache = cache
+        self.warm_timeout = warm_timeout
         self.group_of = group_of
         self.metrics_registry = registry or CollectorRegistry()
         self.metrics = XdsMetrics(self.metrics_registry)
@@ -198,7 +201,9 @@ class XdsServer:
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         def sotw(default_type: str = "") -> grpc.RpcMethodHandler:
             async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-                stream = SotwStream(context.peer(), self.group_of, self.cache.get, default_type, self._events)
+                stream = SotwStream(
+                    context.peer(), self.group_of, self.cache.get, default_type, self._events, self.warm_timeout
+                )
                 async for payload in self._serve(stream, requests, context):
                     yield payload
 
@@ -210,7 +215,9 @@ class XdsServer:
 
         def delta(default_type: str = "") -> grpc.RpcMethodHandler:
             async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-                stream = DeltaStream(context.peer(), self.group_of, self.cache.get, default_type, self._events)
+                stream = DeltaStream(
+                    context.peer(), self.group_of, self.cache.get, default_type, self._events, self.warm_timeout
+                )
                 async for payload in self._serve(stream, requests, context):
                     yield payload
 
@@ -248,8 +255,10 @@ class XdsServer:
             finally:
                 inbox.put_nowait(_EOF)
 
-        reader = asyncio.get_running_loop().create_task(read())
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(read())
         registered = False
+        scheduled_wake: float | None = None
         try:
             while True:
                 item = await inbox.get()
@@ -259,7 +268,10 @@ class XdsServer:
                     log.info("stream %s (%s) sent an unreadable request: %r", stream.node_id, stream.peer, item)
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable request: {item}")
                     return
-                if isinstance(item, Snapshot):
+                if item is _TICK:
+                    outgoing = stream.on_tick()
+                    published = None
+                elif isinstance(item, Snapshot):
                     outgoing = stream.on_snapshot()
                     published = self.cache.published_at(stream.group)
                 else:
@@ -279,6 +291,10 @@ class XdsServer:
                     yield response.payload
                 if published is not None and outgoing:
                     self.metrics.push_latency.observe(time.monotonic() - published)
+                wake_at = stream.wake_at
+                if wake_at is not None and wake_at != scheduled_wake:
+                    scheduled_wake = wake_at
+                    loop.call_at(loop.time() + max(0.0, wake_at - time.monotonic()), inbox.put_nowait, _TICK)
         finally:
             reader.cancel()
             if registered:

@@ -15,8 +15,10 @@ Rules implemented here (Envoy's xds_protocol documentation):
   and names that don't exist yet are answered when they appear.
 - Warming: a cluster that was added or changed only warms on a new ClusterLoadAssignment, so EDS for
   it is resent after every CDS change.
-- Make-before-break: one push goes CDS -> EDS -> SDS -> LDS -> RDS, and clusters that left the snapshot
-  are removed only in a later push, once the listeners/routes sent alongside are acknowledged.
+- Make-before-break: one push goes CDS -> EDS -> SDS -> LDS -> RDS. Listeners and routes wait until the
+  clusters added or changed in that push are warm (CDS and their endpoints acknowledged; at most
+  `warm_timeout`), and clusters that left the snapshot are removed only in a later push, once the
+  listeners/routes sent alongside are acknowledged.
 - Delta: `initial_resource_versions` on reconnect are trusted, removals go in `removed_resources`.
 """
 
@@ -157,6 +159,8 @@ class BaseStream:
         snapshot_of: Callable[[str], Snapshot | None],
         default_type: str = "",
         events: StreamEvents | None = None,
+        warm_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.peer = peer
         self.group_of = group_of
@@ -167,6 +171,12 @@ class BaseStream:
         self.group = ""
         self.types: dict[str, TypeState] = {}
         self.connected_at = time.time()
+        # Make-before-break: clusters sent as added or changed whose endpoints the client has not
+        # acknowledged yet. Listeners and routes wait for them (at most `warm_timeout` seconds).
+        self.warm_timeout = warm_timeout
+        self.warming: set[str] = set()
+        self.warming_since: float | None = None
+        self.clock = clock
 
     @property
     def node_id(self) -> str:
@@ -243,6 +253,48 @@ class BaseStream:
         return False
 
     def _has_changes(self, type_url: str, state: TypeState, snapshot: Snapshot) -> bool:
+        raise NotImplementedError
+
+    def _start_warming(self, names: Iterable[str], snapshot: Snapshot) -> None:
+        """Clusters just sent as added or changed; those fed by EDS warm until their endpoints land."""
+        endpoints = snapshot.get(ENDPOINT)
+        fed_by_eds = [name for name in names if name in endpoints]
+        if fed_by_eds:
+            self.warming.update(fed_by_eds)
+            if self.warming_since is None:
+                self.warming_since = self.clock()
+
+    def _still_warming(self) -> bool:
+        if not self.warming:
+            return False
+        assert self.warming_since is not None
+        if self.clock() - self.warming_since >= self.warm_timeout:
+            log.warning(
+                "%s: clusters %s did not warm within %.0fs; sending listeners and routes anyway",
+                self.node_id, sorted(self.warming)[:5], self.warm_timeout,
+            )
+            self._stop_warming()
+            return False
+        clusters = self.types.get(CLUSTER)
+        endpoints = self.types.get(ENDPOINT)
+        if clusters is None or clusters.outstanding() or endpoints is None or endpoints.outstanding():
+            return True
+        self.warming = {n for n in self.warming if not (endpoints.subscribed(n) and n in endpoints.sent)}
+        if self.warming:
+            return True
+        self._stop_warming()
+        return False
+
+    def _stop_warming(self) -> None:
+        self.warming.clear()
+        self.warming_since = None
+
+    @property
+    def wake_at(self) -> float | None:
+        """When the stream must be looked at again even if nothing arrives (the warming deadline)."""
+        return None if self.warming_since is None else self.warming_since + self.warm_timeout
+
+    def on_tick(self) -> list[Outgoing]:
         raise NotImplementedError
 
 
@@ -322,6 +374,9 @@ class SotwStream(BaseStream):
     def on_snapshot(self) -> list[Outgoing]:
         return self._respond(self.snapshot_of(self.group), set())
 
+    def on_tick(self) -> list[Outgoing]:
+        return self._respond(self.snapshot_of(self.group), set())
+
     def _wanted(self, type_url: str, state: TypeState, snapshot: Snapshot) -> Mapping[str, Resource]:
         if state.wildcard:
             return snapshot.get(type_url)
@@ -347,6 +402,8 @@ class SotwStream(BaseStream):
                 continue
             if type_url not in force and state.sent_key == self._content_key(type_url, state, snapshot, {}):
                 continue  # the common case (an ACK, an unrelated change) stays O(1)
+            if type_url in _REFERRING_TYPES and self._still_warming():
+                continue  # sent from a later request, once the new clusters can take traffic
             wanted = self._wanted(type_url, state, snapshot)
             kept: dict[str, Resource] = {}
             if type_url == CLUSTER:
@@ -361,6 +418,7 @@ class SotwStream(BaseStream):
                 changed = [r.name for r in wanted.values() if state_sent_version(state, r.name) != r.version]
                 if changed or CLUSTER in force:
                     force.add(ENDPOINT)
+                self._start_warming(changed, snapshot)
             state.sent = {**wanted, **kept} if kept else wanted
             state.sent_key = key
         return out
@@ -457,6 +515,9 @@ class DeltaStream(BaseStream):
     def on_snapshot(self) -> list[Outgoing]:
         return self._respond(self.snapshot_of(self.group))
 
+    def on_tick(self) -> list[Outgoing]:
+        return self._respond(self.snapshot_of(self.group))
+
     def _diff(
         self, type_url: str, state: TypeState, snapshot: Snapshot
     ) -> tuple[list[Resource], list[str]]:
@@ -500,6 +561,8 @@ class DeltaStream(BaseStream):
             state = self.types.get(type_url)
             if state is None or not snapshot.serves(type_url) or state.synced_generation == snapshot.generation:
                 continue
+            if type_url in _REFERRING_TYPES and self._still_warming():
+                continue
             updates, removed = self._diff(type_url, state, snapshot)
             deferred = type_url == CLUSTER and bool(removed) and self._referrers_pending(snapshot)
             if deferred:
@@ -515,6 +578,7 @@ class DeltaStream(BaseStream):
             for name in removed:
                 del sent[name]
             if type_url == CLUSTER and updates:
+                self._start_warming((r.name for r in updates), snapshot)
                 endpoints = self.types.get(ENDPOINT)
                 if endpoints is not None:
                     # Forget what the client has for these clusters, so their EDS goes out again.

@@ -402,11 +402,6 @@ def test_envoy_serves_while_server_is_down_and_resyncs_without_churn(
     assert get(port).status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: after a Delta reconnect that needs no response, /debug/proxies shows empty "
-    "sent/acked versions (streams.py DeltaStream.on_request, initial_resource_versions branch)",
-)
 def test_delta_reconnect_reports_versions(
     xds_server: XdsThread, envoy_factory: EnvoyFactory, upstream_factory: UpstreamFactory
 ) -> None:
@@ -538,13 +533,6 @@ def test_cluster_removal_waits_for_the_route_that_leaves_it(
     assert not premature and seen["routes"] == 2, (premature, seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="server bug: RDS naming a new cluster is pushed before that cluster is warm (its EDS is only "
-    "requested by Envoy after CDS), so requests in that window get 503 'unknown cluster' "
-    "(streams.py SotwStream._respond / DeltaStream._respond)",
-)
 @MODES
 def test_route_switch_to_a_new_cluster_make_before_break(
     xds_server: XdsThread, envoy_factory: EnvoyFactory, upstream_factory: UpstreamFactory, delta: bool
@@ -676,12 +664,6 @@ def _resources_yaml(listener_port: int, cluster: str, upstream: HttpUpstream) ->
     return yaml.safe_dump({"resources": items}, sort_keys=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="server bug: `spillover serve --resources` cannot parse a Listener: the HttpConnectionManager "
-    "(any typed_config) descriptor is not in the protobuf pool (spillover/app.py parse_resource)",
-)
 def test_serve_command_follows_its_resources_file(
     tmp_path: Path, envoy_factory: EnvoyFactory, upstream_factory: UpstreamFactory
 ) -> None:

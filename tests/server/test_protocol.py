@@ -279,15 +279,16 @@ async def test_one_push_is_ordered_and_clusters_are_removed_only_in_a_later_push
     listener = http_listener("main", "127.0.0.1", 10000, route_config="main")
     server.publish(cluster("old"), cla("old"), listener, weighted_route("main", {"old": 1}))
     client = server.client()
+    # Envoy's order: clusters, their endpoints, then listeners and routes.
     client.send(node=node(), type_url=CLUSTER)
     cds = await client.recv()
     client.ack(cds)
-    client.send(type_url=LISTENER)
-    lds = await client.recv()
-    client.ack(lds)
     client.send(type_url=ENDPOINT, resource_names=["old"])
     eds = await client.recv()
     client.ack(eds, resource_names=["old"])
+    client.send(type_url=LISTENER)
+    lds = await client.recv()
+    client.ack(lds)
     client.send(type_url=ROUTE, resource_names=["main"])
     rds = await client.recv()
     client.ack(rds, resource_names=["main"])
@@ -296,20 +297,46 @@ async def test_one_push_is_ordered_and_clusters_are_removed_only_in_a_later_push
     # Switch the route to a new cluster and drop the old one in the same snapshot.
     await server.acked(rds)
     server.publish(cluster("new"), cla("new"), listener, weighted_route("main", {"new": 1}))
-    push = [await client.recv() for _ in range(3)]
-    assert [r.type_url for r in push] == [CLUSTER, ENDPOINT, ROUTE]
-    assert names(push[0]) == ["new", "old"], "the old cluster stays until the route has moved"
-    assert names(push[1]) == [], "the subscribed 'old' endpoints are gone"
-    client.ack(push[0])
-    # Envoy asks for the new cluster's endpoints while it warms.
-    client.ack(push[1], resource_names=["new", "old"])
+    cds2, eds2 = await client.recv(), await client.recv()
+    assert (cds2.type_url, eds2.type_url) == (CLUSTER, ENDPOINT)
+    assert names(cds2) == ["new", "old"], "the old cluster stays until the route has moved"
+    assert names(eds2) == [], "the subscribed 'old' endpoints are gone"
+    # The route waits: 'new' is not warm until its endpoints are acknowledged.
+    await client.expect_silence()
+    client.ack(cds2)
+    client.ack(eds2, resource_names=["new", "old"])  # Envoy asks for the new cluster's endpoints
     eds_new = await client.recv()
     assert eds_new.type_url == ENDPOINT and names(eds_new) == ["new"]
+    await client.expect_silence()
     client.ack(eds_new, resource_names=["new", "old"])
+    rds2 = await client.recv()
+    assert rds2.type_url == ROUTE, "the route is sent once the new cluster is warm"
     await client.expect_silence(0.2)
-    client.ack(push[2], resource_names=["main"])
+    client.ack(rds2, resource_names=["main"])
     later = await client.recv()
     assert later.type_url == CLUSTER and names(later) == ["new"]
+
+
+async def test_routes_are_not_held_forever_by_a_cluster_that_never_warms() -> None:
+    cache = SnapshotCache(debounce=0)
+    xds = XdsServer(cache, warm_timeout=0.5)
+    port = await xds.start("127.0.0.1:0")
+    harness = Server(cache, xds, f"127.0.0.1:{port}")
+    try:
+        listener = http_listener("main", "127.0.0.1", 10000, route_config="main")
+        harness.publish(cluster("a"), cla("a"), listener, weighted_route("main", {"a": 1}))
+        client = harness.client()
+        client.send(node=node(), type_url=CLUSTER)
+        cds = await client.recv()
+        client.ack(cds)
+        client.send(type_url=ROUTE, resource_names=["main"])  # never subscribes to EDS
+        await client.expect_silence(0.3)
+        rds = await client.recv(timeout=2)
+        assert rds.type_url == ROUTE
+    finally:
+        for client in harness.clients:
+            await client.close()
+        await xds.stop(0)
 
 
 async def test_a_reconnecting_envoy_with_the_current_version_is_sent_nothing(server: Server) -> None:
