@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from spillover.admin import AdminServer
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.resources import MESSAGE_CLASSES, TYPE_PREFIX
-from spillover.server.service import XdsServer, group_by_cluster
+from spillover.server.service import ProxyRegistry, XdsServer, group_by_cluster
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class Provider(Protocol):
 
     def resources(self, group: GroupView) -> Iterable[Message]: ...
 
+    def attach(self, proxies: ProxyRegistry) -> None:
+        """Called once with the registry of connected Envoys, for providers that read them."""
+
     async def run(self) -> None: ...
 
 
@@ -63,6 +66,9 @@ class StaticResourcesFile:
 
     def resources(self, group: GroupView) -> Iterable[Message]:
         return self._messages
+
+    def attach(self, proxies: ProxyRegistry) -> None:
+        pass
 
     async def run(self) -> None:
         while True:
@@ -119,7 +125,7 @@ def _import_types(value: Any) -> None:
             _import_types(item)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_proto_package(package: str) -> None:
     try:
         module = importlib.import_module(package)
@@ -168,6 +174,7 @@ class ControlPlane:
         self.cache = SnapshotCache(debounce=self.debounce, max_delay=self.max_delay)
         self.xds = XdsServer(self.cache, group_of=self.group_of)
         self.provider.changed = self.refresh_all
+        self.provider.attach(self.xds.proxies)
         self.xds.proxies.on_change.append(self._group_changed)
 
     def _group_changed(self, group: str) -> None:

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--listen", default="0.0.0.0:10000", type=_host_port, help="the Envoy listener serving models (with --policies)"
     )
+    serve.add_argument("--prometheus-url", help="Prometheus for `source: prometheus` metrics, e.g. http://prometheus:9090")
+    serve.add_argument("--prometheus-token-file", type=Path, help="a file holding a bearer token for Prometheus")
+    serve.add_argument(
+        "--evaluation-interval", type=_seconds, default=0.5, help="how often metrics are sampled and models decided (s)"
+    )
     serve.add_argument("--debounce", type=_seconds, default=0.1, help="quiet period before a push (s)")
     serve.add_argument("--debounce-max", type=_seconds, default=1.0, help="longest delay of a push (s)")
     serve.add_argument(
@@ -110,7 +115,21 @@ def _serve(args: argparse.Namespace) -> int:
         "group_of": _group_of(args.group_by),
     }
     if args.policies is not None:
-        plane = policy_control_plane(args.policies, args.listen, **options)
+        token = None
+        if args.prometheus_token_file is not None:
+            try:
+                token = args.prometheus_token_file.read_text().strip()
+            except OSError as error:
+                print(f"spillover serve: --prometheus-token-file: {error.strerror}", file=sys.stderr)
+                return 2
+        plane = policy_control_plane(
+            args.policies,
+            args.listen,
+            prometheus_url=args.prometheus_url,
+            prometheus_token=token,
+            evaluation_interval=args.evaluation_interval,
+            **options,
+        )
     else:
         try:
             provider = StaticResourcesFile(args.resources)
@@ -124,15 +143,29 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def policy_control_plane(directory: Path, listen: tuple[str, int], **options: Any) -> Any:
+def policy_control_plane(
+    directory: Path,
+    listen: tuple[str, int],
+    prometheus_url: str | None = None,
+    prometheus_token: str | None = None,
+    evaluation_interval: float = 0.5,
+    **options: Any,
+) -> Any:
     from aiohttp import web
 
     from spillover.admin import json_response
     from spillover.app import ControlPlane
+    from spillover.metrics.prometheus import PrometheusSource
     from spillover.policies import PolicyProvider
     from spillover.translate import ir
 
-    provider = PolicyProvider(directory, ir.Listener(address=listen[0], port=listen[1]))
+    prometheus = PrometheusSource(prometheus_url, bearer_token=prometheus_token) if prometheus_url else None
+    provider = PolicyProvider(
+        directory,
+        ir.Listener(address=listen[0], port=listen[1]),
+        evaluation_interval=evaluation_interval,
+        prometheus=prometheus,
+    )
 
     async def models(request: web.Request) -> web.Response:
         return json_response(provider.models_json())

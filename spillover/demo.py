@@ -34,6 +34,9 @@ class DemoSplit:
         self.upstreams = upstreams
         self.changed = lambda: None
 
+    def attach(self, proxies: object) -> None:
+        pass
+
     def resources(self, group: GroupView) -> Iterable[Message]:
         yield http_listener("demo", "127.0.0.1", self.listen_port, route_config="demo")
         yield weighted_route("demo", {"primary": 80, "secondary": 20})

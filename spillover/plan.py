@@ -1,7 +1,7 @@
 """Planning: validated policies + decisions + what the sources know -> the translation IR of one gateway.
 
 Pure functions. The inputs are the desired state (ModelDeployments), the decision per model (state and
-remote share, from the decision stage), the number of Envoy replicas of the node group (rate limits are
+remote share, from the overflow engine in spillover.overflow), the number of Envoy replicas of the node group (rate limits are
 model-wide, so each replica enforces its share) and the OAuth tokens fetched for remote backends.
 """
 
@@ -9,39 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
+from spillover.overflow import Decision
 from spillover.policy.model import HealthCheck as PolicyHealthCheck
 from spillover.policy.model import ModelDeployment, OAuthConfig, OverflowState
 from spillover.policy.model import OutlierDetection as PolicyOutlier
 from spillover.policy.types import split_host_port
 from spillover.translate import ir
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Where a model's traffic goes now: the decision stage's output for one model."""
-
-    state: OverflowState
-    remote_share: int  # percent of requests to the remote backend, 0-100
-    reason: str = ""
-
-
-def static_decision(md: ModelDeployment, remote_usable: bool) -> Decision:
-    """The decision when no metric says otherwise (the overflow engine refines OVERFLOW on top).
-
-    A model without local endpoints sends everything to a usable remote (FAILOVER); disabled
-    offloading keeps everything local.
-    """
-    has_remote = md.spec.offloading_config is not None and md.spec.offloading_config.remote_backend is not None
-    local = md.spec.local_backend.endpoints if md.spec.local_backend else []
-    if not md.spec.enabled:
-        return Decision(OverflowState.DISABLED, 0, "spec.enabled is false")
-    if has_remote and not local:
-        if remote_usable:
-            return Decision(OverflowState.FAILOVER, 100, "no local endpoint")
-        return Decision(OverflowState.FAILOVER, 0, "no local endpoint and the remote backend is not usable")
-    return Decision(OverflowState.STANDBY, 0, "")
 
 
 def bearer_secret_name(md: ModelDeployment) -> str:
@@ -167,6 +141,8 @@ def model_ir(md: ModelDeployment, decision: Decision, replicas: int, token: str 
             connect_s=timeouts.connect,
         ),
         retries=ir.Retries(num_retries=retries.attempts, retry_on=tuple(retries.retry_on)),
+        health_check=_health_check(md.spec.local_backend.health_check) if md.spec.local_backend else None,
+        outlier_detection=_outlier(md.spec.local_backend.outlier_detection) if md.spec.local_backend else None,
     )
 
 

@@ -1,29 +1,44 @@
 """The policy-driven provider: ModelDeployments from a directory -> Envoy resources per node group.
 
-Sources (the policy directory, OAuth tokens, the connected replicas) feed a pure chain:
-plan (policy -> IR) then translate (IR -> protos). Nothing here talks to Envoy.
+Sources (the policy directory, metrics, Envoy's view of endpoint health, OAuth tokens, the connected
+replicas) feed a one-way chain: the overflow engine decides per model (state and remote share), plan maps
+policies + decisions to the IR, translate renders Envoy resources. Nothing here talks to Envoy over xDS;
+the app hands the resources to the snapshot cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from spillover.app import GroupView
+from spillover.metrics.envoy import EnvoySource
+from spillover.metrics.health import ClusterHealth, HealthReader, local_ready, remote_healthy
+from spillover.metrics.prometheus import PrometheusSource
+from spillover.metrics.sample import Sample
+from spillover.metrics.sampler import MetricsSampler
 from spillover.oauth import ClientCredentials, TokenManager
-from spillover.plan import Decision, needs_token, plan_gateway, static_decision
+from spillover.overflow import Evaluator, status_document
+from spillover.plan import needs_token, plan_gateway
 from spillover.policy import DesiredState, DirectorySource, ModelDeployment
 from spillover.policy.secrets import resolve_client_secret
-from spillover.translate import ir, translate
+from spillover.translate import ir, local_cluster_name, remote_cluster_name, translate
 
 log = logging.getLogger(__name__)
+
+
+class AdminDirectory(Protocol):
+    """Where the connected Envoys' admin endpoints are (the xDS server's proxy registry)."""
+
+    def admin_urls(self, group: str | None = None) -> list[str]: ...
 
 
 def credentials_of(md: ModelDeployment) -> ClientCredentials | None:
@@ -64,6 +79,10 @@ def resource_messages(resources: Any) -> list[Message]:
     return out
 
 
+def _configured_endpoints(md: ModelDeployment) -> int:
+    return len(md.spec.local_backend.endpoints) if md.spec.local_backend else 0
+
+
 class PolicyProvider:
     def __init__(
         self,
@@ -71,18 +90,24 @@ class PolicyProvider:
         listener: ir.Listener,
         registry: CollectorRegistry | None = None,
         poll_interval: float = 0.25,
+        evaluation_interval: float = 0.5,
+        prometheus: PrometheusSource | None = None,
+        max_sample_age: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.source = DirectorySource(directory, poll_interval=poll_interval)
         self.listener = listener
+        self.evaluation_interval = evaluation_interval
+        self.clock = clock
         self.changed: Callable[[], None] = lambda: None
-        self.tokens = TokenManager(changed=self._inputs_changed)
+        self.tokens = TokenManager(changed=self._tokens_changed)
+        self.evaluator = Evaluator(max_age=max_sample_age)
+        self.prometheus = prometheus
+        self.sampler = MetricsSampler(prometheus=prometheus)
+        self.health: HealthReader | None = None
         self.state: DesiredState = self.source.poll() or self.source.state
-        self._decisions: dict[str, Decision] = {}
-        self._since: dict[str, float] = {}
         self.registry = registry or CollectorRegistry()
-        self._errors = Gauge(
-            "spillover_policy_errors", "Current policy errors by file", ["file"], registry=self.registry
-        )
+        self._errors = Gauge("spillover_policy_errors", "Current policy errors by file", ["file"], registry=self.registry)
         self._state_gauge = Gauge(
             "spillover_model_state", "1 for the state each model is in", ["model", "state"], registry=self.registry
         )
@@ -90,53 +115,116 @@ class PolicyProvider:
             "spillover_model_remote_share_percent", "Share of a model's traffic sent remote", ["model"],
             registry=self.registry,
         )
+        self._transitions = Counter(
+            "spillover_model_transitions_total", "State changes", ["model", "from_state", "to_state"],
+            registry=self.registry,
+        )
+        self._metric_errors = Counter(
+            "spillover_metric_errors_total", "Samples that came back without a value", ["model", "metric"],
+            registry=self.registry,
+        )
+        self._evaluation_seconds = Histogram(
+            "spillover_evaluation_seconds", "One round: sampling every metric and deciding every model",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=self.registry,
+        )
+        self._last_samples: Mapping[str, Mapping[str, Sample]] = {}
+        self._last_health: Mapping[str, ClusterHealth] | None = None
         self._report(self.state)
-        # Decisions are state of their own: reported even while no Envoy is connected.
-        self.decisions()
+        # Decide once from what is known (no samples yet): failover for models without local
+        # endpoints, DISABLED, STANDBY; reported even before any Envoy connects.
+        self._decide({}, None)
 
-    def _inputs_changed(self) -> None:
-        self.decisions()
-        self.changed()
+    def attach(self, proxies: AdminDirectory) -> None:
+        """The connected Envoys are a source: their stats (envoy metrics) and their view of health."""
+        self.sampler = MetricsSampler(prometheus=self.prometheus, envoy=EnvoySource(proxies.admin_urls))
+        self.health = HealthReader(proxies.admin_urls)
 
     def _credentials(self) -> dict[str, ClientCredentials]:
         return {name: c for name, md in self.state.models.items() if (c := credentials_of(md)) is not None}
 
-    def decisions(self) -> dict[str, Decision]:
-        decisions = {}
-        credentials = self._credentials()
-        for name, md in self.state.models.items():
-            creds = credentials.get(name)
-            usable = not needs_token(md) or (creds is not None and self.tokens.token(creds) is not None)
-            decisions[name] = static_decision(md, remote_usable=usable)
-        for name, decision in decisions.items():
-            previous = self._decisions.get(name)
-            if previous is None or previous.state != decision.state:
-                self._since[name] = time.time()
-        self._decisions = decisions
+    def _tokens(self) -> dict[str, str | None]:
+        return {name: self.tokens.token(creds) for name, creds in self._credentials().items()}
+
+    def _decide(self, samples: Mapping[str, Mapping[str, Sample]], health: Mapping[str, ClusterHealth] | None) -> bool:
+        """One evaluation of every model; True when some model's routing changed."""
+        self._last_samples, self._last_health = samples, health
+        models = dict(self.state.models)
+        tokens = self._tokens()
+        ready: dict[str, int | None] = {}
+        healthy: dict[str, bool | None] = {}
+        for name, md in models.items():
+            configured = _configured_endpoints(md)
+            ready[name] = 0 if configured == 0 else local_ready(health, local_cluster_name(md.model, ""))
+            healthy[name] = remote_healthy(health, remote_cluster_name(md.model))
+        usable = {name: not needs_token(md) or tokens.get(name) is not None for name, md in models.items()}
+        previous = dict(self.evaluator.decisions)
+        evaluation = self.evaluator.evaluate(models, self.clock(), samples, ready, healthy, usable)
+        for name, decision in evaluation.decisions.items():
+            before = previous.get(name)
+            if before is not None and before.state != decision.state:
+                self._transitions.labels(name, before.state.value, decision.state.value).inc()
+                log.info("model %s: %s -> %s (%s)", name, before.state.value, decision.state.value, decision.reason)
         self._publish_decisions()
-        return decisions
+        return bool(evaluation.needs_push)
 
     def _publish_decisions(self) -> None:
         self._state_gauge.clear()
         self._share.clear()
-        for name, decision in self._decisions.items():
+        for name, decision in self.evaluator.decisions.items():
             self._state_gauge.labels(name, decision.state.value).set(1)
             self._share.labels(name).set(decision.remote_share)
 
+    async def evaluate_once(self) -> bool:
+        started = time.perf_counter()
+        models = list(self.state.models.values())
+        samples, health = await asyncio.gather(
+            self.sampler.sample(models), self.health.read() if self.health else _none()
+        )
+        for model, by_metric in samples.items():
+            for metric, sample in by_metric.items():
+                if sample.value is None:
+                    self._metric_errors.labels(model, metric).inc()
+        changed = self._decide(samples, health)
+        self._evaluation_seconds.observe(time.perf_counter() - started)
+        return changed
+
+    async def _evaluate_forever(self) -> None:
+        while True:
+            try:
+                if await self.evaluate_once():
+                    self.changed()
+            except Exception:  # a broken round must not stop the next one
+                log.exception("evaluation failed; decisions are kept")
+            await asyncio.sleep(self.evaluation_interval)
+
     def resources(self, group: GroupView) -> Iterable[Message]:
-        credentials = self._credentials()
-        tokens = {name: self.tokens.token(creds) for name, creds in credentials.items()}
         gateway = plan_gateway(
-            group.name, self.listener, self.state.models.values(), self.decisions(), group.replicas, tokens
+            group.name, self.listener, self.state.models.values(), self.evaluator.decisions, group.replicas,
+            self._tokens(),
         )
         return resource_messages(translate(gateway))
 
     async def run(self) -> None:
         self.tokens.want(list(self._credentials().values()))
+        evaluation = asyncio.get_running_loop().create_task(self._evaluate_forever())
         try:
             await self.source.run(self._on_state)
         finally:
+            evaluation.cancel()
+            await asyncio.gather(evaluation, return_exceptions=True)
             await self.tokens.close()
+            await self.sampler.close()
+            if self.health is not None:
+                await self.health.close()
+
+    def _tokens_changed(self) -> None:
+        self._redecide()
+        self.changed()
+
+    def _redecide(self) -> None:
+        # Policies or tokens changed between rounds: decide again on the last round's samples (an
+        # empty round would read as "every metric unknown" and restart the engine's timers).
+        self._decide(self._last_samples, self._last_health)
 
     def _on_state(self, state: DesiredState) -> None:
         if state.same_content(self.state):
@@ -144,7 +232,8 @@ class PolicyProvider:
         self.state = state
         self._report(state)
         self.tokens.want(list(self._credentials().values()))
-        self._inputs_changed()
+        self._redecide()
+        self.changed()
 
     def _report(self, state: DesiredState) -> None:
         self._errors.clear()
@@ -157,20 +246,27 @@ class PolicyProvider:
 
     def models_json(self) -> dict[str, Any]:
         credentials = self._credentials()
+        now = self.clock()
         models = {}
         for name, md in sorted(self.state.models.items()):
-            decision = self._decisions.get(name)
+            decision = self.evaluator.decision(name)
+            memory = self.evaluator.memory(name)
             origin = self.state.origins.get(name)
             creds = credentials.get(name)
+            status = status_document(md, decision, memory, now) if decision and memory else {}
             models[name] = {
                 "name": md.name,
                 "state": decision.state.value if decision else "UNKNOWN",
                 "remote_share": decision.remote_share if decision else 0,
                 "reason": decision.reason if decision else "",
-                "since": self._since.get(name),
                 "origin": str(origin) if origin else "",
                 "stale": name in self.state.stale,
                 "errors": [str(e) for e in self.state.errors_for_model(name)],
                 "token_error": self.tokens.error(creds) if creds else "",
+                "status": status,
             }
         return {"models": models, "errors": [str(e) for e in self.state.errors]}
+
+
+async def _none() -> None:
+    return None

@@ -1,25 +1,6 @@
 """Metric sources of the overflow engine: Prometheus (PromQL), the Kubernetes resource metrics API
-and Envoy's own stats. `MetricsSampler.sample(models)` -> {model: {metric name: Sample}}."""
+and Envoy's own stats. `sampler.MetricsSampler.sample(models)` -> {model: {metric name: Sample}}.
 
-from spillover.metrics.envoy import EnvoySource
-from spillover.metrics.kubernetes import KubernetesClient, KubernetesSource, parse_quantity, resource_value
-from spillover.metrics.prometheus import PrometheusSource
-from spillover.metrics.render import RenderedMetric, render_metric, render_model
-from spillover.metrics.sample import MetricError, Sample, reduce_values
-from spillover.metrics.sampler import MetricsSampler
-
-__all__ = [
-    "EnvoySource",
-    "KubernetesClient",
-    "KubernetesSource",
-    "MetricError",
-    "MetricsSampler",
-    "PrometheusSource",
-    "RenderedMetric",
-    "Sample",
-    "parse_quantity",
-    "reduce_values",
-    "render_metric",
-    "render_model",
-    "resource_value",
-]
+Kept free of imports so that `spillover.metrics.sample`, the type the decision stage consumes, loads
+without the HTTP clients of the sources.
+"""

@@ -4,12 +4,13 @@ Pure: no I/O, no clock, no protobuf. See `engine` for the state machine, `share`
 formula, `status` for the status document and `evaluator` for evaluating all models at once.
 """
 
+# The sources' output type, re-exported for the callers of the engine.
+from spillover.metrics.sample import Sample
 from spillover.overflow.engine import (
     DEFAULT_MAX_AGE,
     Decision,
     MetricReading,
     ModelMemory,
-    Sample,
     SampleLike,
     Transition,
     evaluate,

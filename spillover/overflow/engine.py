@@ -81,15 +81,6 @@ class SampleLike(Protocol):
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One reading of one metric, already reduced to a single number by the metrics layer."""
-
-    value: float | None
-    at: float  # when it was measured (Unix seconds)
-    error: str = ""
-
-
-@dataclass(frozen=True)
 class MetricReading:
     """What the engine made of one metric at one evaluation (kept in the memory, shown in status)."""
 

@@ -931,11 +931,26 @@ class MetricStatus(StatusBase):
     value: float | None = None
     threshold: float
     error: str | None = None
+    condition: Literal["breached", "calm", "unknown"] | None = None
+    sampled_at: str | None = Field(default=None, description="RFC 3339 time of the last good sample")
+    age: float | None = Field(default=None, description="Seconds since the last good sample (not stored in the CR)")
+
+
+class StateTransition(StatusBase):
+    from_: OverflowState = Field(alias="from")
+    to: OverflowState
+    at: str = Field(description="RFC 3339")
+    reason: str = ""
 
 
 class ModelDeploymentStatus(StatusBase):
     state: OverflowState = OverflowState.STANDBY
     remote_share: float = Field(default=0.0, ge=0, le=100, description="Percent of traffic sent remote")
+    reason: str = Field(default="", description="Why the model is in this state and share")
+    wanted_share: float | None = Field(default=None, description="The share the state asks for, before remote health")
+    state_since: str | None = Field(default=None, description="RFC 3339 time the state was entered")
+    time_in_state: float | None = Field(default=None, description="Seconds in the state (not stored in the CR)")
+    last_transition: StateTransition | None = None
     metrics: list[MetricStatus] = Field(default_factory=list)
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)

@@ -154,6 +154,9 @@ class Model:
     split: TrafficSplit = TrafficSplit()
     timeouts: Timeouts = Timeouts()
     retries: Retries = Retries()
+    # Of the local endpoints.
+    health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclass(frozen=True, slots=True)

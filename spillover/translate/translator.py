@@ -100,7 +100,16 @@ from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from spillover.translate import lua
-from spillover.translate.ir import STRATEGIES, Gateway, Model, Profile, RemoteBackend, StrategyParams
+from spillover.translate.ir import (
+    STRATEGIES,
+    Gateway,
+    HealthCheck,
+    Model,
+    OutlierDetection,
+    Profile,
+    RemoteBackend,
+    StrategyParams,
+)
 
 __all__ = [
     "LISTENER_NAME",
@@ -663,7 +672,7 @@ def _not_found_routes() -> list[route_components_pb2.Route]:
 
 
 def _local_cluster(name: str, lb: _Lb, model: Model) -> cluster_pb2.Cluster:
-    return cluster_pb2.Cluster(
+    cluster = cluster_pb2.Cluster(
         name=name,
         alt_stat_name=_stat_name(name),
         type=cluster_pb2.Cluster.EDS,
@@ -672,6 +681,9 @@ def _local_cluster(name: str, lb: _Lb, model: Model) -> cluster_pb2.Cluster:
         load_balancing_policy=lb.policy(),
         typed_extension_protocol_options=_http1_options(),
     )
+    # Active checks tell spillover (through Envoy's /clusters) when no local endpoint is ready.
+    _add_health(cluster, model.health_check, model.outlier_detection, model.name)
+    return cluster
 
 
 def _load_assignment(name: str, model: Model, weighted: bool) -> endpoint_pb2.ClusterLoadAssignment:
@@ -694,6 +706,31 @@ def _load_assignment(name: str, model: Model, weighted: bool) -> endpoint_pb2.Cl
     if lb_endpoints:
         assignment.endpoints.add().lb_endpoints.extend(lb_endpoints)
     return assignment
+
+
+def _add_health(
+    cluster: cluster_pb2.Cluster, hc: HealthCheck | None, od: OutlierDetection | None, host: str
+) -> None:
+    if hc is not None:
+        cluster.health_checks.add(
+            timeout=_duration(hc.timeout_s, "health_check.timeout_s"),
+            interval=_duration(hc.interval_s, "health_check.interval_s"),
+            # Envoy probes an idle cluster only every 60 s by default; a remote in STANDBY is idle,
+            # and its health must be current at the moment overflow starts.
+            no_traffic_interval=_duration(hc.interval_s, "health_check.interval_s"),
+            healthy_threshold=_u32(hc.healthy_threshold),
+            unhealthy_threshold=_u32(hc.unhealthy_threshold),
+            http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(host=host, path=hc.path),
+        )
+    if od is not None:
+        cluster.outlier_detection.CopyFrom(
+            outlier_detection_pb2.OutlierDetection(
+                consecutive_5xx=_u32(od.consecutive_5xx),
+                interval=_duration(od.interval_s, "outlier_detection.interval_s"),
+                base_ejection_time=_duration(od.base_ejection_time_s, "outlier_detection.base_ejection_time_s"),
+                max_ejection_percent=_u32(od.max_ejection_percent),
+            )
+        )
 
 
 def _remote_cluster(model: Model, remote: RemoteBackend) -> cluster_pb2.Cluster:
@@ -768,32 +805,7 @@ def _remote_cluster(model: Model, remote: RemoteBackend) -> cluster_pb2.Cluster:
         )
     for key, value in _http1_options(upstream_filters).items():
         cluster.typed_extension_protocol_options[key].CopyFrom(value)
-    if remote.health_check is not None:
-        hc = remote.health_check
-        cluster.health_checks.add(
-            timeout=_duration(hc.timeout_s, "health_check.timeout_s"),
-            interval=_duration(hc.interval_s, "health_check.interval_s"),
-            # Envoy probes an idle cluster only every 60 s by default; a remote in STANDBY is idle,
-            # and its health must be current at the moment overflow starts.
-            no_traffic_interval=_duration(hc.interval_s, "health_check.interval_s"),
-            healthy_threshold=_u32(hc.healthy_threshold),
-            unhealthy_threshold=_u32(hc.unhealthy_threshold),
-            http_health_check=health_check_pb2.HealthCheck.HttpHealthCheck(
-                host=remote.host_rewrite or remote.sni or remote.host, path=hc.path
-            ),
-        )
-    if remote.outlier_detection is not None:
-        od = remote.outlier_detection
-        cluster.outlier_detection.CopyFrom(
-            outlier_detection_pb2.OutlierDetection(
-                consecutive_5xx=_u32(od.consecutive_5xx),
-                interval=_duration(od.interval_s, "outlier_detection.interval_s"),
-                base_ejection_time=_duration(
-                    od.base_ejection_time_s, "outlier_detection.base_ejection_time_s"
-                ),
-                max_ejection_percent=_u32(od.max_ejection_percent),
-            )
-        )
+    _add_health(cluster, remote.health_check, remote.outlier_detection, remote.host_rewrite or remote.sni or remote.host)
     if remote.health_check is not None or remote.outlier_detection is not None:
         # A remote is usually one host: Envoy's default panic mode (< 50% healthy → use all hosts)
         # would keep sending traffic to it after a health check failed or ejected it.

@@ -155,3 +155,18 @@ def test_least_request_drops_weights_but_throughput_keeps_them() -> None:
 def test_profiles_with_the_same_lb_share_a_cluster() -> None:
     model = _model(profiles=(Profile("default", "round-robin"), Profile("x", "least-latency")))
     assert list(translate(_gateway(model)).clusters) == ["m/local/round_robin"]
+
+
+def test_local_health_checks_and_outlier_detection_reach_every_local_cluster() -> None:
+    from spillover.translate.ir import HealthCheck, OutlierDetection
+
+    model = _model(
+        profiles=(Profile("default", "random"), Profile("chat", "session-affinity")),
+        health_check=HealthCheck(path="/health", interval_s=2.0),
+        outlier_detection=OutlierDetection(consecutive_5xx=3),
+    )
+    local = [c for name, c in translate(_gateway(model)).clusters.items() if "/local/" in name]
+    assert len(local) == 2
+    for cluster in local:
+        assert cluster.health_checks[0].http_health_check.path == "/health"
+        assert cluster.outlier_detection.consecutive_5xx.value == 3
