@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--admin-address", default="127.0.0.1:19000", type=_host_port)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
 
+    load = commands.add_parser("load", help="send concurrent requests to a model and show who served them")
+    load.add_argument("--url", default="http://127.0.0.1:10000/v1/chat/completions")
+    load.add_argument("--model", default="demo-llm")
+    load.add_argument("--concurrency", type=int, default=16)
+    load.add_argument("--seconds", type=_seconds, default=20.0)
+
     demo = commands.add_parser("demo", help="the embedded default: upstreams, spillover and a real Envoy")
     demo.add_argument("--listen-port", type=int, default=10000)
     demo.add_argument("--xds-address", default="127.0.0.1:18000", type=_host_port)
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": _status,
         "validate": _validate,
         "demo": _demo,
+        "load": _load,
     }[args.command]
     return handler(args)
 
@@ -234,6 +241,12 @@ def format_status(proxies: list[dict[str, Any]]) -> str:
     if len(rows) == 1:
         lines.append("(no proxies connected)")
     return "\n".join(lines)
+
+
+def _load(args: argparse.Namespace) -> int:
+    from spillover.demo import run_load
+
+    return asyncio.run(run_load(args.url, args.model, max(1, args.concurrency), args.seconds))
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,59 +1,85 @@
-"""The embedded default (`make run`): two local upstreams, spillover, and a real Envoy, on loopback.
+"""The embedded default (`make run`): model servers, spillover and a real Envoy, all on loopback.
 
-Until model policies drive it, the example is a static weighted split between two upstreams, served
-over ADS exactly as any configuration would be.
+Two slow "local" model servers and a fast "cloud" one stand in for vLLM pods and a remote endpoint. The
+policy is written to a temporary directory (edit it while the demo runs: changes apply within a second).
+Its overflow metric is the per-pod concurrency Envoy itself reports, so no Prometheus is needed: load the
+model with `spillover load` and watch a share of the traffic spill to the cloud and come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Iterable
+import time
+from collections import Counter
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
-from google.protobuf.message import Message
 
-from spillover.app import ControlPlane, GroupView
 from spillover.bootstrap import render_bootstrap_yaml
-from spillover.envoyconfig import eds_cluster, endpoints, http_listener, weighted_route
 
 log = logging.getLogger(__name__)
 
+DEMO_MODEL = "demo-llm"
 
-class DemoSplit:
-    """80% of requests to `primary`, 20% to `secondary`."""
+POLICY = """\
+# The demo's model. Edit and save: spillover applies the change within a second.
+apiVersion: spillover.dev/v1alpha1
+kind: ModelDeployment
+metadata:
+  name: demo-llm
+spec:
+  model: {model}
+  localBackend:
+    endpoints: ["127.0.0.1:{local_a}", "127.0.0.1:{local_b}"]
+    healthCheck: {{path: /health, interval: 2s, timeout: 1s}}
+  routing:
+    profiles:
+      default: {{routingStrategy: least-request, requestsPerSecond: 500}}
+  offloadingConfig:
+    remoteBackend:
+      host: 127.0.0.1
+      port: {cloud}
+      scheme: http
+      pathPrefix: /cloud/$model
+      headersToAdd: {{x-spilled-from: demo-cluster}}
+    behavior:
+      percentage: 50
+      bufferDuration: 10s
+    metrics:
+      # In-flight requests per local pod, from Envoy's own stats.
+      - {{metric: concurrency, target: 4, source: envoy}}
+"""
 
-    def __init__(self, listen_port: int, upstreams: dict[str, int]) -> None:
-        self.listen_port = listen_port
-        self.upstreams = upstreams
-        self.changed = lambda: None
 
-    def attach(self, proxies: object) -> None:
-        pass
+async def start_model_server(name: str, delay_s: float) -> tuple[web.AppRunner, int]:
+    """An OpenAI-style endpoint that takes `delay_s` per answer, like a busy GPU would."""
 
-    def resources(self, group: GroupView) -> Iterable[Message]:
-        yield http_listener("demo", "127.0.0.1", self.listen_port, route_config="demo")
-        yield weighted_route("demo", {"primary": 80, "secondary": 20})
-        for name, port in self.upstreams.items():
-            yield eds_cluster(name)
-            yield endpoints(name, [("127.0.0.1", port)])
+    async def complete(request: web.Request) -> web.Response:
+        await asyncio.sleep(delay_s)
+        return web.json_response(
+            {
+                "object": "chat.completion",
+                "model": DEMO_MODEL,
+                "served_by": name,
+                "path": request.path,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": f"hello from {name}"}}],
+            }
+        )
 
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-
-async def _start_upstream(name: str) -> tuple[web.AppRunner, int]:
-    async def answer(request: web.Request) -> web.Response:
-        return web.json_response({"upstream": name, "path": request.path})
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
 
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
+    app.router.add_get("/health", health)
+    app.router.add_route("*", "/{tail:.*}", complete)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -72,19 +98,23 @@ def envoy_binary() -> str:
 async def run_demo(
     listen_port: int, xds_address: str, admin_host: str, admin_port: int, envoy_admin_port: int
 ) -> int:
+    from spillover.cli import policy_control_plane
+
     runners: list[web.AppRunner] = []
-    upstreams: dict[str, int] = {}
-    for name in ("primary", "secondary"):
-        runner, port = await _start_upstream(name)
+    ports: dict[str, int] = {}
+    for name, delay in (("local_a", 0.5), ("local_b", 0.5), ("cloud", 0.05)):
+        runner, port = await start_model_server(name.replace("_", "-"), delay)
         runners.append(runner)
-        upstreams[name] = port
-    plane = ControlPlane(DemoSplit(listen_port, upstreams))
-    await plane.start(xds_address, admin_host, admin_port)
+        ports[name] = port
     workdir = Path(tempfile.mkdtemp(prefix="spillover-demo-"))
+    policies = workdir / "policies"
+    policies.mkdir()
+    policy_file = policies / "demo-llm.yaml"
+    policy_file.write_text(POLICY.format(model=DEMO_MODEL, **ports))
+    plane = policy_control_plane(policies, ("127.0.0.1", listen_port), evaluation_interval=0.5)
+    await plane.start(xds_address, admin_host, admin_port)
     bootstrap = workdir / "envoy.yaml"
-    bootstrap.write_text(
-        render_bootstrap_yaml("demo-envoy", "demo", xds_address, admin_port=envoy_admin_port)
-    )
+    bootstrap.write_text(render_bootstrap_yaml("demo-envoy", "demo", xds_address, admin_port=envoy_admin_port))
     envoy = await asyncio.create_subprocess_exec(
         envoy_binary(), "-c", str(bootstrap), "--use-dynamic-base-id", "--log-level", "warning",
         "--drain-time-s", "1",
@@ -93,12 +123,20 @@ async def run_demo(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    url = f"http://127.0.0.1:{listen_port}/v1/chat/completions"
     print(
-        f"\nspillover demo is up.\n"
-        f"  curl http://127.0.0.1:{listen_port}/v1/completions      (80% primary, 20% secondary)\n"
-        f"  spillover status --admin-address {admin_host}:{admin_port}\n"
-        f"  http://{admin_host}:{admin_port}/debug/proxies   http://127.0.0.1:{envoy_admin_port}/config_dump\n"
-        f"Ctrl-C stops everything.\n",
+        f"""
+spillover demo is up: model {DEMO_MODEL!r} on two slow local pods, overflowing to a fast "cloud".
+
+  curl -s {url} -H 'content-type: application/json' -d '{{"model": "{DEMO_MODEL}"}}'
+
+  spillover load --url {url} --concurrency 24 --seconds 20   # push it past 4 in-flight requests per pod
+  spillover status --admin-address {admin_host}:{admin_port}   # proxies and their sync state
+  curl -s http://{admin_host}:{admin_port}/debug/models        # state, remote share, metric values, why
+
+The policy is {policy_file} (edit it live).
+Ctrl-C stops everything.
+""",
         flush=True,
     )
     envoy_exit = loop.create_task(envoy.wait())
@@ -110,7 +148,7 @@ async def run_demo(
         code = 1
     else:
         envoy.terminate()
-        with contextlib.suppress(asyncio.TimeoutError):
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(envoy.wait(), 10)
         if envoy.returncode is None:
             envoy.kill()
@@ -120,3 +158,36 @@ async def run_demo(
         await runner.cleanup()
     shutil.rmtree(workdir, ignore_errors=True)
     return code
+
+
+async def run_load(url: str, model: str, concurrency: int, seconds: float) -> int:
+    """`concurrency` clients sending back to back for `seconds`; prints who served what, every second."""
+    deadline = time.monotonic() + seconds
+    served: Counter[str] = Counter()
+    window: Counter[str] = Counter()
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < deadline:
+            try:
+                async with session.post(url, data=body, headers={"content-type": "application/json"}) as response:
+                    payload = await response.json(content_type=None)
+                    who = payload.get("served_by") if response.status == 200 else f"HTTP {response.status}"
+            except (aiohttp.ClientError, ValueError) as error:
+                who = type(error).__name__
+            served[str(who)] += 1
+            window[str(who)] += 1
+
+    async def report() -> None:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            total = sum(window.values()) or 1
+            parts = ", ".join(f"{who} {100 * n // total}%" for who, n in sorted(window.items()))
+            print(f"{sum(window.values()):4d} req/s  {parts}", flush=True)
+            window.clear()
+
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(report(), *(client(session) for _ in range(concurrency)))
+    print("total:", dict(served))
+    return 0
