@@ -110,16 +110,29 @@ def _profiles(md: ModelDeployment, replicas: int) -> tuple[ir.Profile, ...]:
     return tuple(profiles)
 
 
-def _endpoints(md: ModelDeployment) -> tuple[ir.Endpoint, ...]:
+def _endpoints(md: ModelDeployment, latency_weights: Mapping[str, int]) -> tuple[ir.Endpoint, ...]:
     local = md.spec.local_backend
     endpoints = []
     for text in local.endpoints if local else []:
         host, port = split_host_port(text)
-        endpoints.append(ir.Endpoint(host=host, port=int(port or 0)))
+        endpoints.append(ir.Endpoint(host=host, port=int(port or 0), latency_weight=latency_weights.get(text, 1)))
     return tuple(endpoints)
 
 
-def model_ir(md: ModelDeployment, decision: Decision, replicas: int, token: str | None) -> ir.Model:
+def uses_least_latency(md: ModelDeployment) -> bool:
+    routing = md.spec.routing
+    if routing is None:
+        return False
+    return any(routing.strategy_for(name) == "least-latency" for name in routing.effective_profiles())
+
+
+def model_ir(
+    md: ModelDeployment,
+    decision: Decision,
+    replicas: int,
+    token: str | None,
+    latency_weights: Mapping[str, int] | None = None,
+) -> ir.Model:
     remote = _remote(md, token)
     usable = remote is not None and (token is not None or not needs_token(md))
     remote_share = decision.remote_share if usable else 0
@@ -128,7 +141,7 @@ def model_ir(md: ModelDeployment, decision: Decision, replicas: int, token: str 
     routing = md.spec.routing
     return ir.Model(
         name=md.model,
-        endpoints=_endpoints(md),
+        endpoints=_endpoints(md, latency_weights or {}),
         profiles=_profiles(md, replicas),
         default_profile=routing.effective_default_profile if routing else "default",
         locked_strategy=routing.locked_routing_strategy if routing else None,
@@ -153,11 +166,14 @@ def plan_gateway(
     decisions: Mapping[str, Decision],
     replicas: int,
     tokens: Mapping[str, str | None],
+    latency_weights: Mapping[str, Mapping[str, int]] | None = None,
 ) -> ir.Gateway:
-    """`decisions` and `tokens` are keyed by model name (spec.model)."""
+    """`decisions`, `tokens` and `latency_weights` (endpoint "host:port" -> weight) are keyed by model
+    name (spec.model)."""
     replicas = max(1, replicas)
     planned = []
     for md in sorted(models, key=lambda m: m.model):
         decision = decisions.get(md.model) or Decision(OverflowState.STANDBY, 0)
-        planned.append(model_ir(md, decision, replicas, tokens.get(md.model)))
+        weights = (latency_weights or {}).get(md.model)
+        planned.append(model_ir(md, decision, replicas, tokens.get(md.model), weights))
     return ir.Gateway(name=group, listener=listener, models=tuple(planned))

@@ -1,6 +1,6 @@
-"""The policy-driven provider: ModelDeployments from a directory -> Envoy resources per node group.
+"""The policy-driven provider: ModelDeployments from a source -> Envoy resources per node group.
 
-Sources (the policy directory, metrics, Envoy's view of endpoint health, OAuth tokens, the connected
+Sources (the policies: a directory or the Kubernetes API, any `PolicySource`; metrics, Envoy's view of endpoint health, OAuth tokens, the connected
 replicas) feed a one-way chain: the overflow engine decides per model (state and remote share), plan maps
 policies + decisions to the IR, translate renders Envoy resources. Nothing here talks to Envoy over xDS;
 the app hands the resources to the snapshot cache.
@@ -11,24 +11,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from spillover.app import GroupView
+from spillover.balance import latency_weights
 from spillover.metrics.envoy import EnvoySource
 from spillover.metrics.health import ClusterHealth, HealthReader, local_ready, remote_healthy
+from spillover.metrics.latency import LatencyEstimator
 from spillover.metrics.prometheus import PrometheusSource
 from spillover.metrics.sample import Sample
 from spillover.metrics.sampler import MetricsSampler
 from spillover.oauth import ClientCredentials, TokenManager
 from spillover.overflow import Evaluator, status_document
-from spillover.plan import needs_token, plan_gateway
-from spillover.policy import DesiredState, DirectorySource, ModelDeployment
+from spillover.plan import needs_token, plan_gateway, uses_least_latency
+from spillover.policy import DesiredState, DirectorySource, ModelDeployment, PolicyError
 from spillover.policy.secrets import resolve_client_secret
 from spillover.translate import ir, local_cluster_name, remote_cluster_name, translate
 
@@ -39,6 +42,43 @@ class AdminDirectory(Protocol):
     """Where the connected Envoys' admin endpoints are (the xDS server's proxy registry)."""
 
     def admin_urls(self, group: str | None = None) -> list[str]: ...
+
+
+@runtime_checkable
+class PolicySource(Protocol):
+    """Where policies come from (`DirectorySource`, `spillover.kube.KubernetesPolicySource`).
+
+    `poll()` returns a new state when something changed (None otherwise), `state` the current one, and
+    `run(callback)` calls `callback` with the initial state and every new one until cancelled. A state may
+    carry `ready_replicas` (model -> ready replicas of its workload, None when unknown), which the
+    failover decision honours.
+    """
+
+    @property
+    def state(self) -> DesiredState: ...
+
+    def poll(self) -> DesiredState | None: ...
+
+    async def run(self, callback: Callable[[DesiredState], Awaitable[None] | None]) -> None: ...
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What a status sink receives after each evaluation.
+
+    statuses: per model (spec.model), `spillover.overflow.status_document(md, decision, memory, now)`.
+    errors:   the current policy errors (invalid documents, unresolvable references).
+    state:    the desired state the statuses were computed from (its `origins` tell where each model is
+              defined; a Kubernetes state also carries the objects and the errors per object).
+    """
+
+    state: DesiredState
+    statuses: Mapping[str, Mapping[str, Any]]
+    errors: tuple[PolicyError, ...]
+    now: float
+
+
+StatusSink = Callable[[StatusReport], None]
 
 
 def credentials_of(md: ModelDeployment) -> ClientCredentials | None:
@@ -86,7 +126,7 @@ def _configured_endpoints(md: ModelDeployment) -> int:
 class PolicyProvider:
     def __init__(
         self,
-        directory: Path,
+        source: PolicySource | str | os.PathLike[str],
         listener: ir.Listener,
         registry: CollectorRegistry | None = None,
         poll_interval: float = 0.25,
@@ -95,7 +135,12 @@ class PolicyProvider:
         max_sample_age: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.source = DirectorySource(directory, poll_interval=poll_interval)
+        # A path is a policy directory (the file mode); anything else is a ready PolicySource.
+        self.source: PolicySource = (
+            DirectorySource(source, poll_interval=poll_interval) if isinstance(source, str | os.PathLike) else source
+        )
+        # Called after every evaluation with the statuses and the errors (e.g. a Kubernetes status writer).
+        self.status_sinks: list[StatusSink] = []
         self.listener = listener
         self.evaluation_interval = evaluation_interval
         self.clock = clock
@@ -105,6 +150,8 @@ class PolicyProvider:
         self.prometheus = prometheus
         self.sampler = MetricsSampler(prometheus=prometheus)
         self.health: HealthReader | None = None
+        self.latency = LatencyEstimator()
+        self._latency_weights: dict[str, dict[str, int]] = {}
         self.state: DesiredState = self.source.poll() or self.source.state
         self.registry = registry or CollectorRegistry()
         self._errors = Gauge("spillover_policy_errors", "Current policy errors by file", ["file"], registry=self.registry)
@@ -152,9 +199,14 @@ class PolicyProvider:
         tokens = self._tokens()
         ready: dict[str, int | None] = {}
         healthy: dict[str, bool | None] = {}
+        workload_ready: Mapping[str, int | None] = getattr(self.state, "ready_replicas", None) or {}
         for name, md in models.items():
             configured = _configured_endpoints(md)
-            ready[name] = 0 if configured == 0 else local_ready(health, local_cluster_name(md.model, ""))
+            # No endpoint, or a workload (modelSourceRef) with no ready replica: nothing local can serve.
+            if configured == 0 or workload_ready.get(name) == 0:
+                ready[name] = 0
+            else:
+                ready[name] = local_ready(health, local_cluster_name(md.model, ""))
             healthy[name] = remote_healthy(health, remote_cluster_name(md.model))
         usable = {name: not needs_token(md) or tokens.get(name) is not None for name, md in models.items()}
         previous = dict(self.evaluator.decisions)
@@ -165,7 +217,30 @@ class PolicyProvider:
                 self._transitions.labels(name, before.state.value, decision.state.value).inc()
                 log.info("model %s: %s -> %s (%s)", name, before.state.value, decision.state.value, decision.reason)
         self._publish_decisions()
+        self._report_status()
         return bool(evaluation.needs_push)
+
+    def statuses(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """The status document of every model that has been decided."""
+        now = self.clock() if now is None else now
+        out = {}
+        for name, md in self.state.models.items():
+            decision = self.evaluator.decision(name)
+            memory = self.evaluator.memory(name)
+            if decision is not None and memory is not None:
+                out[name] = status_document(md, decision, memory, now)
+        return out
+
+    def _report_status(self) -> None:
+        if not self.status_sinks:
+            return
+        now = self.clock()
+        report = StatusReport(self.state, self.statuses(now), tuple(self.state.errors), now)
+        for sink in list(self.status_sinks):
+            try:
+                sink(report)
+            except Exception:  # a failing sink must not stop decisions
+                log.exception("status sink failed")
 
     def _publish_decisions(self) -> None:
         self._state_gauge.clear()
@@ -185,7 +260,25 @@ class PolicyProvider:
                 if sample.value is None:
                     self._metric_errors.labels(model, metric).inc()
         changed = self._decide(samples, health)
+        if self.health is not None:
+            self.latency.observe(time.monotonic(), self.health.loads)
+        changed = self._update_latency_weights() or changed
         self._evaluation_seconds.observe(time.perf_counter() - started)
+        return changed
+
+    def _update_latency_weights(self) -> bool:
+        """least-latency models: endpoint weights from the latency Envoy observes (see balance.py)."""
+        weights: dict[str, dict[str, int]] = {}
+        for name, md in self.state.models.items():
+            if not uses_least_latency(md) or md.spec.local_backend is None:
+                continue
+            clusters = self.latency.clusters_of(local_cluster_name(md.model, ""))
+            latencies = {ep: self.latency.latency(clusters, ep) for ep in md.spec.local_backend.endpoints}
+            weights[name] = latency_weights(latencies, self._latency_weights.get(name, {}))
+        changed = weights != self._latency_weights
+        if changed:
+            log.info("least-latency weights: %s", weights)
+        self._latency_weights = weights
         return changed
 
     async def _evaluate_forever(self) -> None:
@@ -200,7 +293,7 @@ class PolicyProvider:
     def resources(self, group: GroupView) -> Iterable[Message]:
         gateway = plan_gateway(
             group.name, self.listener, self.state.models.values(), self.evaluator.decisions, group.replicas,
-            self._tokens(),
+            self._tokens(), self._latency_weights,
         )
         return resource_messages(translate(gateway))
 

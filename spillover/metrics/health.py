@@ -24,6 +24,52 @@ class ClusterHealth:
     total: int
 
 
+@dataclass(frozen=True)
+class HostLoad:
+    """One endpoint's request counters in one cluster, summed over the Envoys that read it."""
+
+    rq_total: int
+    rq_active: int
+
+
+def _stat(host: Mapping[str, Any], name: str) -> int:
+    for stat in host.get("stats") or []:
+        if stat.get("name") == name:
+            try:
+                return int(stat.get("value", 0))
+            except (TypeError, ValueError):
+                return 0
+    return 0
+
+
+def _address(host: Mapping[str, Any]) -> str:
+    socket = (host.get("address") or {}).get("socket_address") or {}
+    return f"{socket.get('address', '')}:{socket.get('port_value', 0)}"
+
+
+def parse_loads(document: Mapping[str, Any]) -> dict[str, dict[str, HostLoad]]:
+    return {
+        str(cluster.get("name", "")): {
+            _address(host): HostLoad(_stat(host, "rq_total"), _stat(host, "rq_active"))
+            for host in cluster.get("host_statuses") or []
+        }
+        for cluster in document.get("cluster_statuses") or []
+    }
+
+
+def sum_loads(views: Iterable[Mapping[str, Mapping[str, HostLoad]]]) -> dict[str, dict[str, HostLoad]]:
+    total: dict[str, dict[str, HostLoad]] = {}
+    for view in views:
+        for cluster, hosts in view.items():
+            into = total.setdefault(cluster, {})
+            for address, load in hosts.items():
+                seen = into.get(address)
+                into[address] = load if seen is None else HostLoad(
+                    seen.rq_total + load.rq_total, seen.rq_active + load.rq_active
+                )
+    return total
+
+
 def host_is_healthy(host: Mapping[str, Any]) -> bool:
     status = host.get("health_status") or {}
     if any(key.startswith("failed_") and value for key, value in status.items()):
@@ -60,19 +106,23 @@ class HealthReader:
         self.admin_urls = admin_urls
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
+        # Per-endpoint request counters of the last read, summed over the Envoys that answered.
+        self.loads: dict[str, dict[str, HostLoad]] = {}
 
     async def read(self) -> dict[str, ClusterHealth] | None:
         """Merged cluster health, or None when no Envoy answered (health unknown)."""
         urls = list(self.admin_urls())
         if not urls:
+            self.loads = {}
             return None
         if self._session is None:
             self._session = aiohttp.ClientSession()
         results = await asyncio.gather(*(self._read_one(url) for url in urls))
-        views = [view for view in results if view is not None]
-        return merge(views) if views else None
+        documents = [document for document in results if document is not None]
+        self.loads = sum_loads(parse_loads(document) for document in documents)
+        return merge(parse_clusters(document) for document in documents) if documents else None
 
-    async def _read_one(self, url: str) -> dict[str, ClusterHealth] | None:
+    async def _read_one(self, url: str) -> Mapping[str, Any] | None:
         assert self._session is not None
         try:
             async with self._session.get(
@@ -80,7 +130,8 @@ class HealthReader:
             ) as response:
                 if response.status != 200:
                     return None
-                return parse_clusters(await response.json(content_type=None))
+                document = await response.json(content_type=None)
+                return document if isinstance(document, dict) else None
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             log.debug("cannot read cluster health from %s: %s", url, error)
             return None

@@ -60,7 +60,7 @@ __all__ = [
 AIBRIX_MODEL_LABEL = "model.aibrix.ai/name"
 
 # The tags translator.py's `_Lb.tag` produces; tests/metrics pins this against the real translator.
-LOCAL_TAG_REGEX = r"(random|round_robin|least_request_c[0-9]+(_w[0-9_]+)?|ring_hash_b[0-9]+|maglev_b[0-9]+)"
+LOCAL_TAG_REGEX = r"(random|round_robin(_latency)?|least_request_c[0-9]+(_w[0-9_]+)?|ring_hash_b[0-9]+|maglev_b[0-9]+)"
 
 
 class RenderError(ValueError):

@@ -45,7 +45,8 @@ class Endpoint:
 
     host: str
     port: int
-    weight: int = 1
+    weight: int = 1  # capacity (throughput, round-robin)
+    latency_weight: int = 1  # least-latency: inverse of the observed latency
 
 
 @dataclass(frozen=True, slots=True)

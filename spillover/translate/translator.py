@@ -29,8 +29,9 @@ random              ``envoy.load_balancing_policies.random``
 round-robin         ``envoy.load_balancing_policies.round_robin`` (EDS weights honoured)
 least-request       ``envoy.load_balancing_policies.least_request``, choice_count 2 (P2C);
                     EDS weights dropped: unequal weights would turn P2C into weighted scheduling
-least-latency       weighted round robin; the decision stage turns observed latency into
-                    per-endpoint weights and pushes them over EDS
+least-latency       weighted round robin on a cluster of its own; spillover estimates each
+                    endpoint's latency from Envoy's per-host stats (Little's law: in-flight ÷
+                    completion rate) and pushes inverse-latency weights over EDS
 session-affinity    ``ring_hash`` (or ``maglev``) + route hash_policy on the session header,
                     bounded load via consistent_hashing_lb_config.hash_balance_factor;
                     the local/remote split also hashes (use_hash_policy) so a session stays put
@@ -268,9 +269,14 @@ class _Lb:
     choice_count: int = 2
     bias: float = 1.0
     balance: int = 0
+    # least-latency: the endpoints carry latency-derived weights instead of capacity weights, so the
+    # strategy gets a cluster (and a ClusterLoadAssignment) of its own.
+    latency: bool = False
 
     @property
     def tag(self) -> str:
+        if self.latency:
+            return f"{self.kind}_latency"
         if self.kind == "least_request":
             tag = f"least_request_c{self.choice_count}"
             return f"{tag}_w{_number(self.bias).replace('.', '_')}" if self.weighted else tag
@@ -328,8 +334,10 @@ def _plan(strategy: str, params: StrategyParams) -> _Plan:
         raise ValueError(f"choice_count must be >= 2, got {params.choice_count!r}")
     if strategy == "random":
         return _Plan(strategy, _Lb("random"))
-    if strategy in ("round-robin", "least-latency"):
+    if strategy == "round-robin":
         return _Plan(strategy, _Lb("round_robin"))
+    if strategy == "least-latency":
+        return _Plan(strategy, _Lb("round_robin", latency=True))
     if strategy == "least-request":
         return _Plan(strategy, _Lb("least_request", weighted=False, choice_count=params.choice_count))
     if strategy == "throughput":
@@ -686,7 +694,8 @@ def _local_cluster(name: str, lb: _Lb, model: Model) -> cluster_pb2.Cluster:
     return cluster
 
 
-def _load_assignment(name: str, model: Model, weighted: bool) -> endpoint_pb2.ClusterLoadAssignment:
+def _load_assignment(name: str, model: Model, lb: _Lb) -> endpoint_pb2.ClusterLoadAssignment:
+    weighted = lb.weighted
     seen: set[tuple[str, int]] = set()
     lb_endpoints = []
     for endpoint in sorted(model.endpoints, key=lambda e: (e.host, e.port)):
@@ -694,13 +703,13 @@ def _load_assignment(name: str, model: Model, weighted: bool) -> endpoint_pb2.Cl
         if key in seen:
             raise ValueError(f"model {model.name!r}: endpoint {endpoint.host}:{endpoint.port} listed twice")
         seen.add(key)
-        if endpoint.weight < 1:
-            raise ValueError(f"model {model.name!r}: endpoint weight must be >= 1, got {endpoint.weight!r}")
+        if endpoint.weight < 1 or endpoint.latency_weight < 1:
+            raise ValueError(f"model {model.name!r}: endpoint weights must be >= 1 ({endpoint.host}:{endpoint.port})")
         lb_endpoint = endpoint_components_pb2.LbEndpoint(
             endpoint=endpoint_components_pb2.Endpoint(address=_socket(endpoint.host, endpoint.port))
         )
         if weighted:
-            lb_endpoint.load_balancing_weight.value = endpoint.weight
+            lb_endpoint.load_balancing_weight.value = endpoint.latency_weight if lb.latency else endpoint.weight
         lb_endpoints.append(lb_endpoint)
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
     if lb_endpoints:
@@ -861,7 +870,7 @@ def translate(gateway: Gateway) -> Resources:
             cluster_name = local_cluster_name(model.name, plan.lb.tag)
             if cluster_name not in clusters:
                 clusters[cluster_name] = _local_cluster(cluster_name, plan.lb, model)
-                endpoints[cluster_name] = _load_assignment(cluster_name, model, plan.lb.weighted)
+                endpoints[cluster_name] = _load_assignment(cluster_name, model, plan.lb)
             routes.append(_model_route(model, profile, plan, cluster_name, profile is not default))
         if model.remote is not None:
             clusters[remote_cluster_name(model.name)] = _remote_cluster(model, model.remote)

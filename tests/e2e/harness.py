@@ -35,8 +35,14 @@ class Spillover:
     """`python -m spillover serve --policies DIR` on free loopback ports; stopped by pid (SIGTERM)."""
 
     def __init__(
-        self, policies: Path, workdir: Path, log_level: str = "INFO", debounce: float = 0.05
+        self,
+        policies: Path,
+        workdir: Path,
+        log_level: str = "INFO",
+        debounce: float = 0.05,
+        extra_args: list[str] | None = None,
     ) -> None:
+        self.extra_args = list(extra_args or [])
         self.policies = policies
         self.listen_port = free_port()
         self.xds_port = free_port()
@@ -62,6 +68,7 @@ class Spillover:
             "--xds-address", self.xds_address,
             "--admin-address", f"127.0.0.1:{self.admin_port}",
             "--debounce", str(self.debounce),
+            *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(

@@ -6,6 +6,7 @@ server is a separate stage; everything else is exactly what the translator emits
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -193,7 +194,14 @@ def test_least_request_avoids_a_slow_endpoint(gateway, upstream_factory) -> None
 
 def test_least_latency_follows_eds_weights(gateway, upstream_factory) -> None:
     a, b = upstream_factory("a"), upstream_factory("b")
-    gw = gateway(Model("m", (_ep(a, 1), _ep(b, 9)), profiles=(Profile("default", "least-latency"),)))
+    # Latency weights (not capacity weights) drive least-latency.
+    gw = gateway(
+        Model(
+            "m",
+            (dataclasses.replace(_ep(a, 9), latency_weight=1), dataclasses.replace(_ep(b, 1), latency_weight=9)),
+            profiles=(Profile("default", "least-latency"),),
+        )
+    )
     served = Counter(_served_by(gw.post({"model": "m"})) for _ in range(100))
     assert 3 <= served["a"] <= 20, served
 

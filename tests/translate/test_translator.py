@@ -153,8 +153,24 @@ def test_least_request_drops_weights_but_throughput_keeps_them() -> None:
 
 
 def test_profiles_with_the_same_lb_share_a_cluster() -> None:
-    model = _model(profiles=(Profile("default", "round-robin"), Profile("x", "least-latency")))
+    model = _model(profiles=(Profile("default", "round-robin"), Profile("x", "round-robin")))
     assert list(translate(_gateway(model)).clusters) == ["m/local/round_robin"]
+
+
+def test_least_latency_gets_its_own_cluster_with_latency_weights() -> None:
+    model = _model(
+        endpoints=(Endpoint("127.0.0.1", 1, weight=5, latency_weight=2), Endpoint("127.0.0.1", 2)),
+        profiles=(Profile("default", "round-robin"), Profile("x", "least-latency")),
+    )
+    resources = translate(_gateway(model))
+    assert list(resources.clusters) == ["m/local/round_robin", "m/local/round_robin_latency"]
+
+    def weights(cluster: str) -> list[int]:
+        cla = resources.endpoints[cluster]
+        return [e.load_balancing_weight.value for e in cla.endpoints[0].lb_endpoints]
+
+    assert weights("m/local/round_robin") == [5, 1]
+    assert weights("m/local/round_robin_latency") == [2, 1]
 
 
 def test_local_health_checks_and_outlier_detection_reach_every_local_cluster() -> None:
