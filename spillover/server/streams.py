@@ -255,6 +255,18 @@ class BaseStream:
     def _has_changes(self, type_url: str, state: TypeState, snapshot: Snapshot) -> bool:
         raise NotImplementedError
 
+    def _record_nack(
+        self,
+        type_url: str,
+        state: TypeState,
+        request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest,
+        rejected_version: str,
+    ) -> None:
+        state.nacked_nonce = request.response_nonce
+        state.nack_error = request.error_detail.message or f"code {request.error_detail.code}"
+        state.nack_version = rejected_version
+        self.events.on_nack(type_url, state.nack_error)
+
     def _start_warming(self, names: Iterable[str], snapshot: Snapshot) -> None:
         """Clusters just sent as added or changed; those fed by EDS warm until their endpoints land."""
         endpoints = snapshot.get(ENDPOINT)
@@ -337,10 +349,7 @@ class SotwStream(BaseStream):
             return []
 
         if not first and _is_nack(request):
-            state.nacked_nonce = request.response_nonce
-            state.nack_error = request.error_detail.message or f"code {request.error_detail.code}"
-            state.nack_version = state.sent_version
-            self.events.on_nack(type_url, state.nack_error)
+            self._record_nack(type_url, state, request, state.sent_version)
         elif request.response_nonce and request.response_nonce == state.nonce:
             state.acked_nonce = request.response_nonce
             state.acked_version = request.version_info
@@ -500,10 +509,7 @@ class DeltaStream(BaseStream):
 
         if request.response_nonce:
             if _is_nack(request):
-                state.nacked_nonce = request.response_nonce
-                state.nack_error = request.error_detail.message or f"code {request.error_detail.code}"
-                state.nack_version = state.versions_by_nonce.get(request.response_nonce, "")
-                self.events.on_nack(type_url, state.nack_error)
+                self._record_nack(type_url, state, request, state.versions_by_nonce.get(request.response_nonce, ""))
             else:
                 state.acked_nonce = request.response_nonce
                 state.acked_version = state.versions_by_nonce.get(request.response_nonce, "")
