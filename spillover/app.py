@@ -42,9 +42,13 @@ class GroupView:
 
 
 class Provider(Protocol):
-    """Produces the resources of a node group. `changed` is set by the app; call it on every change."""
+    """Produces the resources of a node group. The app sets `changed`; call it on every change.
 
-    changed: Callable[[], None]
+    `changed(urgent=True)` skips the debounce: for a change that is already one batch (a round of
+    overflow decisions), where the 100 ms of coalescing would only delay traffic moving.
+    """
+
+    changed: Callable[..., None]
 
     def resources(self, group: GroupView) -> Iterable[Message]: ...
 
@@ -60,7 +64,7 @@ class StaticResourcesFile:
     def __init__(self, path: Path, poll_interval: float = 0.25) -> None:
         self.path = path
         self.poll_interval = poll_interval
-        self.changed: Callable[[], None] = lambda: None
+        self.changed: Callable[..., None] = lambda urgent=False: None
         self._messages: list[Message] = load_resources_file(path)
         self._stamp = _file_stamp(path)
 
@@ -188,14 +192,17 @@ class ControlPlane:
         view = GroupView(name=group, replicas=max(1, self.xds.proxies.replicas(group)))
         return Snapshot.from_messages(self.provider.resources(view))
 
-    def refresh_all(self) -> None:
+    def refresh_all(self, urgent: bool = False) -> None:
         for group in self.cache.groups():
             try:
                 snapshot = self.build(group)
             except Exception:
                 log.exception("building resources for group %s failed; it keeps its last snapshot", group)
                 continue
-            self.cache.update(group, snapshot)
+            if urgent:
+                self.cache.set_snapshot(group, snapshot)
+            else:
+                self.cache.update(group, snapshot)
 
     async def start(self, xds_address: str, admin_host: str = "127.0.0.1", admin_port: int = 0) -> None:
         await self.xds.start(xds_address)

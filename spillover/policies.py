@@ -144,7 +144,7 @@ class PolicyProvider:
         self.listener = listener
         self.evaluation_interval = evaluation_interval
         self.clock = clock
-        self.changed: Callable[[], None] = lambda: None
+        self.changed: Callable[..., None] = lambda urgent=False: None
         self.tokens = TokenManager(changed=self._tokens_changed)
         self.evaluator = Evaluator(max_age=max_sample_age)
         self.prometheus = prometheus
@@ -282,13 +282,17 @@ class PolicyProvider:
         return changed
 
     async def _evaluate_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_round = loop.time()
         while True:
             try:
                 if await self.evaluate_once():
-                    self.changed()
+                    self.changed(urgent=True)
             except Exception:  # a broken round must not stop the next one
                 log.exception("evaluation failed; decisions are kept")
-            await asyncio.sleep(self.evaluation_interval)
+            # Rounds start on a fixed cadence; one that overran is not made up for.
+            next_round = max(next_round + self.evaluation_interval, loop.time())
+            await asyncio.sleep(next_round - loop.time())
 
     def resources(self, group: GroupView) -> Iterable[Message]:
         gateway = plan_gateway(

@@ -90,6 +90,9 @@ class MetricReading:
     value: float | None = None  # the last good value (kept from earlier readings while unknown)
     at: float | None = None  # when `value` was measured
     error: str = ""  # why the metric is unknown now ("" when known)
+    # Never sampled yet (spillover just started, or the model was just added): no source has failed,
+    # so it is not an error for onMetricError; the engine waits (holds) instead.
+    pending: bool = False
 
     def age(self, now: float) -> float | None:
         return None if self.at is None else max(0.0, now - self.at)
@@ -166,6 +169,8 @@ def read_metric(
     last_value = previous.value if previous else None
     last_at = previous.at if previous else None
     error = ""
+    if sample is None and (previous is None or previous.pending):
+        return MetricReading(name, threshold, "unknown", None, None, "not sampled yet", pending=True)
     if sample is None:
         error = "no sample"
     elif sample.error:
@@ -218,12 +223,13 @@ class _Judgement:
 def _judge(readings: tuple[MetricReading, ...], on_error: str) -> _Judgement:
     breached = [r for r in readings if r.condition == "breached"]
     unknown = [r for r in readings if r.condition == "unknown"]
+    failed = [r for r in unknown if not r.pending]
     overshoots = [overshoot(r.value, r.threshold) for r in breached if r.value is not None]
-    if on_error == "overflow" and unknown:
+    if on_error == "overflow" and failed:
         overshoots.append(1.0)
-    if breached or (on_error == "overflow" and unknown):
+    if breached or (on_error == "overflow" and failed):
         verdict: Verdict = "breached"
-    elif unknown and on_error == "hold":
+    elif (unknown and on_error == "hold") or len(failed) < len(unknown):
         verdict = "indeterminate"
     else:
         verdict = "calm"
@@ -241,8 +247,12 @@ def _share_for(behavior: OffloadingBehavior, current: int, pressure: float, hold
 
 def _breach_text(j: _Judgement, on_error: str) -> str:
     parts = [f"{r.name} at {_fmt(r.value or 0.0)} >= threshold {_fmt(r.threshold)}" for r in j.breached]
-    if on_error == "overflow" and j.unknown:
-        parts += [f"{r.name} unknown ({r.error}), read as breached (onMetricError: overflow)" for r in j.unknown]
+    if on_error == "overflow":
+        parts += [
+            f"{r.name} unknown ({r.error}), read as breached (onMetricError: overflow)"
+            for r in j.unknown
+            if not r.pending
+        ]
     return "; ".join(parts)
 
 

@@ -325,7 +325,7 @@ def test_disabling_resets_and_reenabling_starts_in_standby() -> None:
 @pytest.mark.parametrize(
     ("sample", "error"),
     [
-        (None, "no sample"),
+        (None, "not sampled yet"),
         (Sample(None, 0.0), "no value"),
         (Sample(90.0, 0.0, error="prometheus: 503"), "prometheus: 503"),
         (Sample(math.nan, 0.0), "not a finite number"),
@@ -417,8 +417,20 @@ def test_on_error_overflow_reads_unknown_as_breached_at_full_pressure() -> None:
 
 def test_on_error_overflow_respects_activation() -> None:
     run = Run(model(percentage=70, onMetricError="overflow", activationDuration="5s"))
-    assert run.at(0).state == STANDBY
-    assert run.at(5).state == OVERFLOW
+    down = {"gpu": Sample(None, run.now, error="prometheus: connection refused")}
+    assert run.at(0, samples=down).state == STANDBY
+    assert run.at(5, samples=down).state == OVERFLOW
+
+
+def test_a_metric_never_sampled_is_pending_not_an_error() -> None:
+    # Right after start nothing has been sampled: no source failed, so onMetricError does not apply.
+    run = Run(model(percentage=70, onMetricError="overflow"))
+    d = run.at(0)
+    assert d.state == STANDBY and "not sampled yet" in d.reason
+    assert run.at(1).state == STANDBY
+    # Once sampled, a missing sample is an error like any other.
+    assert run.at(2, {"gpu": 10}).state == STANDBY
+    assert run.at(3).state == OVERFLOW
 
 
 # --- several metrics ----------------------------------------------------------------------
