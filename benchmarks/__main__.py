@@ -10,7 +10,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks import build, logic, machine, push, report
+from benchmarks import build, logic, machine, push, reaction, report
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -26,6 +26,8 @@ FULL: dict[str, Any] = {
     "logic_clusters": [100, 1_000],
     "logic_streams": 1_000,
     "logic_pushes": 5,
+    "reaction_repetitions": 7,
+    "reaction_rps": 100.0,
 }
 QUICK: dict[str, Any] = {
     "procs": 2,
@@ -39,6 +41,8 @@ QUICK: dict[str, Any] = {
     "logic_clusters": [100, 1_000],
     "logic_streams": 100,
     "logic_pushes": 2,
+    "reaction_repetitions": 2,
+    "reaction_rps": 100.0,
 }
 # (kind, protocol, debounce): the floor of each protocol first, then the server with and without debounce.
 SCENARIOS = [
@@ -58,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-push", action="store_true", help="only the in-process benchmarks")
     parser.add_argument("--no-delta", action="store_true", help="SotW push scenarios only")
+    parser.add_argument(
+        "--skip-reaction",
+        action="store_true",
+        help="skip the reaction-time benchmark (real Envoy + Prometheus)",
+    )
     parser.add_argument("--output", default=RESULTS, help="directory for latest.md / latest.json")
     args = parser.parse_args(argv)
     config: dict[str, Any] = dict(QUICK if args.quick else FULL)
@@ -119,6 +128,22 @@ def main(argv: list[str] | None = None) -> int:
                 results["push"].append(
                     {"kind": kind, "protocol": protocol, "debounce_s": debounce, "error": str(error)}
                 )
+
+    results["reaction"] = []
+    if not args.skip_reaction:
+        say(
+            f"  reaction time: metric crosses its threshold -> first request at the remote backend "
+            f"({config['reaction_repetitions']} repetitions per scenario, {config['reaction_rps']:g} req/s through Envoy) ..."
+        )
+        results["reaction"] = reaction.run(
+            args.quick,
+            log_dir,
+            log=say,
+            rate=config["reaction_rps"],
+            repetitions=config["reaction_repetitions"],
+        )
+        if any("error" in row for row in results["reaction"]):
+            failed = True
 
     results["elapsed_s"] = time.monotonic() - started
     results["targets"] = report.targets(results)
