@@ -168,6 +168,9 @@ class ControlPlane:
     group_of: Callable[..., str] = group_by_cluster
     registries: list[CollectorRegistry] = field(default_factory=list)
     debug_routes: list[web.RouteDef] = field(default_factory=list)
+    # Companions with `async start()` / `async stop()` that live as long as the server (e.g. status
+    # publishing in Kubernetes mode).
+    services: list[Any] = field(default_factory=list)
     cache: SnapshotCache = field(init=False)
     xds: XdsServer = field(init=False)
     admin: AdminServer | None = field(init=False, default=None)
@@ -214,10 +217,17 @@ class ControlPlane:
         )
         await self.admin.start(admin_host, admin_port)
         self._tasks.append(asyncio.get_running_loop().create_task(self.provider.run()))
+        for service in self.services:
+            await service.start()
         self._started = True
 
     async def stop(self) -> None:
         self._started = False
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(service).__name__)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

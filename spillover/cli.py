@@ -44,8 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument("--policies", type=Path, help="a directory of ModelDeployment YAML files (watched)")
     source.add_argument("--resources", type=Path, help="a YAML/JSON file of Envoy resources (each with @type)")
+    source.add_argument(
+        "--kubernetes", action="store_true",
+        help="watch ModelDeployment resources (and their Services, EndpointSlices, Secrets, workloads) in a cluster",
+    )
+    kube = serve.add_argument_group("Kubernetes mode (--kubernetes)")
+    kube.add_argument(
+        "--namespace", action="append", default=[], metavar="NS",
+        help="watch this namespace (repeatable); default: every namespace",
+    )
+    kube.add_argument("--kubeconfig", type=Path, help="a kubeconfig file; default: the in-cluster service account")
+    kube.add_argument("--context", help="the kubeconfig context to use (default: its current context)")
+    kube.add_argument(
+        "--beamlit", action="store_true", help="also watch Beamlit's deployment.beamlit.com/v1alpha1 ModelDeployments"
+    )
+    kube.add_argument(
+        "--no-aibrix", dest="aibrix", action="store_false",
+        help="do not serve pods labelled model.aibrix.ai/name without a ModelDeployment",
+    )
+    kube.add_argument(
+        "--leader-election-namespace", help="where the Lease lives (default: $POD_NAMESPACE, else spillover-system)"
+    )
+    kube.add_argument("--leader-election-name", default="spillover-leader", help="the Lease's name")
+    kube.add_argument(
+        "--no-leader-election", dest="leader_election", action="store_false",
+        help="write status without a Lease (a single replica)",
+    )
     serve.add_argument(
-        "--listen", default="0.0.0.0:10000", type=_host_port, help="the Envoy listener serving models (with --policies)"
+        "--listen", default="0.0.0.0:10000", type=_host_port,
+        help="the Envoy listener serving models (with --policies or --kubernetes)",
     )
     serve.add_argument("--prometheus-url", help="Prometheus for `source: prometheus` metrics, e.g. http://prometheus:9090")
     serve.add_argument("--prometheus-token-file", type=Path, help="a file holding a bearer token for Prometheus")
@@ -121,7 +148,18 @@ def _serve(args: argparse.Namespace) -> int:
         "max_delay": max(args.debounce, args.debounce_max),
         "group_of": _group_of(args.group_by),
     }
-    if args.policies is not None:
+    if args.policies is not None or args.kubernetes:
+        policies: Any = args.policies
+        api: Any = None
+        if args.kubernetes:
+            try:
+                policies, api = _kubernetes_source(args)
+            except Exception as error:  # no kubeconfig, not in a cluster, a broken kubeconfig
+                print(f"spillover serve: --kubernetes: {error}", file=sys.stderr)
+                return 2
+        elif args.namespace or args.kubeconfig or args.context or args.beamlit:
+            print("spillover serve: --namespace/--kubeconfig/--context/--beamlit need --kubernetes", file=sys.stderr)
+            return 2
         token = None
         if args.prometheus_token_file is not None:
             try:
@@ -130,13 +168,26 @@ def _serve(args: argparse.Namespace) -> int:
                 print(f"spillover serve: --prometheus-token-file: {error.strerror}", file=sys.stderr)
                 return 2
         plane = policy_control_plane(
-            args.policies,
+            policies,
             args.listen,
             prometheus_url=args.prometheus_url,
             prometheus_token=token,
             evaluation_interval=args.evaluation_interval,
             **options,
         )
+        if api is not None:
+            from spillover.kube.publishing import StatusPublishing
+
+            plane.services.append(
+                StatusPublishing(
+                    api,
+                    plane.provider.status_sinks,
+                    leader_election=args.leader_election,
+                    lease_namespace=args.leader_election_namespace,
+                    lease_name=args.leader_election_name,
+                    beamlit=args.beamlit,
+                )
+            )
     else:
         try:
             provider = StaticResourcesFile(args.resources)
@@ -150,8 +201,16 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kubernetes_source(args: argparse.Namespace) -> Any:
+    from spillover.kube.source import KubernetesPolicySource, api_client
+
+    api = api_client(str(args.kubeconfig) if args.kubeconfig else None, context=args.context)
+    source = KubernetesPolicySource(api, namespaces=args.namespace, beamlit=args.beamlit, aibrix=args.aibrix)
+    return source, api
+
+
 def policy_control_plane(
-    directory: Path,
+    policies: Any,
     listen: tuple[str, int],
     prometheus_url: str | None = None,
     prometheus_token: str | None = None,
@@ -167,8 +226,9 @@ def policy_control_plane(
     from spillover.translate import ir
 
     prometheus = PrometheusSource(prometheus_url, bearer_token=prometheus_token) if prometheus_url else None
+    # `policies`: a directory of YAML files, or a PolicySource (e.g. spillover.kube.KubernetesPolicySource).
     provider = PolicyProvider(
-        directory,
+        policies,
         ir.Listener(address=listen[0], port=listen[1]),
         evaluation_interval=evaluation_interval,
         prometheus=prometheus,

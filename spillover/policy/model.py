@@ -40,6 +40,7 @@ from spillover.policy.types import (
     ModelName,
     Percentage,
     Port,
+    PortOrName,
     Quantity,
     ResourceName,
     fail,
@@ -130,7 +131,7 @@ class ServiceReference(Base):
     uid: str | None = None
     resource_version: str | None = None
     field_path: str | None = None
-    target_port: Port | None = None
+    target_port: PortOrName | None = None
 
 
 class PolicyRef(Base):

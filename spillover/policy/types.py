@@ -142,6 +142,20 @@ def _port(value: Any) -> int:
 
 Port = Annotated[int, BeforeValidator(_port), WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 65535})]
 
+_PORT_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+
+
+def _port_or_name(value: Any) -> int | str:
+    """A Service targetPort: a number, or a container port's name (IANA_SVC_NAME, like Kubernetes)."""
+    if isinstance(value, str):
+        if "--" in value or not _PORT_NAME.match(value):
+            raise fail("must be a port number 1-65535 or a port name (1-15 lowercase letters, digits, '-')")
+        return value
+    return _port(value)
+
+
+PortOrName = Annotated[int | str, BeforeValidator(_port_or_name), WithJsonSchema(_INT_OR_STRING)]
+
 
 def _percentage(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):

@@ -1,0 +1,694 @@
+"""A real Kubernetes API server for tests: etcd + kube-apiserver on 127.0.0.1, stopped by pid.
+
+The binaries are built from their Go modules by ``tests/k8s/build.sh`` into ``.cache/k8s/bin``
+(see :func:`ensure_binaries`). :class:`KubeCluster` runs them with everything in a work directory:
+a generated CA and serving certificate, service-account signing keys, a static token file whose
+admin user is in ``system:masters``, an admin kubeconfig, etcd's data and both logs. Authorization
+is ``Node,RBAC``, so a ServiceAccount token (:meth:`KubeCluster.service_account_token`) has exactly
+the rights RBAC gives it. There is no controller-manager, scheduler or kubelet: objects are stored,
+validated, listed and watched, but nothing reconciles them (namespaces stay Terminating, pods Pending).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import datetime
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+
+__all__ = ["BUILD_SCRIPT", "KubeCluster", "ensure_binaries", "k8s_bin_dir"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "tests" / "k8s" / "build.sh"
+
+ADMIN_USER = "spillover-admin"
+ADMIN_GROUPS = ("system:masters",)
+
+
+def k8s_bin_dir() -> Path:
+    cache = os.environ.get("SPILLOVER_K8S_CACHE") or str(REPO_ROOT / ".cache" / "k8s")
+    return Path(cache) / "bin"
+
+
+def _binaries() -> tuple[Path, Path]:
+    apiserver = os.environ.get("SPILLOVER_KUBE_APISERVER") or str(k8s_bin_dir() / "kube-apiserver")
+    etcd = os.environ.get("SPILLOVER_ETCD") or str(k8s_bin_dir() / "etcd")
+    return Path(apiserver), Path(etcd)
+
+
+def ensure_binaries(
+    build: bool = True, timeout: float = 3600.0, log: Callable[[str], None] | None = None
+) -> tuple[Path, Path]:
+    """Paths of (kube-apiserver, etcd); runs tests/k8s/build.sh first when ``build`` (it returns at
+    once when the pinned binaries are already built), passing each output line to ``log``. Raises
+    RuntimeError with the build's output on failure. SPILLOVER_KUBE_APISERVER / SPILLOVER_ETCD point
+    at prebuilt binaries instead (no build then)."""
+    apiserver, etcd = _binaries()
+    overridden = bool(os.environ.get("SPILLOVER_KUBE_APISERVER") or os.environ.get("SPILLOVER_ETCD"))
+    if build and not overridden:
+        output: list[str] = []
+        proc = subprocess.Popen(
+            ["bash", str(BUILD_SCRIPT)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO_ROOT,
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                output.append(line.rstrip("\n"))
+                if log is not None:
+                    log(output[-1])
+            code = proc.wait()
+        finally:
+            timer.cancel()
+        if code != 0:
+            text = "\n".join(output[-60:])
+            raise RuntimeError(f"{BUILD_SCRIPT} failed with exit code {code} (limit {timeout:g}s):\n{text}")
+    for binary in (apiserver, etcd):
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise RuntimeError(
+                f"no executable {binary}: run {BUILD_SCRIPT.relative_to(REPO_ROOT)} (or `make test`)"
+            )
+    return apiserver, etcd
+
+
+# -- certificates and keys --------------------------------------------------------------------------
+
+
+def _write_pki(
+    directory: Path, service_ip: str, sa_key_path: Path, sa_pub_path: Path
+) -> tuple[Path, Path, Path]:
+    """A CA, a serving certificate for 127.0.0.1/localhost/kubernetes.default.svc signed by it, and
+    the service-account signing key pair. Returns (ca.crt, apiserver.crt, apiserver.key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "spillover-test-kube-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address(service_ip)),
+        x509.DNSName("localhost"),
+        x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default"),
+        x509.DNSName("kubernetes.default.svc"),
+        x509.DNSName("kubernetes.default.svc.cluster.local"),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    pem = serialization.Encoding.PEM
+    ca_path, cert_path, key_path = (
+        directory / "ca.crt",
+        directory / "apiserver.crt",
+        directory / "apiserver.key",
+    )
+    ca_path.write_bytes(ca_cert.public_bytes(pem))
+    cert_path.write_bytes(cert.public_bytes(pem))
+    key_path.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sa_key_path.write_bytes(
+        sa_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    sa_pub_path.write_bytes(
+        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for private in (key_path, sa_key_path):
+        private.chmod(0o600)
+    return ca_path, cert_path, key_path
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+
+class _Process:
+    """One child process with its log file; stopped by pid (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, argv: list[str], cwd: Path) -> None:
+        self._log = self.log_path.open("ab")
+        self._log.write(f"\n=== {' '.join(argv)}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def exited(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self, timeout: float) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.proc = None
+        return proc.returncode
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+_LIVE: set[KubeCluster] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for cluster in list(_LIVE):
+        cluster.stop(timeout=5)
+
+
+class _NotReady(Exception):
+    pass
+
+
+class _Exited(Exception):
+    pass
+
+
+def _split_docs(docs: str | Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(docs, str):
+        loaded = [d for d in yaml.safe_load_all(docs) if d is not None]
+    elif isinstance(docs, Mapping):
+        loaded = [copy.deepcopy(dict(docs))]  # apply() fills in namespace/resourceVersion: not the caller's
+    else:
+        loaded = [copy.deepcopy(dict(d)) for d in docs if d is not None]
+    out: list[dict[str, Any]] = []
+    for doc in loaded:
+        if not isinstance(doc, dict) or "apiVersion" not in doc or "kind" not in doc:
+            raise ValueError(f"not a Kubernetes object (apiVersion and kind needed): {doc!r:.200}")
+        if doc["kind"].endswith("List") and isinstance(doc.get("items"), list):
+            out.extend(_split_docs(doc["items"]))
+        else:
+            out.append(doc)
+    return out
+
+
+class KubeCluster:
+    """``KubeCluster(workdir).start()``: etcd and kube-apiserver on free loopback ports.
+
+    Attributes once started: ``server_url`` (https://127.0.0.1:PORT), ``ca_path`` (the CA that signed
+    the serving certificate), ``admin_token`` (user ``spillover-admin`` in ``system:masters``),
+    ``admin_kubeconfig`` (a kubeconfig file for that token), ``etcd_url``, ``workdir`` (logs:
+    ``etcd.log``, ``kube-apiserver.log``).
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        service_cluster_ip_range: str = "10.96.0.0/16",
+        extra_apiserver_args: Iterable[str] = (),
+        apiserver_binary: Path | None = None,
+        etcd_binary: Path | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.service_cluster_ip_range = service_cluster_ip_range
+        self.extra_apiserver_args = list(extra_apiserver_args)
+        # Absolute: the processes run with the work directory as cwd.
+        self._apiserver_binary = Path(apiserver_binary).resolve() if apiserver_binary else None
+        self._etcd_binary = Path(etcd_binary).resolve() if etcd_binary else None
+        self.pki_dir = self.workdir / "pki"
+        self.ca_path = self.pki_dir / "ca.crt"
+        self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
+        self.admin_token = secrets.token_hex(24)
+        self.service_account_issuer = "https://kubernetes.default.svc.cluster.local"
+        self.etcd = _Process("etcd", self.workdir / "etcd.log")
+        self.apiserver = _Process("kube-apiserver", self.workdir / "kube-apiserver.log")
+        self.etcd_port = self.etcd_peer_port = self.secure_port = 0
+        self._ssl_context: ssl.SSLContext | None = None
+        self._api_clients: dict[str | None, Any] = {}
+        self._dynamic_clients: dict[str | None, Any] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    @property
+    def server_url(self) -> str:
+        return f"https://127.0.0.1:{self.secure_port}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    def is_running(self) -> bool:
+        return (
+            self.etcd.exited() is None and self.apiserver.exited() is None and self.apiserver.proc is not None
+        )
+
+    def start(self, timeout: float = 120.0) -> KubeCluster:
+        if self.apiserver.proc is not None or self.etcd.proc is not None:
+            raise RuntimeError("KubeCluster already started")
+        if self._apiserver_binary is None or self._etcd_binary is None:
+            apiserver, etcd = ensure_binaries(build=False)
+            self._apiserver_binary = self._apiserver_binary or apiserver.resolve()
+            self._etcd_binary = self._etcd_binary or etcd.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        network = ipaddress.ip_network(self.service_cluster_ip_range)
+        _write_pki(self.pki_dir, str(network[1]), self.pki_dir / "sa.key", self.pki_dir / "sa.pub")
+        (self.workdir / "tokens.csv").write_text(
+            f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"{",".join(ADMIN_GROUPS)}"\n'
+        )
+        (self.workdir / "tokens.csv").chmod(0o600)
+        _LIVE.add(self)
+        deadline = time.monotonic() + timeout
+        try:
+            self._start_etcd(deadline)
+            self._start_apiserver(deadline)
+            self._wait_for_default_namespace(deadline)
+        except BaseException:
+            self.stop()
+            raise
+        self.kubeconfig_for_token(self.admin_token, self.admin_kubeconfig, user=ADMIN_USER)
+        return self
+
+    def _start_etcd(self, deadline: float) -> None:
+        assert self._etcd_binary is not None
+        data_dir = self.workdir / "etcd-data"
+        for _attempt in range(3):
+            self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+            if self.etcd_port == self.etcd_peer_port:
+                continue
+            peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+            self.etcd.start(
+                [
+                    str(self._etcd_binary),
+                    "--name=spillover-test",
+                    f"--data-dir={data_dir}",
+                    f"--listen-client-urls={self.etcd_url}",
+                    f"--advertise-client-urls={self.etcd_url}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=spillover-test={peer}",
+                    "--initial-cluster-state=new",
+                    "--initial-cluster-token=spillover-test",
+                    # Test data: no fsync, a small backend quota, no snapshots to speak of.
+                    "--unsafe-no-fsync",
+                    "--quota-backend-bytes=1073741824",
+                    "--log-level=warn",
+                ],
+                cwd=self.workdir,
+            )
+            try:
+                self._wait(self.etcd, self._etcd_healthy, deadline, "etcd")
+                return
+            except _Exited:
+                tail = self.etcd.log_tail()
+                self.etcd.stop(5)
+                if "address already in use" not in tail:
+                    raise RuntimeError(f"etcd exited during start:\n{tail}") from None
+                # lost a port race: new ports, fresh data dir
+                for child in sorted(data_dir.rglob("*"), reverse=True):
+                    child.unlink() if not child.is_dir() else child.rmdir()
+        raise RuntimeError(f"etcd could not bind loopback ports:\n{self.etcd.log_tail()}")
+
+    def _apiserver_argv(self) -> list[str]:
+        assert self._apiserver_binary is not None
+        pki = self.pki_dir
+        return [
+            str(self._apiserver_binary),
+            f"--etcd-servers={self.etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.secure_port}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=Node,RBAC",
+            "--anonymous-auth=false",
+            f"--service-account-issuer={self.service_account_issuer}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={self.service_cluster_ip_range}",
+            # No controller-manager creates ServiceAccounts' pods' defaults; the master endpoint
+            # reconciler would publish 127.0.0.1, which EndpointSlice validation rejects.
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+            *self.extra_apiserver_args,
+        ]
+
+    def _start_apiserver(self, deadline: float) -> None:
+        for _attempt in range(3):
+            self.secure_port = free_port()
+            self.apiserver.start(self._apiserver_argv(), cwd=self.workdir)
+            try:
+                self._wait(self.apiserver, self._apiserver_ready, deadline, "kube-apiserver /readyz")
+                return
+            except _Exited:
+                tail = self.apiserver.log_tail(60)
+                self.apiserver.stop(5)
+                if "address already in use" not in tail:
+                    raise RuntimeError(f"kube-apiserver exited during start:\n{tail}") from None
+        raise RuntimeError(f"kube-apiserver could not bind a loopback port:\n{self.apiserver.log_tail()}")
+
+    def _wait(self, process: _Process, probe: Any, deadline: float, what: str) -> None:
+        last: str = "no attempt"
+        while True:
+            code = process.exited()
+            if code is not None:
+                raise _Exited(code)
+            try:
+                probe()
+                return
+            except (OSError, _NotReady) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{what} not ready in time (last: {last})\n{process.log_tail(60)}")
+            time.sleep(0.1)
+
+    def _etcd_healthy(self) -> None:
+        try:
+            with urllib.request.urlopen(self.etcd_url + "/health", timeout=2) as resp:
+                body = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise _NotReady(f"HTTP {exc.code}") from exc
+        if body.get("health") != "true":
+            raise _NotReady(str(body))
+
+    def _apiserver_ready(self) -> None:
+        status, body = self.request("GET", "/readyz", timeout=3)
+        if status != 200:
+            raise _NotReady(f"/readyz {status}: {body[-500:].decode(errors='replace')}")
+
+    def _wait_for_default_namespace(self, deadline: float) -> None:
+        # The system-namespaces controller creates them right after /readyz turns ok.
+        def present() -> bool:
+            return all(
+                self.request("GET", f"/api/v1/namespaces/{ns}")[0] == 200 for ns in ("default", "kube-system")
+            )
+
+        wait_until(
+            present,
+            timeout=max(1.0, deadline - time.monotonic()),
+            interval=0.1,
+            message="namespaces default and kube-system not created",
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stops kube-apiserver, then etcd, by pid (SIGTERM, SIGKILL after ``timeout``)."""
+        for client in self._api_clients.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self._api_clients.clear()
+        self._dynamic_clients.clear()
+        self.apiserver.stop(timeout)
+        self.etcd.stop(timeout)
+        _LIVE.discard(self)
+
+    def __enter__(self) -> KubeCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def log_tail(self, n: int = 40) -> str:
+        return (
+            f"--- kube-apiserver ({self.apiserver.log_path}):\n{self.apiserver.log_tail(n)}\n"
+            f"--- etcd ({self.etcd.log_path}):\n{self.etcd.log_tail(n)}"
+        )
+
+    # -- raw HTTP -----------------------------------------------------------------------------------
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context(cafile=str(self.ca_path))
+        return self._ssl_context
+
+    def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None, timeout: float = 10.0
+    ) -> tuple[int, bytes]:
+        """One HTTPS request to the API server as ``token`` (default: admin); returns (status, body)."""
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.server_url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token or self.admin_token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    # -- kubeconfig and clients ---------------------------------------------------------------------
+
+    def kubeconfig_for_token(self, token: str, path: Path | str, user: str = "user") -> Path:
+        """Writes a kubeconfig that talks to this API server as ``token``; returns its path."""
+        path = Path(path)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "spillover-test",
+                    "cluster": {"server": self.server_url, "certificate-authority": str(self.ca_path)},
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "spillover-test", "context": {"cluster": "spillover-test", "user": user}}],
+            "current-context": "spillover-test",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.chmod(0o600)
+        return path
+
+    def api_client(self, token: str | None = None) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this server as ``token`` (default: admin); cached
+        per token and closed by :meth:`stop`."""
+        if token in self._api_clients:
+            return self._api_clients[token]
+        from kubernetes import client
+
+        configuration = client.Configuration(
+            host=self.server_url,
+            api_key={"BearerToken": token or self.admin_token},
+            api_key_prefix={"BearerToken": "Bearer"},
+            ssl_ca_cert=str(self.ca_path),
+        )
+        api = client.ApiClient(configuration)
+        self._api_clients[token] = api
+        return api
+
+    def dynamic_client(self, token: str | None = None) -> Any:
+        """A ``kubernetes.dynamic.DynamicClient`` (discovery cache in the work directory)."""
+        if token not in self._dynamic_clients:
+            from kubernetes import dynamic
+
+            tag = hashlib.sha256((token or self.admin_token).encode()).hexdigest()[:12]
+            self._dynamic_clients[token] = dynamic.DynamicClient(
+                self.api_client(token), cache_file=str(self.workdir / f"discovery-{tag}.json")
+            )
+        return self._dynamic_clients[token]
+
+    # -- objects --------------------------------------------------------------------------------------
+
+    def service_account_token(
+        self,
+        namespace: str,
+        name: str,
+        expiration_s: int = 3600,
+        audiences: list[str] | None = None,
+    ) -> str:
+        """A bound token for ServiceAccount ``namespace/name`` from the TokenRequest API (namespace and
+        ServiceAccount are created when missing). The API server's minimum ``expiration_s`` is 600."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self.api_client())
+        for create, body in (
+            (
+                lambda b: core.create_namespace(b),
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)),
+            ),
+            (
+                lambda b: core.create_namespaced_service_account(namespace, b),
+                client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name, namespace=namespace)),
+            ),
+        ):
+            try:
+                create(body)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=audiences or [], expiration_seconds=expiration_s)
+        )
+        response = core.create_namespaced_service_account_token(name, namespace, request)
+        if response.status is None or not response.status.token:
+            raise RuntimeError(f"TokenRequest for {namespace}/{name} returned no token: {response!r}")
+        return str(response.status.token)
+
+    def apply(
+        self,
+        docs: str | Mapping[str, Any] | Iterable[Mapping[str, Any]],
+        namespace: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        field_validation: str = "Strict",
+    ) -> list[dict[str, Any]]:
+        """Create-or-replace each object (YAML text with one or more documents, a dict, or a list of
+        dicts) through the REST API; returns the objects as the server stored them. Namespaced objects
+        without ``metadata.namespace`` go to ``namespace`` (default ``default``). After a
+        CustomResourceDefinition it waits until the CRD is Established and served, so its objects can
+        follow in the same call. A rejected object raises ``kubernetes.client.exceptions.ApiException``
+        (``.status`` 422 for a schema violation, 403 when RBAC refuses ``token``). Unknown fields are
+        an error (``field_validation="Strict"``, as with ``kubectl apply``), not silently pruned."""
+        from kubernetes.client.exceptions import ApiException
+
+        dyn = self.dynamic_client(token)
+        applied: list[dict[str, Any]] = []
+        for doc in _split_docs(docs):
+            resource = self._resource(dyn, doc["apiVersion"], doc["kind"], timeout)
+            metadata = doc.setdefault("metadata", {})
+            ns = None
+            if resource.namespaced:
+                ns = metadata.get("namespace") or namespace or "default"
+                metadata["namespace"] = ns
+            query = [("fieldValidation", field_validation)]
+            try:
+                result = resource.create(body=doc, namespace=ns, query_params=list(query))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                current = resource.get(name=metadata["name"], namespace=ns)
+                doc["metadata"]["resourceVersion"] = current.metadata.resourceVersion
+                result = resource.replace(body=doc, namespace=ns, query_params=list(query))
+            obj = result.to_dict()
+            applied.append(obj)
+            if doc["kind"] == "CustomResourceDefinition" and doc["apiVersion"].startswith(
+                "apiextensions.k8s.io/"
+            ):
+                self.wait_crd_established(obj["metadata"]["name"], timeout=timeout, token=token)
+        return applied
+
+    def wait_crd_established(
+        self, name: str, timeout: float = 30.0, token: str | None = None
+    ) -> dict[str, Any]:
+        """Waits until CRD ``name`` is Established and its kinds are in discovery; returns the CRD."""
+        dyn = self.dynamic_client(token)
+        crds = dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+
+        def established() -> dict[str, Any]:
+            crd: dict[str, Any] = crds.get(name=name).to_dict()
+            conditions = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+            return crd if conditions.get("Established") == "True" else {}
+
+        crd = wait_until(established, timeout=timeout, interval=0.1, message=f"CRD {name} not Established")
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served"):
+                self._resource(dyn, f"{group}/{version['name']}", kind, timeout)
+        return crd
+
+    @staticmethod
+    def _resource(dyn: Any, api_version: str, kind: str, timeout: float) -> Any:
+        from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+        def lookup() -> Any:
+            try:
+                return dyn.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                dyn.resources.invalidate_cache()  # a CRD just created: discovery catches up
+                raise
+
+        return wait_until(lookup, timeout=timeout, interval=0.2, message=f"{api_version} {kind} not served")
