@@ -83,6 +83,9 @@ def _remote(md: ModelDeployment, token: str | None) -> ir.RemoteBackend | None:
     )
 
 
+_DEFAULT_PARAMS = ir.StrategyParams()
+
+
 def _profiles(md: ModelDeployment, replicas: int) -> tuple[ir.Profile, ...]:
     routing = md.spec.routing
     if routing is None:
@@ -95,7 +98,7 @@ def _profiles(md: ModelDeployment, replicas: int) -> tuple[ir.Profile, ...]:
         params = ir.StrategyParams(
             session_header=profile.effective_session_header,
             prefix_chars=profile.effective_prefix_length,
-            **({"hash_balance_factor": profile.hash_balance_factor} if profile.hash_balance_factor else {}),
+            hash_balance_factor=profile.hash_balance_factor or _DEFAULT_PARAMS.hash_balance_factor,
         )
         profiles.append(
             ir.Profile(

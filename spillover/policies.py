@@ -336,7 +336,8 @@ class PolicyProvider:
         self._errors.clear()
         by_file: dict[str, int] = {}
         for error in state.errors:
-            by_file[error.file] = by_file.get(error.file, 0) + 1
+            file = error.file or ""
+            by_file[file] = by_file.get(file, 0) + 1
             log.error("invalid policy: %s", error)
         for file, count in by_file.items():
             self._errors.labels(file).set(count)

@@ -373,8 +373,8 @@ def build_kube_state(
     for name, (key, md) in served.items():
         resolved = resolve_model(md, key, view, secrets, workloads)
         models[name] = resolved.model
-        obj = objects[key]
-        origins[name] = CROrigin(str(key), 0, key.group, key.namespace, key.name, obj.generation, obj.uid)
+        cr = objects[key]
+        origins[name] = CROrigin(str(key), 0, key.group, key.namespace, key.name, cr.generation, cr.uid)
         if resolved.has_workload:
             ready[name] = resolved.ready
         errors.extend(resolved.errors)
@@ -523,11 +523,11 @@ class KubernetesPolicySource:
                 return
             for ident in set(self._secrets) - secrets:
                 stop.append(self._secrets.pop(ident))
-            for ident in set(self._workloads) - workloads:
-                stop.append(self._workloads.pop(ident))
-            for ns, name in sorted(secrets - set(self._secrets)):
-                informer = self._informer(SECRETS, ns, field_selector=f"metadata.name={name}")
-                self._secrets[(ns, name)] = informer.start()
+            for workload in set(self._workloads) - workloads:
+                stop.append(self._workloads.pop(workload))
+            for secret_ns, secret_name in sorted(secrets - set(self._secrets)):
+                informer = self._informer(SECRETS, secret_ns, field_selector=f"metadata.name={secret_name}")
+                self._secrets[(secret_ns, secret_name)] = informer.start()
             for kind, ns, name in sorted(workloads - set(self._workloads)):
                 informer = self._informer(WORKLOAD_KINDS[kind], ns, field_selector=f"metadata.name={name}")
                 self._workloads[(kind, ns, name)] = informer.start()
