@@ -563,8 +563,9 @@ class KubeCluster:
             host=self.server_url,
             api_key={"BearerToken": token or self.admin_token},
             api_key_prefix={"BearerToken": "Bearer"},
-            ssl_ca_cert=str(self.ca_path),
         )
+        # An attribute, not a constructor argument: the constructor only takes it from client 37 on.
+        configuration.ssl_ca_cert = str(self.ca_path)
         api = client.ApiClient(configuration)
         self._api_clients[token] = api
         return api

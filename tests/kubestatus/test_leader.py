@@ -136,8 +136,9 @@ _CHILD = textwrap.dedent(
 
     async def main():
         configuration = client.Configuration(
-            host=server, api_key={"BearerToken": token}, api_key_prefix={"BearerToken": "Bearer"}, ssl_ca_cert=ca
+            host=server, api_key={"BearerToken": token}, api_key_prefix={"BearerToken": "Bearer"}
         )
+        configuration.ssl_ca_cert = ca
         elector = LeaderElector(
             client.ApiClient(configuration), namespace, identity=identity,
             lease_duration=float(lease), renew_deadline=float(renew), retry_period=float(retry),
