@@ -561,8 +561,8 @@ class KubeCluster:
 
         configuration = client.Configuration(
             host=self.server_url,
-            api_key={"BearerToken": token or self.admin_token},
-            api_key_prefix={"BearerToken": "Bearer"},
+            api_key={"authorization": token or self.admin_token},
+            api_key_prefix={"authorization": "Bearer"},
         )
         # An attribute, not a constructor argument: the constructor only takes it from client 37 on.
         configuration.ssl_ca_cert = str(self.ca_path)

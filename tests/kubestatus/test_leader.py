@@ -136,7 +136,7 @@ _CHILD = textwrap.dedent(
 
     async def main():
         configuration = client.Configuration(
-            host=server, api_key={"BearerToken": token}, api_key_prefix={"BearerToken": "Bearer"}
+            host=server, api_key={"authorization": token}, api_key_prefix={"authorization": "Bearer"}
         )
         configuration.ssl_ca_cert = ca
         elector = LeaderElector(
