@@ -88,7 +88,12 @@ async def test_status_written_and_printer_columns(
         pytest.skip("kubectl not installed: the JSONPath check above stands alone")
     out = await asyncio.to_thread(
         subprocess.run,
-        [kubectl, "--kubeconfig", str(cluster.admin_kubeconfig), "-n", namespace, "get", "modeldeployments"],
+        # Fully qualified, and a discovery cache of its own: another test cluster may have served a
+        # second `modeldeployments` group on the same host:port earlier.
+        [
+            kubectl, "--kubeconfig", str(cluster.admin_kubeconfig), "--cache-dir", str(cluster.workdir / "kubectl"),
+            "-n", namespace, "get", "modeldeployments.spillover.dev",
+        ],
         capture_output=True, text=True, timeout=30, check=True,
     )
     header, row = out.stdout.strip().splitlines()
