@@ -267,20 +267,66 @@ def _validate(args: argparse.Namespace) -> int:
     return validate_main(args.files)
 
 
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
 def _status(args: argparse.Namespace) -> int:
     host, port = args.admin_address
-    url = f"http://{host}:{port}/debug/proxies"
+    base = f"http://{host}:{port}"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            payload = json.load(response)
+        payload = _get_json(f"{base}/debug/proxies")
     except (urllib.error.URLError, OSError) as error:
-        print(f"spillover status: cannot read {url}: {error}", file=sys.stderr)
+        print(f"spillover status: cannot read {base}/debug/proxies: {error}", file=sys.stderr)
         return 1
+    try:
+        models = _get_json(f"{base}/debug/models")
+    except urllib.error.HTTPError as error:
+        if error.code != 404:  # 404: a server without policies (serve --resources)
+            raise
+        models = None
     if args.json:
-        print(json.dumps(payload, indent=2, sort_keys=True))
+        print(json.dumps({**payload, "models": (models or {}).get("models", {})}, indent=2, sort_keys=True))
         return 0
     print(format_status(payload["proxies"]))
+    if models is not None:
+        print()
+        print(format_models(models))
     return 0
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def format_models(payload: dict[str, Any]) -> str:
+    """One row per model: state, remote share, time in state, each metric against its threshold, why."""
+    rows = [["MODEL", "STATE", "REMOTE%", "IN STATE", "METRICS", "REASON"]]
+    for name, model in sorted(payload.get("models", {}).items()):
+        status = model.get("status") or {}
+        metrics = []
+        for metric in status.get("metrics") or []:
+            value = metric.get("value")
+            shown = "?" if value is None or metric.get("condition") == "unknown" else f"{value:g}"
+            metrics.append(f"{metric['name']}={shown}/{metric['threshold']:g}")
+        in_state = status.get("timeInState")
+        rows.append(
+            [
+                name,
+                model.get("state", ""),
+                str(model.get("remote_share", 0)),
+                "-" if in_state is None else f"{in_state:.0f}s",
+                ",".join(metrics) or "-",
+                (model.get("reason") or "")[:80] + (" (stale)" if model.get("stale") else ""),
+            ]
+        )
+    errors = payload.get("errors") or []
+    text = _table(rows) if len(rows) > 1 else "(no models)"
+    return text + "".join(f"\ninvalid: {error}" for error in errors)
 
 
 def format_status(proxies: list[dict[str, Any]]) -> str:
@@ -296,11 +342,9 @@ def format_status(proxies: list[dict[str, Any]]) -> str:
             # The acked version's prefix tells at a glance whether two proxies run the same config.
             cells.append("-" if state is None else f"{state['status']} {state['acked_version'][:8]}".rstrip())
         rows.append([proxy["node_id"], proxy["group"], proxy["mode"], proxy["status"], *cells])
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     if len(rows) == 1:
-        lines.append("(no proxies connected)")
-    return "\n".join(lines)
+        return _table(rows) + "\n(no proxies connected)"
+    return _table(rows)
 
 
 def _load(args: argparse.Namespace) -> int:

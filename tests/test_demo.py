@@ -50,6 +50,13 @@ def test_the_demo_serves_spills_under_load_and_stops_cleanly(tmp_path: Path) -> 
         )
         try:
             wait_until(lambda: models()["state"] == "OVERFLOW", timeout=8, message="overflow under load")
+            status = subprocess.run(
+                [sys.executable, "-m", "spillover", "status", "--admin-address", f"127.0.0.1:{admin}"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout
+            (row,) = [line for line in status.splitlines() if line.startswith("demo-llm")]
+            assert row.split()[1:3] == ["OVERFLOW", "50"], status
+            assert "demo-envoy" in status and "SYNCED" in status, status
             output, _ = load.communicate(timeout=30)
         finally:
             load.kill()
