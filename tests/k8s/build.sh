@@ -5,8 +5,9 @@
 #
 #   tests/k8s/build.sh                 build what is missing or stale
 #   tests/k8s/build.sh --force         rebuild both (the Go build cache still applies)
-#   tests/k8s/build.sh --pin 1.37.2    rewrite tests/k8s/apiserver/go.mod for another k8s.io/kubernetes
-#                                      release (every staging module replaced by its v0.x.y), then build
+#   tests/k8s/build.sh --pin 1.37.2    rewrite tests/k8s/apiserver/go.mod + go.sum for another
+#                                      k8s.io/kubernetes release (every staging module replaced by its
+#                                      v0.x.y), without building
 #
 # Pins: tests/k8s/apiserver/go.mod (k8s.io/kubernetes) and tests/k8s/etcd/go.mod
 # (go.etcd.io/etcd/server/v3), each with a committed go.sum. The module cache, build cache and
@@ -106,7 +107,7 @@ if [ -n "$pin" ]; then
     pin="${pin#v}"
     staging_minor="0.${pin#*.}"
     echo "pinning k8s.io/kubernetes v$pin (staging modules at v$staging_minor)"
-    modfile="$(GOFLAGS=-mod=mod "$GO" mod download -json "k8s.io/kubernetes@v$pin" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')"
+    modfile="$(GOFLAGS="-mod=mod -modcacherw" "$GO" mod download -json "k8s.io/kubernetes@v$pin" | sed -n 's/^\t"GoMod": "\(.*\)",$/\1/p')"
     [ -f "$modfile" ] || { echo "build.sh: k8s.io/kubernetes v$pin not found on the module proxy" >&2; exit 1; }
     staging="$(awk '/^require \(/ { r = 1; next } r && /^\)/ { r = 0 }
                     r && $1 ~ /^k8s\.io\// && $2 == "v0.0.0" { print $1 }' "$modfile" | sort -u)"
@@ -127,9 +128,10 @@ if [ -n "$pin" ]; then
         echo ")"
     } > "$here/apiserver/go.mod"
     rm -f "$here/apiserver/go.sum"
-    (cd "$here/apiserver" && GOFLAGS=-mod=mod "$GO" get -tool k8s.io/kubernetes/cmd/kube-apiserver \
-        && GOFLAGS=-mod=mod "$GO" mod tidy)
-    kv="v$pin"
+    (cd "$here/apiserver" && GOFLAGS="-mod=mod -modcacherw" "$GO" get -tool k8s.io/kubernetes/cmd/kube-apiserver \
+        && GOFLAGS="-mod=mod -modcacherw" "$GO" mod tidy)
+    echo "pinned: $here/apiserver/go.mod and go.sum now name k8s.io/kubernetes v$pin; run $0 to build"
+    exit 0
 fi
 
 build() {  # name, module dir, package, version string expected in --version, ldflags

@@ -59,13 +59,11 @@ def kube_binaries() -> tuple[Path, Path]:
     return binaries
 
 
-# One cluster per session even when other directories' conftests import ``kube_cluster`` (pytest
-# then registers one session fixture per conftest): the first user starts it, the last one stops it.
-class _Shared:
-    cluster: KubeCluster | None = None
-    users = 0
-
-
+# Other directories' conftests import ``kube_cluster``: pytest then registers one session fixture per
+# conftest, so each of those directories gets its own API server (about 3 s to start). That keeps
+# them apart on purpose: tests/kube, for one, installs a second CRD with the same plural
+# (modeldeployments.deployment.beamlit.com), which would make `kubectl get modeldeployments` ambiguous
+# for the others.
 @pytest.fixture(scope="session")
 def kube_cluster(
     kube_binaries: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
@@ -77,23 +75,12 @@ def kube_cluster(
     namespace=None, token=None)``, ``api_client(token=None)`` (a ``kubernetes.client.ApiClient``),
     ``request(method, path, body=None, token=None)``. Tests share it: each uses its own namespace.
     """
-    cluster = _Shared.cluster
-    if cluster is None:
-        apiserver, etcd = kube_binaries
-        cluster = KubeCluster(tmp_path_factory.mktemp("kube"), apiserver_binary=apiserver, etcd_binary=etcd)
-        cluster.start()
-        _Shared.cluster = cluster
-    if not cluster.is_running():
-        pytest.fail(
-            f"the session's API server is not running any more:\n{cluster.log_tail(60)}", pytrace=False
-        )
-    _Shared.users += 1
+    apiserver, etcd = kube_binaries
+    cluster = KubeCluster(tmp_path_factory.mktemp("kube"), apiserver_binary=apiserver, etcd_binary=etcd)
+    cluster.start()
     try:
         yield cluster
     finally:
-        _Shared.users -= 1
-        if _Shared.users == 0:
-            _Shared.cluster = None
-            cluster.stop()
-            # Shown by pytest only when something failed: the server side of the story.
-            print(cluster.log_tail(40))
+        cluster.stop()
+        # Shown by pytest only when something failed: the server side of the story.
+        print(cluster.log_tail(40))

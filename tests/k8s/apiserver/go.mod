@@ -1,8 +1,8 @@
 // Pins the kube-apiserver that tests/k8s/build.sh builds for the k8s tests.
-// k8s.io/kubernetes is not meant to be imported: its go.mod requires every
-// staging module at v0.0.0 and replaces it with ./staging/..., which only
-// applies inside that repository. Here each is replaced by its published
-// v0.37.2 tag on the module proxy. Regenerate with: tests/k8s/build.sh --pin <version>
+// k8s.io/kubernetes is not meant to be imported: its go.mod requires every staging
+// module at v0.0.0 and replaces it with ./staging/..., which only applies inside that
+// repository. Here each is replaced by its published v0.37.2 tag on the module proxy.
+// Regenerate with: tests/k8s/build.sh --pin <version>
 module spillover.local/k8s-apiserver
 
 go 1.26.0
