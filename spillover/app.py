@@ -176,6 +176,7 @@ class ControlPlane:
     admin: AdminServer | None = field(init=False, default=None)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _started: bool = field(init=False, default=False)
+    _rebuilds: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.cache = SnapshotCache(debounce=self.debounce, max_delay=self.max_delay)
@@ -185,11 +186,20 @@ class ControlPlane:
         self.xds.proxies.on_change.append(self._group_changed)
 
     def _group_changed(self, group: str) -> None:
-        # A group's first proxy needs its snapshot right away; later replica changes can be debounced.
+        # A group's first proxy needs its snapshot right away. Later replica changes come in storms (a
+        # gateway fleet restarting): they are coalesced into one build per group, not one per Envoy.
         if self.cache.get(group) is None:
             self.cache.set_snapshot(group, self.build(group))
-        else:
-            self.cache.update(group, self.build(group))
+        elif group not in self._rebuilds:
+            self._rebuilds.add(group)
+            asyncio.get_running_loop().call_later(self.debounce, self._rebuild, group)
+
+    def _rebuild(self, group: str) -> None:
+        self._rebuilds.discard(group)
+        try:
+            self.cache.set_snapshot(group, self.build(group))
+        except Exception:
+            log.exception("building resources for group %s failed; it keeps its last snapshot", group)
 
     def build(self, group: str) -> Snapshot:
         view = GroupView(name=group, replicas=max(1, self.xds.proxies.replicas(group)))
