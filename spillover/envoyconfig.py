@@ -1,4 +1,4 @@
-"""Small builders for plain Envoy resources fetched over ADS (used by the demo, tests and benchmarks).
+"""Small builders for plain Envoy resources fetched over ADS (used by the xDS tests and benchmarks).
 
 Model-aware configuration lives in `spillover.translate`; these are the generic pieces.
 """

@@ -27,7 +27,6 @@ from tests.harness.ports import free_port
 from tests.harness.upstream import (
     HttpsUpstream,
     HttpUpstream,
-    _make_with_openssl,
     make_self_signed_ca_and_cert,
 )
 
@@ -188,17 +187,8 @@ def test_upstream_stop_cuts_idle_keep_alive_connections() -> None:
         up.stop()
 
 
-@pytest.mark.parametrize("maker", ["cryptography", "openssl"])
-def test_https_upstream_with_ca_verification_and_sni(tmp_path: Path, maker: str) -> None:
-    if maker == "openssl":
-        import shutil
-
-        if shutil.which("openssl") is None:
-            pytest.skip("openssl CLI not installed")
-        ca, cert, key = (tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
-        _make_with_openssl(tmp_path, "api.remote.test", "api.remote.test", ca, cert, key)
-    else:
-        ca, cert, key = make_self_signed_ca_and_cert(tmp_path, "api.remote.test")
+def test_https_upstream_with_ca_verification_and_sni(tmp_path: Path) -> None:
+    ca, cert, key = make_self_signed_ca_and_cert(tmp_path, "api.remote.test")
     up = HttpsUpstream("remote", cert, key).start()
     try:
         assert up.url.startswith("https://")

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from tests.harness.pki import write_ca_and_server_cert
 
 __all__ = ["HttpUpstream", "HttpsUpstream", "make_self_signed_ca_and_cert"]
 
@@ -315,142 +313,10 @@ def make_self_signed_ca_and_cert(tmpdir: str | Path, hostname: str) -> tuple[Pat
         tmpdir / f"{stem}-cert.pem",
         tmpdir / f"{stem}-key.pem",
     )
-    try:
-        import cryptography  # noqa: F401
-    except ImportError:
-        _make_with_openssl(tmpdir, stem, hostname, ca_path, cert_path, key_path)
-    else:
-        _make_with_cryptography(hostname, ca_path, cert_path, key_path)
+    write_ca_and_server_cert(
+        ca_path, cert_path, key_path, [hostname], hostname, f"spillover test CA for {hostname}"
+    )
     return ca_path, cert_path, key_path
 
 
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
-
-def _make_with_cryptography(hostname: str, ca_path: Path, cert_path: Path, key_path: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    # Backdated so that small clock differences never make a fresh certificate "not yet valid".
-    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"spillover test CA for {hostname}")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    san: x509.GeneralName = (
-        x509.IPAddress(ipaddress.ip_address(hostname)) if _is_ip(hostname) else x509.DNSName(hostname)
-    )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    key_path.chmod(0o600)
-
-
-def _make_with_openssl(
-    tmpdir: Path, stem: str, hostname: str, ca_path: Path, cert_path: Path, key_path: Path
-) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise RuntimeError("neither the cryptography package nor the openssl CLI is available")
-    ca_key = tmpdir / f"{stem}-ca-key.pem"
-    csr = tmpdir / f"{stem}.csr"
-    ext = tmpdir / f"{stem}.ext"
-    san = f"IP:{hostname}" if _is_ip(hostname) else f"DNS:{hostname}"
-    ext.write_text(f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        str(ca_key),
-        "-out",
-        str(ca_path),
-        "-days",
-        "2",
-        "-subj",
-        f"/CN=spillover test CA for {hostname}",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE,pathlen:0",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    )
-    run("req", "-new", *ec, "-keyout", str(key_path), "-out", str(csr), "-subj", f"/CN={hostname}")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        str(csr),
-        "-CA",
-        str(ca_path),
-        "-CAkey",
-        str(ca_key),
-        "-CAcreateserial",
-        "-out",
-        str(cert_path),
-        "-days",
-        "2",
-        "-extfile",
-        str(ext),
-    )
-    key_path.chmod(0o600)
