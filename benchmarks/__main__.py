@@ -1,4 +1,9 @@
-"""`python -m benchmarks [--quick]`: run every benchmark, print a table, write results/latest.{md,json}."""
+"""`python -m benchmarks [--quick]`: run every benchmark, print a table, write results/latest.{md,json}.
+
+`python -m benchmarks --only push [--protocol delta] [--gc tuned] [--procs 4 --streams-per-proc 250]`: only
+the push fan-out (a few minutes), written to results/push-only.{md,json} unless --output says otherwise.
+`python -m benchmarks --only peer|scale`: the go-control-plane peer comparison or the scale figures, written
+to results/peer.* or results/scale.*."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks import build, logic, machine, push, reaction, report
+from benchmarks import build, datapath, destination, logic, machine, peer_report, push, reaction, report
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -28,6 +33,9 @@ FULL: dict[str, Any] = {
     "logic_pushes": 5,
     "reaction_repetitions": 7,
     "reaction_rps": 100.0,
+    "destination_repetitions": 5,
+    "datapath_rounds": 5,
+    "datapath_seconds": 5.0,
 }
 QUICK: dict[str, Any] = {
     "procs": 2,
@@ -43,6 +51,9 @@ QUICK: dict[str, Any] = {
     "logic_pushes": 2,
     "reaction_repetitions": 2,
     "reaction_rps": 100.0,
+    "destination_repetitions": 2,
+    "datapath_rounds": 2,
+    "datapath_seconds": 2.0,
 }
 # (kind, protocol, debounce): the floor of each protocol first, then the server with and without debounce.
 SCENARIOS = [
@@ -52,6 +63,9 @@ SCENARIOS = [
     ("floor", "delta", 0.0),
     ("xds", "delta", 0.0),
     ("xds", "delta", 0.1),
+    # The streams served by 2 worker processes (spillover serve --xds-workers 2); see benchmarks/workers.py.
+    ("workers2", "sotw", 0.0),
+    ("workers2", "delta", 0.0),
 ]
 
 
@@ -67,10 +81,45 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the reaction-time benchmark (real Envoy + Prometheus)",
     )
+    parser.add_argument(
+        "--skip-destination",
+        action="store_true",
+        help="skip the destination-cluster benchmark (two kube-apiservers, real Envoy + Prometheus)",
+    )
+    parser.add_argument(
+        "--skip-datapath",
+        action="store_true",
+        help="skip the data-path benchmark (wrk through Envoy: plain, spillover's config, an ext_proc hop)",
+    )
+    parser.add_argument(
+        "--only", choices=("push", *peer_report.PARTS),
+        help="run only this part: push (written as push-only.md/.json, not latest), the go-control-plane peer "
+        "comparison (results/peer.*) or the 10,000-stream scale figures (results/scale.*)",
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="skip the go-control-plane peer comparison")
+    parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000-stream scale figures")
+    parser.add_argument("--protocol", choices=("sotw", "delta"), help="push scenarios of this protocol only")
+    parser.add_argument("--no-debounce-scenarios", action="store_true", help="skip the push scenarios with a debounce")
+    parser.add_argument(
+        "--gc", choices=("tuned", "python"), default="python",
+        help="the xDS server's garbage collection in the push scenarios (spillover serve's --gc; default python)",
+    )
+    parser.add_argument("--procs", type=int, help="push: client processes (default 4, --quick 2)")
+    parser.add_argument("--streams-per-proc", type=int, help="push: streams per client process (default 250)")
+    parser.add_argument("--changes", type=int, help="push: measured pushes (default 20)")
     parser.add_argument("--output", default=RESULTS, help="directory for latest.md / latest.json")
     args = parser.parse_args(argv)
     config: dict[str, Any] = dict(QUICK if args.quick else FULL)
+    for option in ("procs", "streams_per_proc", "changes"):
+        if getattr(args, option) is not None:
+            config[option] = getattr(args, option)
+    only_push = args.only == "push"
+    if only_push:
+        args.skip_reaction = args.skip_destination = args.skip_datapath = True
+        args.skip_peer = args.skip_scale = True
     command = "python -m benchmarks" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    if args.only and not only_push:
+        return 0 if peer_report.run_parts([args.only], args.quick, args.output, command) else 1
     started = time.monotonic()
     log_dir = tempfile.mkdtemp(prefix="spillover-bench-")
 
@@ -79,22 +128,23 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "command": command,
-        "mode": "quick" if args.quick else "full",
+        "mode": ("quick" if args.quick else "full") + (" push only" if only_push else ""),
         "machine": machine.describe(),
         "config": config,
         "child_logs": log_dir,
     }
     say(f"spillover benchmarks ({results['mode']}) — {results['machine']['summary']}")
 
-    say("  snapshot build ...")
-    results["snapshot_build"] = build.snapshot_build(config["build_sizes"], args.quick)
-    say(f"  serialization ({config['serialization_clusters']} clusters, upb vs betterproto2) ...")
-    results["serialization"] = build.serialization(config["serialization_clusters"], args.quick)
+    if not only_push:
+        say("  snapshot build ...")
+        results["snapshot_build"] = build.snapshot_build(config["build_sizes"], args.quick)
+        say(f"  serialization ({config['serialization_clusters']} clusters, upb vs betterproto2) ...")
+        results["serialization"] = build.serialization(config["serialization_clusters"], args.quick)
 
-    say(f"  per-stream protocol logic without transport ({config['logic_streams']} streams) ...")
-    results["stream_logic"] = logic.run(
-        config["logic_clusters"], config["logic_streams"], config["logic_pushes"]
-    )
+        say(f"  per-stream protocol logic without transport ({config['logic_streams']} streams) ...")
+        results["stream_logic"] = logic.run(
+            config["logic_clusters"], config["logic_streams"], config["logic_pushes"]
+        )
 
     results["push"] = []
     failed = False
@@ -104,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{config['changes']} changes of one ClusterLoadAssignment among {config['push_clusters']} clusters ..."
         )
         for kind, protocol, debounce in SCENARIOS:
-            if args.no_delta and protocol == "delta":
+            if (args.no_delta and protocol == "delta") or (args.protocol and protocol != args.protocol):
+                continue
+            if args.no_debounce_scenarios and debounce > 0:
                 continue
             try:
                 results["push"].append(
@@ -120,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                         settle=config["settle"],
                         log_dir=log_dir,
                         log=say,
+                        gc=args.gc,
                     )
                 )
             except push.BenchError as error:
@@ -145,18 +198,51 @@ def main(argv: list[str] | None = None) -> int:
         if any("error" in row for row in results["reaction"]):
             failed = True
 
+    results["destination"] = None
+    if not args.skip_destination:
+        say(
+            f"  destination cluster: threshold -> copy scale-up on B, readiness -> first request at the copy "
+            f"({config['destination_repetitions']} repetitions) ..."
+        )
+        try:
+            results["destination"] = destination.run(config["destination_repetitions"], log_dir, log=say)
+        except (reaction.BenchError, AssertionError, OSError, RuntimeError) as error:
+            failed = True
+            say(f"    FAILED: {error}")
+            results["destination"] = {"error": str(error)}
+
+    results["datapath"] = None
+    if not args.skip_datapath:
+        say(
+            f"  data path: wrk through Envoy ({config['datapath_rounds']} rounds x {config['datapath_seconds']:g} s "
+            "per side: direct, plain Envoy, spillover's config, ext_proc hop) ..."
+        )
+        try:
+            results["datapath"] = datapath.run(config["datapath_rounds"], config["datapath_seconds"], log=say)
+        except (datapath.BenchError, AssertionError, OSError, RuntimeError) as error:
+            failed = True
+            say(f"    FAILED: {error}")
+            results["datapath"] = {"error": str(error)}
+
+    parts = [p for p, skip in zip(peer_report.PARTS, (args.skip_peer, args.skip_scale), strict=True) if not skip]
+    if parts and not peer_report.run_parts(parts, args.quick, args.output, command, log=say):
+        failed = True
+
     results["elapsed_s"] = time.monotonic() - started
     results["targets"] = report.targets(results)
     markdown = report.markdown(results)
+    if results["datapath"] is not None:
+        markdown += "\n".join(["", *datapath.section(results["datapath"], "The data path's own cost (benchmarks/datapath.py)")])
     say("")
     say(markdown)
     os.makedirs(args.output, exist_ok=True)
-    with open(os.path.join(args.output, "latest.md"), "w") as f:
+    name = "push-only" if only_push else "latest"
+    with open(os.path.join(args.output, f"{name}.md"), "w") as f:
         f.write(markdown)
-    with open(os.path.join(args.output, "latest.json"), "w") as f:
+    with open(os.path.join(args.output, f"{name}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")
-    say(f"written {os.path.join(args.output, 'latest.md')} and latest.json in {results['elapsed_s']:.0f}s")
+    say(f"written {os.path.join(args.output, name + '.md')} and {name}.json in {results['elapsed_s']:.0f}s")
     return 1 if failed else 0
 
 

@@ -9,7 +9,7 @@ from envoy.type.v3 import range_pb2
 from google.protobuf import duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from spillover.envoyconfig import eds_cluster, socket_address
+from tests.harness.envoyconfig import eds_cluster, socket_address
 
 ENDPOINTS_PER_CLUSTER = 3
 

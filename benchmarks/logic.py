@@ -111,7 +111,7 @@ def measure(protocol: str, n_clusters: int, n_streams: int, pushes: int) -> dict
             ]
         started = time.perf_counter()
         for s, ack in zip(streams, acks, strict=True):
-            s.on_request(parse(ack))
+            s.on_request(parse(ack), ack)  # with its bytes, as the server hands them
         ack_s += time.perf_counter() - started
         gc.enable()
         if not all(len(o) == 1 for o in outgoing):

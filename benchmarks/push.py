@@ -1,13 +1,15 @@
 """Push fan-out: one xDS server process, several client processes with one HTTP/2 connection per stream.
 
 Every simulated Envoy opens its own channel (its own TCP connection), subscribes over ADS to wildcard CDS
-and to EDS for every cluster, and ACKs each response the way Envoy does. The orchestrator (this process)
+and to EDS for every cluster, and ACKs each response the way Envoy does. A stream that fails is opened again after
+a back-off, as Envoy does, and each retry is reported to the orchestrator. The orchestrator (this process)
 changes ONE ClusterLoadAssignment and measures, with the system-wide CLOCK_MONOTONIC, the time from the
 trigger until each stream has the new version. The server's CPU time per push comes from its own
 getrusage(RUSAGE_SELF) (all its threads), its memory from /proc/self/status.
 
-The baseline ("floor") is a bare grpc.aio server in the same kind of process, with the same stream
-structure (reader task + queue + async-generator handler, identity response serializer), streaming the
+The baseline ("floor") is a bare grpc.aio server in the same kind of process, with the stream structure
+of a plain grpc.aio servicer (reader task + queue + async-generator handler, identity response serializer;
+spillover's own server has used one task per stream since issue 15), with Python's GC settings, streaming the
 very same pre-encoded bytes with no xDS logic: it answers each initial request with the current payload
 of that type and writes a pre-built EDS payload to every stream on a push. ACKs are parsed and dropped.
 """
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc as collector
 import multiprocessing as mp
 import os
+import random
 import resource
 import statistics
 import time
@@ -27,6 +31,8 @@ from typing import Any
 GROUP = "bench"
 SOTW_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+# The longest wait before a simulated Envoy opens a failed stream again.
+MAX_BACKOFF_S = 8.0
 
 
 # --------------------------------------------------------------------------------------------- server
@@ -35,6 +41,16 @@ DELTA_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggr
 def _proc_status() -> dict[str, int]:
     out = {}
     with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _pid_status(pid: int) -> dict[str, int]:
+    out = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("VmRSS", "VmHWM"):
@@ -57,6 +73,23 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _GcClock:
+    """CPU time the cyclic garbage collector takes in this process (thread time of the collecting thread)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.collections = 0
+        self._started = 0.0
+        collector.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.seconds += time.thread_time() - self._started
+            self.collections += 1
+
+
 def _quiet(log_path: str) -> None:
     """Child processes write their stderr (gRPC core logs, tracebacks) to a log file, not the report."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -65,15 +98,22 @@ def _quiet(log_path: str) -> None:
 
 
 def server_main(
-    conn: Connection, kind: str, protocol: str, debounce: float, n_clusters: int, changes: int, log_path: str
+    conn: Connection,
+    kind: str,
+    protocol: str,
+    debounce: float,
+    n_clusters: int,
+    changes: int,
+    log_path: str,
+    gc: str = "python",
 ) -> None:
     _quiet(log_path)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_server(conn, kind, protocol, debounce, n_clusters, changes))
+        asyncio.run(_server(conn, kind, protocol, debounce, n_clusters, changes, gc))
 
 
 async def _server(
-    conn: Connection, kind: str, protocol: str, debounce: float, n_clusters: int, changes: int
+    conn: Connection, kind: str, protocol: str, debounce: float, n_clusters: int, changes: int, gc: str
 ) -> None:
     import grpc
     from envoy.service.discovery.v3 import discovery_pb2
@@ -84,6 +124,7 @@ async def _server(
 
     resources = [Resource.from_message(m) for m in fixtures.messages(n_clusters)]
     snapshot = Snapshot.from_resources(resources)
+    gc_clock = _GcClock()
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
 
@@ -95,13 +136,28 @@ async def _server(
         out[2 * target + 1] = new
         return out, new
 
-    if kind == "xds":
+    worker_pids: list[int] = []
+    if kind == "xds" or kind.startswith("workers"):
         from spillover.server.service import XdsServer
+        from spillover.server.workers import WorkerPool
 
         cache = SnapshotCache(debounce=debounce, max_delay=max(1.0, debounce))
         cache.set_snapshot(GROUP, snapshot)
-        xds = XdsServer(cache)
+        # Every simulated Envoy has the same (anonymous) identity: no bound of streams per identity.
+        from spillover.server.admission import AdmissionPolicy
+        from spillover.server.service import XdsOptions
+
+        options = XdsOptions(admission=AdmissionPolicy.admit_all(max_streams_per_identity=1_000_000))
+        # "workers2": the streams served by 2 worker processes, the snapshots built in this one.
+        xds = (XdsServer(cache, options=options) if kind == "xds"
+               else WorkerPool(cache, int(kind.removeprefix("workers")), options=options))
         port = await xds.start("127.0.0.1:0")
+        if isinstance(xds, WorkerPool):
+            worker_pids = xds.worker_pids()
+        if gc == "tuned":  # as `spillover serve --gc tuned` does
+            from spillover.server import gc_tuning
+
+            gc_tuning.install()
 
         def change(i: int) -> str:
             nonlocal resources
@@ -216,12 +272,26 @@ async def _server(
         if op == "change":
             conn.send(("changed", change(command[1])))
         elif op == "stats":
-            conn.send(("stats", _cpu_seconds(), _proc_status()))
+            # Worker processes are part of the server: their CPU time and memory count.
+            status = _proc_status()
+            for pid in worker_pids:
+                for key, value in _pid_status(pid).items():
+                    status[key] = status.get(key, 0) + value
+            main_cpu = _cpu_seconds()
+            workers_cpu = [_pid_cpu_seconds(pid) for pid in worker_pids]
+            status["cpu_main_us"] = int(main_cpu * 1e6)
+            status["cpu_busiest_worker_us"] = int(max(workers_cpu, default=0.0) * 1e6)
+            # The collector's time is this process's (the workers' is in their CPU time).
+            conn.send(("stats", main_cpu + sum(workers_cpu), status, gc_clock.seconds, gc_clock.collections))
         elif op == "stop":
             stopped.set()
 
     loop.add_reader(conn.fileno(), on_command)
-    conn.send(("ready", port, snapshot.version(ENDPOINT), _proc_status()))
+    status = _proc_status()
+    for pid in worker_pids:
+        for key, value in _pid_status(pid).items():
+            status[key] = status.get(key, 0) + value
+    conn.send(("ready", port, snapshot.version(ENDPOINT), status))
     await stopped.wait()
     loop.remove_reader(conn.fileno())
     await stop()
@@ -345,7 +415,24 @@ async def _clients(
 
     loop.add_reader(conn.fileno(), on_command)
     run = sotw if protocol == "sotw" else delta
-    tasks = [loop.create_task(run(i)) for i in range(n_streams)]
+
+    async def envoy(i: int) -> None:
+        """Like Envoy, a stream that fails is opened again, for as long as it takes, after a jittered
+        back-off growing to MAX_BACKOFF_S; each retry is reported (a server that drops streams under load
+        shows it, and the run still converges or times out)."""
+        attempt = 0
+        while True:
+            try:
+                await run(i)
+                return
+            except grpc.aio.AioRpcError as error:
+                if stopped.is_set():
+                    return
+                conn.send(("reconnect", index, error.code().name))
+            attempt += 1
+            await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.5 * 2.0**attempt, MAX_BACKOFF_S))
+
+    tasks = [loop.create_task(envoy(i)) for i in range(n_streams)]
 
     def failed(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not stopped.is_set():
@@ -387,7 +474,10 @@ def run_push(
     settle: float,
     log_dir: str,
     log: Any = print,
+    gc: str = "python",
 ) -> dict[str, Any]:
+    """`gc`: the xDS server's garbage collection, 'python' (spillover serve's default) or 'tuned' (its
+    `--gc tuned`); the floor always runs with Python's defaults."""
     ctx = mp.get_context("spawn")
     tag = f"{kind}-{protocol}-{int(debounce * 1000)}ms"
     server_log = os.path.join(log_dir, f"{tag}-server.log")
@@ -395,7 +485,7 @@ def run_push(
     server_conn, child = ctx.Pipe()
     server = ctx.Process(
         target=server_main,
-        args=(child, kind, protocol, debounce, n_clusters, total_changes, server_log),
+        args=(child, kind, protocol, debounce, n_clusters, total_changes, server_log, gc),
         name=f"bench-server-{kind}",
         daemon=True,
     )
@@ -445,9 +535,11 @@ def run_push(
                     raise BenchError(f"unexpected server message {message!r}")
         return max(received[key])
 
+    gc_seconds = [0.0]
+
     def stats() -> tuple[float, dict[str, int]]:
         server_conn.send(("stats",))
-        _, cpu, status = server_reply("stats")
+        _, cpu, status, gc_seconds[0], _ = server_reply("stats")
         return cpu, status
 
     try:
@@ -487,7 +579,8 @@ def run_push(
         client_pids = [p.pid for p, _ in clients if p.pid is not None]
         for i in range(total_changes):
             clients_before = sum(_pid_cpu_seconds(pid) for pid in client_pids)
-            cpu_before, _ = stats()
+            cpu_before, status_before = stats()
+            gc_before = gc_seconds[0]
             t0 = time.monotonic()
             server_conn.send(("change", i))
             _, version = server_reply("changed")
@@ -507,7 +600,12 @@ def run_push(
                     "last_s": t_last - t0,
                     "trigger_s": t_changed - t0,
                     "cpu_s": cpu_after - cpu_before,
+                    "gc_s": gc_seconds[0] - gc_before,
                     "clients_cpu_s": clients_after - clients_before,
+                    # With worker processes: the main process's part (building and shipping) and the
+                    # busiest worker's (a bound on the fan-out's wall time when each has a core).
+                    "main_cpu_s": (status["cpu_main_us"] - status_before["cpu_main_us"]) / 1e6,
+                    "busiest_worker_cpu_s": (status["cpu_busiest_worker_us"] - status_before["cpu_busiest_worker_us"]) / 1e6,
                 }
             )
         rss_after = status["VmRSS"]
@@ -536,6 +634,7 @@ def run_push(
         f"    {kind:5s} {protocol:5s} debounce={debounce * 1000:.0f}ms streams={streams}: "
         f"p50={_percentile(latencies, 50) * 1000:.1f}ms p99={_percentile(latencies, 99) * 1000:.1f}ms "
         f"cpu/push={statistics.median(cpu_per_push) * 1000:.1f}ms "
+        f"(GC {statistics.median(p['gc_s'] for p in per_push) * 1000:.1f}ms) "
         f"(clients {statistics.median(p['clients_cpu_s'] for p in per_push) * 1000:.0f}ms) rss={rss_connected / 2**20:.1f}MiB "
         f"({time.monotonic() - started:.0f}s)"
     )
@@ -543,6 +642,7 @@ def run_push(
         "kind": kind,
         "protocol": protocol,
         "debounce_s": debounce,
+        "gc": gc if kind == "xds" else "python",
         "streams": streams,
         "client_processes": procs,
         "clusters": n_clusters,
@@ -555,7 +655,12 @@ def run_push(
         "push_p99_median_s": statistics.median(p["p99_s"] for p in per_push),
         "cpu_per_push_s": statistics.median(cpu_per_push),
         "cpu_per_push_mean_s": statistics.fmean(cpu_per_push),
+        # Median and mean: a full collection every few pushes shows in the mean, not the median.
+        "gc_per_push_s": statistics.median(p["gc_s"] for p in per_push),
+        "gc_per_push_mean_s": statistics.fmean(p["gc_s"] for p in per_push),
         "clients_cpu_per_push_s": statistics.median(p["clients_cpu_s"] for p in per_push),
+        "main_cpu_per_push_s": statistics.median(p["main_cpu_s"] for p in per_push),
+        "busiest_worker_cpu_per_push_s": statistics.median(p["busiest_worker_cpu_s"] for p in per_push),
         "idle_cpu_per_s": idle_cpu_per_s,
         "settle_s": settle,
         "rss_empty_bytes": rss_empty,

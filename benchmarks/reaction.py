@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from spillover.bootstrap import build_bootstrap
+from spillover.translate.bootstrap import build_bootstrap
 from tests.harness.envoy import Envoy
 from tests.harness.modelserver import ModelServer
 from tests.harness.polling import wait_until

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.destination import markdown_section as destination_section
+
 PUSH_TARGET_S = 0.250
 PUSH_TARGET_STREAMS = 1_000
 BUILD_TARGET_S = 1.0
@@ -249,9 +251,10 @@ def markdown(results: dict[str, Any]) -> str:
 
     push_rows = []
     for row in results.get("push", []):
-        name = f"{'floor (bare grpc.aio)' if row['kind'] == 'floor' else 'spillover'} {row['protocol']}" + (
+        label = {"floor": "floor (bare grpc.aio)", "xds": "spillover"}.get(row["kind"], f"spillover ({row['kind']})")
+        name = f"{label} {row['protocol']}" + (
             f", debounce {row['debounce_s'] * 1000:.0f} ms" if row["kind"] == "xds" else ""
-        )
+        ) + (", --gc tuned" if row["kind"] == "xds" and row.get("gc") == "tuned" else "")
         if "error" in row:
             push_rows.append([name] + ["FAILED: " + row["error"]] + [""] * 9)
             continue
@@ -294,8 +297,9 @@ def markdown(results: dict[str, Any]) -> str:
             "ClusterLoadAssignment; latency = client receive time - trigger time (CLOCK_MONOTONIC, system-wide). "
             "Server CPU = getrusage(RUSAGE_SELF) of the server process from the trigger until all ACKs are in "
             f"(+{c['settle'] * 1000:.0f} ms settle), median over pushes. "
-            "Ratios are against the floor of the same protocol: a bare grpc.aio server in its own process, same "
-            "stream structure, streaming the same pre-encoded bytes with no xDS logic. Clients and server share "
+            "Ratios are against the floor of the same protocol: a bare grpc.aio server in its own process (a plain "
+            "servicer: reader task + queue + response generator per stream, Python's GC settings), streaming the "
+            "same pre-encoded bytes with no xDS logic. Clients and server share "
             f"the machine's {results['machine']['usable_cores']} cores.",
             "",
         ]
@@ -417,6 +421,7 @@ def markdown(results: dict[str, Any]) -> str:
     )
 
     lines += _reaction_section(results)
+    lines += destination_section(results.get("destination"))
 
     s = results.get("serialization", {})
     lines += ["", "## Serialization: xds-protos (upb) vs envoy-data-plane (betterproto2)", ""]

@@ -8,12 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from tests.harness.envoy import Envoy
 from tests.harness.ports import free_port
 from tests.harness.upstream import HttpsUpstream, HttpUpstream
 
 __all__ = ["free_port"]
+
+# The Kubernetes fixtures (a real API server per set of CRDs), for every directory that needs them.
+pytest_plugins = ["tests.harness.kube_fixtures"]
+
+# `make fuzz` (pytest --hypothesis-profile=fuzz): the fuzz tests with a long, seeded budget. Tests that
+# fix their own max_examples keep it; the fuzz tests (tests/policy/test_fuzz.py) take the profile's.
+settings.register_profile("fuzz", max_examples=4000, derandomize=True, deadline=None, print_blob=True)
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
-from spillover.policy.model import API_GROUP, KIND, ModelDeployment
+from spillover.policy.meta import API_GROUP, KIND
+from spillover.policy.model import ModelDeployment
 
 PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
@@ -175,6 +176,10 @@ def crd() -> dict[str, Any]:
                         {"name": "MODEL", "type": "string", "jsonPath": ".spec.model"},
                         {"name": "STATE", "type": "string", "jsonPath": ".status.state"},
                         {"name": "REMOTE%", "type": "number", "jsonPath": ".status.remoteShare"},
+                        {"name": "COPY", "type": "string", "jsonPath": ".status.destination.state",
+                         "description": "The copy on the destination cluster"},
+                        {"name": "COPY-READY", "type": "integer", "jsonPath": ".status.destination.readyReplicas",
+                         "description": "Ready replicas of the copy"},
                         {"name": "AGE", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": openapi_schema()},

@@ -6,6 +6,7 @@ source and the Kubernetes source share exactly the same rules.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
+from spillover.policy.defaults import NO_DEFAULTS, PolicyDefaults
 from spillover.policy.errors import PolicyError, translate
-from spillover.policy.model import ACCEPTED_API_VERSIONS, KIND, ModelDeployment
+from spillover.policy.meta import ACCEPTED_API_VERSIONS, KIND
+from spillover.policy.model import ModelDeployment
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -44,10 +47,48 @@ class FileResult:
     claimed: tuple[tuple[int, str | None], ...] = ()
     # The file could not be read as YAML at all: every model it defined is in doubt.
     unreadable: bool = False
+    # Valid documents asking for what file mode cannot do (served anyway, see file_mode_warnings).
+    warnings: tuple[PolicyError, ...] = ()
+    # Documents that are ModelDeployments (valid or not); 0 when the file holds only other kinds.
+    model_documents: int = 0
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: YAML silently keeps the last one, hiding typos."""
+# The largest policy file read; a larger one is refused without being read (a clear error naming the
+# file and the limit). 1 MiB holds about a thousand ModelDeployments and parses in well under a second.
+MAX_POLICY_FILE_BYTES = 1 << 20
+# The most values (scalars, list items, mapping entries) a file may expand to. YAML aliases let a few
+# hundred bytes stand for billions of values ("billion laughs"); validation would walk every one.
+MAX_DOCUMENT_VALUES = 200_000
+
+# libyaml's parser (PyYAML's C extension) is about 10x faster than the pure-Python one: a 1 MiB file
+# in ~0.15 s instead of ~1.8 s. The PyYAML wheels ship it; a build without it still works, slower.
+_BaseLoader = getattr(yaml, "CSafeLoader", None) or yaml.SafeLoader
+C_LOADER = _BaseLoader is not yaml.SafeLoader
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    """SafeLoader (libyaml's when available) that refuses duplicate keys: YAML silently keeps the last
+    one, hiding typos."""
+
+
+class PolicyFileTooLarge(ValueError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"file is {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+def read_policy_file(path: str | Path, max_bytes: int = MAX_POLICY_FILE_BYTES) -> bytes:
+    """The file's bytes, reading at most `max_bytes` + 1 of them: a file over the limit (or one that
+    grows past it while being read) raises PolicyFileTooLarge without being read in full."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise PolicyFileTooLarge(size, max_bytes)
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PolicyFileTooLarge(len(data), max_bytes)
+    return data
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -83,14 +124,37 @@ def _yaml_error(file: str, exc: yaml.YAMLError) -> PolicyError:
     return PolicyError(file, None, "", f"invalid YAML: {text}")
 
 
+def _expands_beyond(documents: list[Any], limit: int) -> bool:
+    """Whether the documents hold more than `limit` values once aliases are expanded (counted lazily:
+    stops at the limit, so a bomb costs `limit` steps, not its expansion)."""
+    seen = 0
+    stack = list(documents)
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
 def parse_yaml(data: bytes | str, file: str) -> tuple[list[Any], PolicyError | None]:
     """All documents of a YAML stream, or a syntax error naming file and line."""
     try:
-        return list(yaml.load_all(data, Loader=_Loader)), None
+        documents = list(yaml.load_all(data, Loader=_Loader))
     except yaml.YAMLError as exc:
         return [], _yaml_error(file, exc)
-    except (RecursionError, ValueError, OverflowError) as exc:  # pathological input
+    except (RecursionError, ValueError, OverflowError, MemoryError) as exc:  # pathological input
         return [], PolicyError(file, None, "", f"invalid YAML: {type(exc).__name__}")
+    if _expands_beyond(documents, MAX_DOCUMENT_VALUES):
+        return [], PolicyError(
+            file, None, "", f"invalid YAML: expands to more than {MAX_DOCUMENT_VALUES} values (YAML aliases?)"
+        )
+    return documents, None
 
 
 def is_model_deployment(doc: Any) -> bool:
@@ -111,23 +175,31 @@ def claimed_model(doc: Any) -> str | None:
 
 
 def validate_document(
-    doc: Any, *, file: str | None = None, index: int | None = None, base_dir: str | None = None
+    doc: Any,
+    *,
+    file: str | None = None,
+    index: int | None = None,
+    base_dir: str | None = None,
+    defaults: PolicyDefaults = NO_DEFAULTS,
 ) -> ModelDeployment | list[PolicyError]:
-    """Validate one parsed document. `base_dir` anchors relative file references."""
+    """Validate one parsed document. `base_dir` anchors relative file references; `defaults` are the
+    controller configuration's (spillover.policy.defaults)."""
     model = claimed_model(doc)
     if not isinstance(doc, dict):
         return [PolicyError(file, index, "", "document must be a mapping (a ModelDeployment)", model=model)]
     # status is written by controllers, never part of the policy.
     doc = {k: v for k, v in doc.items() if k != "status"}
     try:
-        return ModelDeployment.model_validate(doc, context={"base_dir": base_dir})
+        return ModelDeployment.model_validate(doc, context={"base_dir": base_dir, "defaults": defaults})
     except ValidationError as exc:
         return translate(exc, file=file, index=index, root=ModelDeployment, model=model)
     except RecursionError:
         return [PolicyError(file, index, "", "document is nested too deeply", model=model)]
 
 
-def load_file(data: bytes | str, file: str, *, base_dir: str | None = None) -> FileResult:
+def load_file(
+    data: bytes | str, file: str, *, base_dir: str | None = None, defaults: PolicyDefaults = NO_DEFAULTS
+) -> FileResult:
     """bytes -> models + errors for one file. No I/O."""
     docs, syntax = parse_yaml(data, file)
     if syntax is not None:
@@ -138,13 +210,46 @@ def load_file(data: bytes | str, file: str, *, base_dir: str | None = None) -> F
     for index, doc in enumerate(docs):
         if doc is None or not is_model_deployment(doc):
             continue
-        result = validate_document(doc, file=file, index=index, base_dir=base_dir)
+        result = validate_document(doc, file=file, index=index, base_dir=base_dir, defaults=defaults)
         if isinstance(result, ModelDeployment):
             loaded.append(LoadedDocument(file, index, result))
         else:
             errors.extend(result)
             claimed.append((index, claimed_model(doc)))
-    return FileResult(file, tuple(loaded), tuple(errors), tuple(claimed))
+    warnings = tuple(w for d in loaded for w in file_mode_warnings(d.model, file, d.index))
+    return FileResult(
+        file, tuple(loaded), tuple(errors), tuple(claimed), warnings=warnings, model_documents=len(loaded) + len(claimed)
+    )
+
+
+def file_mode_warnings(md: ModelDeployment, file: str | None, index: int | None) -> list[PolicyError]:
+    """What a valid document asks for that file mode cannot do (it is served anyway)."""
+    out: list[PolicyError] = []
+    spec = md.spec
+    endpoints = bool(spec.local_backend and spec.local_backend.endpoints)
+    for path, ref in (("spec.serviceRef", spec.service_ref), ("spec.modelSourceRef", spec.model_source_ref)):
+        if ref is not None and not endpoints:
+            out.append(PolicyError(
+                file, index, path,
+                "resolved only in Kubernetes mode (serve --kubernetes); give localBackend.endpoints: "
+                "without a local endpoint all traffic goes to the remote backend (FAILOVER)",
+                model=md.model,
+            ))
+    if spec.offloading_config is not None and spec.offloading_config.destination is not None:
+        out.append(PolicyError(
+            file, index, "spec.offloadingConfig.destination",
+            "managed only in Kubernetes mode (serve --kubernetes): no copy is made here and the model has no "
+            "remote backend",
+            model=md.model,
+        ))
+    for i, metric in enumerate(spec.offloading_config.metrics if spec.offloading_config else []):
+        if metric.effective_source == "kubernetes":
+            out.append(PolicyError(
+                file, index, f"spec.offloadingConfig.metrics[{i}]",
+                "source kubernetes (the metrics APIs) is read only in Kubernetes mode: it stays unknown here",
+                model=md.model,
+            ))
+    return out
 
 
 def check_duplicates(
@@ -197,35 +302,67 @@ def expand_paths(paths: Sequence[str]) -> tuple[list[Path], list[PolicyError]]:
     return files, errors
 
 
-def validate_documents(paths: Sequence[str]) -> tuple[list[ModelDeployment], list[PolicyError]]:
+def validate_documents(
+    paths: Sequence[str], defaults: PolicyDefaults = NO_DEFAULTS
+) -> tuple[list[ModelDeployment], list[PolicyError]]:
     """Validate files (directories: their *.yaml / *.yml), including cross-file rules."""
+    models, errors, _ = check_paths(paths, defaults)
+    return models, errors
+
+
+def check_paths(
+    paths: Sequence[str], defaults: PolicyDefaults = NO_DEFAULTS
+) -> tuple[list[ModelDeployment], list[PolicyError], list[PolicyError]]:
+    """(valid models, errors, warnings) of files and directories. A file named on its own, or a
+    directory, without any ModelDeployment document is an error: it was given to be checked."""
     files, errors = expand_paths(paths)
+    warnings: list[PolicyError] = []
     documents: list[LoadedDocument] = []
+    per_file: dict[str, int] = {}
     for f in files:
         try:
-            data = f.read_bytes()
+            data = read_policy_file(f)
+        except PolicyFileTooLarge as exc:
+            errors.append(PolicyError(str(f), None, "", str(exc)))
+            continue
         except OSError as exc:
             errors.append(PolicyError(str(f), None, "", f"cannot read: {exc.strerror}"))
             continue
-        result = load_file(data, str(f), base_dir=str(f.parent))
+        result = load_file(data, str(f), base_dir=str(f.parent), defaults=defaults)
         documents.extend(result.documents)
         errors.extend(result.errors)
+        warnings.extend(result.warnings)
+        per_file[str(f)] = result.model_documents + int(result.unreadable)
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            inside = [n for f, n in per_file.items() if Path(f).parent == path]
+            if not sum(inside):
+                errors.append(PolicyError(p, None, "", "no ModelDeployment in this directory's *.yaml / *.yml files"))
+        elif path.is_file() and per_file.get(str(path)) == 0:
+            errors.append(PolicyError(
+                p, None, "", "no ModelDeployment in this file (it is empty or holds only other kinds)"
+            ))
     kept, dup_errors = check_duplicates(documents)
     errors.extend(dup_errors)
-    errors.sort(key=lambda e: (e.file or "", e.index if e.index is not None else -1, e.line or 0, e.path))
-    return [d.model for d in kept], errors
+    order = lambda e: (e.file or "", e.index if e.index is not None else -1, e.line or 0, e.path)  # noqa: E731
+    errors.sort(key=order)
+    warnings.sort(key=order)
+    return [d.model for d in kept], errors, warnings
 
 
-def validate_main(paths: list[str]) -> int:
-    """`spillover validate FILE...`: errors on stderr, exit 0 when everything is valid."""
+def validate_main(paths: list[str], defaults: PolicyDefaults = NO_DEFAULTS) -> int:
+    """`spillover validate FILE...`: errors and warnings on stderr, exit 0 when everything is valid."""
     if not paths:
         print("usage: spillover validate FILE_OR_DIR...", file=sys.stderr)
         return 2
-    models, errors = validate_documents(paths)
+    models, errors, warnings = check_paths(paths, defaults)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     for e in errors:
         print(e, file=sys.stderr)
     if errors:
         print(f"{len(errors)} error(s)", file=sys.stderr)
         return 1
-    print(f"ok: {len(models)} model(s) valid")
+    print(f"ok: {len(models)} model(s) valid" + (f", {len(warnings)} warning(s)" if warnings else ""))
     return 0

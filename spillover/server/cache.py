@@ -11,10 +11,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 from google.protobuf.message import Message
 
-from spillover.server.resources import PUSH_ORDER, Resource, type_version
+from spillover.server.references import secret_references
+from spillover.server.resources import PUSH_ORDER, SECRET, Resource, type_version
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,11 @@ _EMPTY: Mapping[str, Resource] = MappingProxyType({})
 # Nonces only need to be unique per stream; a per-process prefix keeps them unique across restarts too.
 _NONCE_PREFIX = secrets.token_hex(3)
 _nonce_counter = itertools.count(1)
+# Memoized encodings and subsets per snapshot: streams asking for the same thing share them, but a
+# client cycling through distinct subscriptions must not grow them without end: at most this many
+# entries, holding at most this many subscribed names in all (a subscription can be 50,000 names).
+_MEMO_LIMIT = 1024
+_MEMO_NAMES_LIMIT = 200_000
 
 
 def new_nonce() -> str:
@@ -54,6 +61,10 @@ class Snapshot:
     changes: Mapping[str, frozenset[str]] | None = None
     _responses: dict[tuple[object, ...], SharedResponse] = field(default_factory=dict, repr=False)
     _subsets: dict[tuple[str, tuple[str, ...]], Mapping[str, Resource]] = field(default_factory=dict, repr=False)
+    _memo_names: int = field(default=0, repr=False)
+    _referenced_secrets: frozenset[str] | None = field(default=None, repr=False)
+    _visible_secrets: Mapping[str, Resource] | None = field(default=None, repr=False)
+    _secrets_version: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_resources(cls, resources: Iterable[Resource], types: Iterable[str] = PUSH_ORDER) -> Snapshot:
@@ -82,16 +93,46 @@ class Snapshot:
 
     def version(self, type_url: str) -> str:
         # A type absent from the snapshot still needs a stable, non-empty version.
+        if type_url == SECRET and type_url in self.resources:
+            # Of what streams may be sent: a secret that becomes referenced changes what SDS serves.
+            if self._secrets_version is None:
+                self._secrets_version = type_version(self.visible(SECRET).values())
+            return self._secrets_version
         return self.versions.get(type_url) or type_version(())
 
+    def referenced_secrets(self) -> frozenset[str]:
+        """The secrets of this snapshot that its other resources refer to (computed once)."""
+        if self._referenced_secrets is None:
+            secrets = self.get(SECRET)
+            others = (r for type_url, named in self.resources.items() if type_url != SECRET for r in named.values())
+            self._referenced_secrets = secret_references(others, secrets.keys()) if secrets else frozenset()
+        return self._referenced_secrets
+
+    def visible(self, type_url: str) -> Mapping[str, Resource]:
+        """What a stream of this group may be sent: everything, except secrets no other resource uses."""
+        if type_url != SECRET:
+            return self.get(type_url)
+        if self._visible_secrets is None:
+            referenced = self.referenced_secrets()
+            secrets = self.get(SECRET)
+            self._visible_secrets = (
+                secrets if len(referenced) == len(secrets)
+                else MappingProxyType({n: r for n, r in secrets.items() if n in referenced})
+            )
+        return self._visible_secrets
+
     def subset(self, type_url: str, names: tuple[str, ...]) -> Mapping[str, Resource]:
-        """The named resources that exist, memoized: streams subscribing to the same names share it."""
+        """The named resources that exist (and may be sent), memoized: streams subscribing to the same
+        names share it."""
         key = (type_url, names)
         subset = self._subsets.get(key)
         if subset is None:
-            available = self.get(type_url)
+            available = self.visible(type_url)
             subset = MappingProxyType({name: available[name] for name in names if name in available})
-            self._subsets[key] = subset
+            # Counted whether kept or not: the encodings memoized for it would hold the same names.
+            self._memo_names += len(names)
+            if len(self._subsets) < _MEMO_LIMIT and self._memo_names <= _MEMO_NAMES_LIMIT:
+                self._subsets[key] = subset
         return subset
 
     def changes_since(self, previous: Snapshot) -> dict[str, frozenset[str]]:
@@ -100,6 +141,9 @@ class Snapshot:
             now, before = self.get(type_url), previous.get(type_url)
             changed = {n for n, r in now.items() if (b := before.get(n)) is not r and (b is None or b.version != r.version)}
             changed.update(n for n in before if n not in now)
+            if type_url == SECRET:
+                # A secret whose content stayed but that became (un)referenced changes for streams too.
+                changed.update(set(self.visible(SECRET)) ^ set(previous.visible(SECRET)))
             changes[type_url] = frozenset(changed)
         return changes
 
@@ -111,7 +155,9 @@ class Snapshot:
         if response is None:
             nonce = new_nonce()
             response = SharedResponse(nonce, build(nonce))
-            self._responses[key] = response
+            # Keys hold a subscription's names (the same tuple as the subset memo's) and the bytes.
+            if len(self._responses) < _MEMO_LIMIT and self._memo_names <= _MEMO_NAMES_LIMIT:
+                self._responses[key] = response
         return response
 
 
@@ -122,22 +168,50 @@ class _Pending:
     last_change: float
 
 
+class Watcher(Protocol):
+    """Told every snapshot published for the group it watches (an `asyncio.Queue`, a stream's writer)."""
+
+    def put_nowait(self, item: Snapshot, /) -> None: ...
+
+
+class Timer(Protocol):
+    """A scheduled call that can be called off (`asyncio.TimerHandle`)."""
+
+    def cancel(self) -> None: ...
+
+
+# Calls the callback after `delay` seconds of `clock` (`loop.call_later`).
+Scheduler = Callable[[float, Callable[[], None]], Timer]
+
+
 class SnapshotCache:
     """Holds the published snapshot of each node group and wakes the streams watching a group.
 
     `set_snapshot` publishes at once; `update` debounces: a burst of changes becomes one push, published
     after `debounce` seconds of quiet or at most `max_delay` after the first change of the burst.
+
+    The debounce reads `clock` and waits with `call_later`; by default the monotonic clock and the running
+    event loop's `call_later` (which keeps the same time). Tests give a fake clock and its timers.
     """
 
-    def __init__(self, debounce: float = 0.1, max_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        debounce: float = 0.1,
+        max_delay: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        call_later: Scheduler | None = None,
+    ) -> None:
         if debounce < 0 or max_delay < debounce:
             raise ValueError("debounce must be >= 0 and max_delay >= debounce")
         self.debounce = debounce
         self.max_delay = max_delay
+        self._clock = clock
+        self._call_later = call_later
         self._snapshots: dict[str, Snapshot] = {}
-        self._watchers: dict[str, set[asyncio.Queue[object]]] = {}
+        self._watchers: dict[str, set[Watcher]] = {}
         self._pending: dict[str, _Pending] = {}
-        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._timers: dict[str, Timer] = {}
         self._generation = itertools.count(1)
         self._published_at: dict[str, float] = {}
         self.on_publish: list[Callable[[str, Snapshot], None]] = []
@@ -155,12 +229,13 @@ class SnapshotCache:
     def set_snapshot(self, group: str, snapshot: Snapshot) -> None:
         self._pending.pop(group, None)
         timer = self._timers.pop(group, None)
-        if timer is not None and timer is not asyncio.current_task():
+        if timer is not None:
             timer.cancel()
         if snapshot.generation:
             # Already published (here or for another group): its bookkeeping belongs to that publish.
             snapshot = dataclasses.replace(
-                snapshot, generation=0, previous_generation=None, changes=None, _responses={}, _subsets={}
+                snapshot, generation=0, previous_generation=None, changes=None, _responses={}, _subsets={},
+                _memo_names=0,
             )
         previous = self._snapshots.get(group)
         if previous is not None:
@@ -179,37 +254,49 @@ class SnapshotCache:
         if self.debounce == 0:
             self.set_snapshot(group, snapshot)
             return
-        now = time.monotonic()
+        now = self._clock()
         pending = self._pending.get(group)
         if pending is None:
             self._pending[group] = _Pending(snapshot, now, now)
-            self._timers[group] = asyncio.get_running_loop().create_task(self._publish_when_quiet(group))
+            self._publish_when_quiet(group)
         else:
             pending.snapshot = snapshot
             pending.last_change = now
 
-    async def _publish_when_quiet(self, group: str) -> None:
-        while True:
-            pending = self._pending.get(group)
-            if pending is None:
-                return
-            deadline = min(pending.last_change + self.debounce, pending.first_change + self.max_delay)
-            delay = deadline - time.monotonic()
-            if delay <= 0:
-                self.set_snapshot(group, pending.snapshot)
-                return
-            await asyncio.sleep(delay)
+    def _publish_when_quiet(self, group: str) -> None:
+        """Publishes the group's pending snapshot if its burst is over, else looks again when it may be."""
+        self._timers.pop(group, None)
+        pending = self._pending.get(group)
+        if pending is None:
+            return
+        deadline = min(pending.last_change + self.debounce, pending.first_change + self.max_delay)
+        delay = deadline - self._clock()
+        if delay <= 0:
+            self.set_snapshot(group, pending.snapshot)
+            return
+        call_later = self._call_later or asyncio.get_running_loop().call_later
+        self._timers[group] = call_later(delay, lambda: self._publish_when_quiet(group))
 
     async def flush(self) -> None:
         """Publish every pending snapshot now (used at shutdown and by tests of the debounce)."""
         for group, pending in list(self._pending.items()):
             self.set_snapshot(group, pending.snapshot)
 
-    def watch(self, group: str, queue: asyncio.Queue[object]) -> None:
+    def remove(self, group: str) -> None:
+        """Forgets a group: its snapshot, a pending publish, its timers. Streams still watching it (there
+        should be none) get nothing more until a snapshot is set again."""
+        self._snapshots.pop(group, None)
+        self._pending.pop(group, None)
+        self._published_at.pop(group, None)
+        timer = self._timers.pop(group, None)
+        if timer is not None:
+            timer.cancel()
+
+    def watch(self, group: str, queue: Watcher) -> None:
         """Every snapshot published for `group` from now on is put on `queue`."""
         self._watchers.setdefault(group, set()).add(queue)
 
-    def unwatch(self, group: str, queue: asyncio.Queue[object]) -> None:
+    def unwatch(self, group: str, queue: Watcher) -> None:
         watchers = self._watchers.get(group)
         if watchers is not None:
             watchers.discard(queue)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -100,9 +101,10 @@ def resource_name(message: Message) -> str:
     return str(name)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Resource:
-    """One named resource at one version. Immutable; shared by every snapshot and stream holding it."""
+    """One named resource at one version. Immutable; shared by every snapshot and stream holding it, and
+    by every node group whose snapshot holds the same bytes (see `from_bytes`)."""
 
     type_url: str
     name: str
@@ -120,13 +122,19 @@ class Resource:
     @classmethod
     def from_bytes(cls, type_url: str, name: str, body: bytes) -> Resource:
         version = hashlib.blake2b(body, digest_size=8).hexdigest()
+        # Node groups often get identical resources (the same models everywhere): one copy of the
+        # bytes serves them all, so memory grows with distinct resources, not with groups.
+        key = (type_url, name, version)
+        known = _LIVE.get(key)
+        if known is not None and known.body == body:
+            return known
         any_bytes = _type_url_field(type_url) + _length_delimited(_ANY_VALUE, body)
         resource_bytes = (
             _length_delimited(_RESOURCE_NAME, name.encode())
             + _length_delimited(_RESOURCE_VERSION, version.encode())
             + _length_delimited(_RESOURCE_BODY, any_bytes)
         )
-        return cls(
+        resource = cls(
             type_url=type_url,
             name=name,
             version=version,
@@ -134,12 +142,18 @@ class Resource:
             sotw_entry=_length_delimited(_SOTW_RESOURCES, any_bytes),
             delta_entry=_length_delimited(_DELTA_RESOURCES, resource_bytes),
         )
+        _LIVE[key] = resource
+        return resource
 
     def message(self) -> Message:
         message_class = MESSAGE_CLASSES.get(self.type_url)
         if message_class is None:
             raise KeyError(f"no message class registered for {self.type_url}")
         return message_class.FromString(self.body)
+
+
+# Every Resource some snapshot or stream still holds, by (type, name, version): gone with its last holder.
+_LIVE: weakref.WeakValueDictionary[tuple[str, str, str], Resource] = weakref.WeakValueDictionary()
 
 
 def type_version(resources: Iterable[Resource]) -> str:

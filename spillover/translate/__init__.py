@@ -1,55 +1,6 @@
-"""Translation stage: a pure function from the gateway IR to Envoy xDS resources."""
+"""Translation stage: a pure function from the gateway IR (spillover.ir) to Envoy xDS resources, and the
+Envoy bootstrap that points an Envoy at spillover."""
 
-from spillover.translate.ir import (
-    STRATEGIES,
-    Endpoint,
-    Gateway,
-    HealthCheck,
-    Listener,
-    Model,
-    OutlierDetection,
-    Profile,
-    RemoteBackend,
-    Retries,
-    StrategyParams,
-    Timeouts,
-    TrafficSplit,
-)
-from spillover.translate.translator import (
-    LISTENER_NAME,
-    METADATA_NAMESPACE,
-    PREFIX_HASH_HEADER,
-    RATE_LIMIT_HEADER,
-    ROUTE_CONFIG_NAME,
-    SYSTEM_CA_BUNDLE,
-    Resources,
-    local_cluster_name,
-    remote_cluster_name,
-    translate,
-)
+from spillover.translate.translator import SYSTEM_CA_BUNDLE, Resources, translate
 
-__all__ = [
-    "LISTENER_NAME",
-    "METADATA_NAMESPACE",
-    "PREFIX_HASH_HEADER",
-    "RATE_LIMIT_HEADER",
-    "ROUTE_CONFIG_NAME",
-    "STRATEGIES",
-    "SYSTEM_CA_BUNDLE",
-    "Endpoint",
-    "Gateway",
-    "HealthCheck",
-    "Listener",
-    "Model",
-    "OutlierDetection",
-    "Profile",
-    "RemoteBackend",
-    "Resources",
-    "Retries",
-    "StrategyParams",
-    "Timeouts",
-    "TrafficSplit",
-    "local_cluster_name",
-    "remote_cluster_name",
-    "translate",
-]
+__all__ = ["SYSTEM_CA_BUNDLE", "Resources", "translate"]

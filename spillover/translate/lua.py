@@ -2,29 +2,47 @@
 
 from __future__ import annotations
 
-__all__ = ["NORMALIZE", "PREFIX_HASH", "PREFIX_HASH_NAME", "lua_string", "path_prefix"]
+__all__ = [
+    "NORMALIZE",
+    "PREFIX_HASH",
+    "PREFIX_HASH_NAME",
+    "UPSTREAM_STATE",
+    "local_credentials",
+    "lua_string",
+    "path_prefix",
+    "remote_side",
+]
 
 PREFIX_HASH_NAME = "prefix_hash"
 
-# Runs first on every request. header_to_metadata cannot do this job: it resolves the route (to read
-# its per-route config) before writing the metadata and never clears the route cache, so a
-# header-only request stayed on the "no model" route in Envoy 1.40.
+# The slow path only. Routes match the `x-model` (and `config-profile`) request headers, so a request
+# that names its model there is routed with no Lua and no body buffering: its route switches this
+# filter and json_to_metadata off. Every other request lands first on a route that leaves them on
+# (`missing-model`, or the two that catch `model` / `x-aibrix-config-profile` alone); this script,
+# after json_to_metadata, writes the model and profile into those headers with the precedence below,
+# and the header change clears the route cache (clear_route_cache), so the route is chosen again.
+# header_to_metadata cannot do this job: it never clears the route cache.
 NORMALIZE = """\
 function envoy_on_request(handle)
   local headers = handle:headers()
   local metadata = handle:streamInfo():dynamicMetadata()
-  -- Header before body: json_to_metadata, next in the chain, keeps a value already present.
+  -- x-model, then model, then the JSON body's model (json_to_metadata, before this filter).
   local model = headers:get("x-model") or headers:get("model")
-  if model ~= nil and model ~= "" then
+  if model == nil or model == "" then
+    model = (metadata:get("spillover") or {}).model
+  end
+  if type(model) == "string" and model ~= "" then
+    -- For the 404 of a model no header can carry (too long for a model name, control characters).
     metadata:set("spillover", "model", model)
+    if #model <= 253 and not string.find(model, "%c") and headers:get("x-model") ~= model then
+      headers:replace("x-model", model)
+    end
   end
   local profile = headers:get("config-profile") or headers:get("x-aibrix-config-profile")
-  if profile ~= nil and profile ~= "" then
-    metadata:set("spillover", "profile", profile)
+  if profile ~= nil and profile ~= "" and headers:get("config-profile") ~= profile then
+    headers:replace("config-profile", profile)
   end
-  -- A header change makes this filter clear the route cache (clear_route_cache), so the route is
-  -- chosen again with the metadata above; dropping this header also stops clients from picking
-  -- their own prefix-cache affinity.
+  -- Clients must not pick their own prefix-cache affinity (routes without Lua remove it themselves).
   headers:remove("x-spillover-prefix-hash")
 end
 """
@@ -42,6 +60,8 @@ function envoy_on_request(handle)
       n = tonumber(value) or n
     end
   end
+  -- Whatever the client sent is dropped: only this script sets the affinity.
+  handle:headers():remove("x-spillover-prefix-hash")
   local body = handle:body()
   if body == nil then
     return
@@ -80,9 +100,130 @@ def path_prefix(prefix: str) -> str:
     prefix_rewrite can't be used because it would apply to the local share of a weighted split too,
     and header_mutation refuses to touch ``:path`` (Envoy 1.40: ":-prefixed or host headers may not
     be modified")."""
+    # Upstream filters see the request headers every attempt left behind: a retry must not prefix twice.
     return (
         "function envoy_on_request(handle)\n"
         "  local headers = handle:headers()\n"
-        f'  headers:replace(":path", {lua_string(prefix)} .. (headers:get(":path") or "/"))\n'
+        "  local metadata = handle:streamInfo():dynamicMetadata()\n"
+        f"  local original = (metadata:get({lua_string(UPSTREAM_STATE)}) or {{}}).path\n"
+        "  if original == nil then\n"
+        '    original = headers:get(":path") or "/"\n'
+        f'    metadata:set({lua_string(UPSTREAM_STATE)}, "path", original)\n'
+        "  end\n"
+        f'  headers:replace(":path", {lua_string(prefix)} .. original)\n'
         "end\n"
+    )
+
+
+# Dynamic metadata namespace where the upstream filters keep what the client sent, across attempts.
+UPSTREAM_STATE = "spillover.upstream"
+
+
+def remote_side(
+    side_header: str,
+    remote_value: str,
+    prefix: str,
+    authority: str | None,
+    headers: tuple[tuple[str, str], ...],
+    keep_authorization: bool,
+) -> str:
+    """Upstream filter of a failover aggregate: each attempt that goes to the remote (the side header,
+    set from the chosen host's metadata, says so) gets the remote's path prefix, host and headers;
+    every other attempt gets the request exactly as the client sent it.
+
+    Upstream filters of one request share its header map across attempts, so what the client sent is
+    kept in dynamic metadata at the first attempt and every attempt starts from it: a retry that moves
+    from the remote to the local side carries nothing meant for the remote. `keep_authorization` also
+    keeps the client's Authorization, which `local_credentials` puts back after the credential
+    injector (it overwrites it on every attempt)."""
+    touched = [":path", ":authority", *(name for name, _ in headers)]
+    if keep_authorization:
+        touched.append("authorization")
+    names = ", ".join(lua_string(name) for name in dict.fromkeys(touched))
+    apply = []
+    if prefix:
+        apply.append(f'    headers:replace(":path", {lua_string(prefix)} .. (saved[":path"] or "/"))')
+    if authority:
+        apply.append(f'    headers:replace(":authority", {lua_string(authority)})')
+    apply += [f"    headers:replace({lua_string(name)}, {lua_string(value)})" for name, value in headers]
+    state = lua_string(UPSTREAM_STATE)
+    save = [
+        "    saved = {}",
+        f"    for _, name in ipairs({{{names}}}) do",
+        "      saved[name] = headers:get(name)",
+        "    end",
+        f'    metadata:set({state}, "client", saved)',
+    ]
+    restore = [
+        f"    for _, name in ipairs({{{names}}}) do",
+        "      if saved[name] == nil then headers:remove(name) else headers:replace(name, saved[name]) end",
+        "    end",
+    ]
+    head = [
+        "function envoy_on_request(handle)",
+        "  local headers = handle:headers()",
+        "  local metadata = handle:streamInfo():dynamicMetadata()",
+        f"  local remote = headers:get({lua_string(side_header)}) == {lua_string(remote_value)}",
+        f"  headers:remove({lua_string(side_header)})",
+    ]
+    if not keep_authorization:
+        # The common case costs least: a local attempt that no remote attempt came before finds the
+        # headers as the client sent them and touches nothing; the first remote attempt saves them.
+        return "\n".join(
+            [
+                *head,
+                f"  local saved = (metadata:get({state}) or {{}}).client",
+                "  if remote then",
+                "    if saved == nil then",
+                *("  " + line for line in save),
+                "    end",
+                *apply,
+                "  elseif saved ~= nil then",
+                *restore,
+                "  end",
+                "end",
+                "",
+            ]
+        )
+    # With a token every attempt records its side and the client's Authorization: `local_credentials`,
+    # after the credential injector (which sets the remote's token on every attempt), needs both.
+    return "\n".join(
+        [
+            *head,
+            f"  local saved = (metadata:get({state}) or {{}}).client",
+            "  if saved == nil then",
+            *save,
+            "  end",
+            f'  metadata:set({state}, "side", remote and "remote" or "local")',
+            "  if remote then",
+            *apply,
+            "  else",
+            *restore,
+            "  end",
+            "end",
+            "",
+        ]
+    )
+
+
+def local_credentials() -> str:
+    """After the credential injector of a failover aggregate: an attempt that goes to the local side
+    gets the client's own Authorization back (or none), never the remote's token."""
+    state = lua_string(UPSTREAM_STATE)
+    return "\n".join(
+        [
+            "function envoy_on_request(handle)",
+            f"  local state = handle:streamInfo():dynamicMetadata():get({state})",
+            '  if state == nil or state.side == "remote" then',
+            "    return",
+            "  end",
+            '  local original = (state.client or {}).authorization',
+            "  if original == nil then",
+            '    handle:headers():remove("authorization")',
+            "  else",
+            '    handle:headers():replace("authorization", original)',
+            "  end",
+            "end",
+            "",
+        ]
     )

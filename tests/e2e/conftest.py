@@ -1,4 +1,5 @@
-"""Fixtures for end-to-end tests: `spillover serve --policies` as a subprocess, Envoys bootstrapped to it."""
+"""Fixtures for end-to-end tests: `spillover serve` (--policies, --kubernetes) as a subprocess, Envoys
+bootstrapped to it, a real OAuth2 token endpoint."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from spillover.bootstrap import build_bootstrap
-from tests.e2e.harness import Spillover, TokenEndpoint, post_model
 from tests.harness.envoy import Envoy
-from tests.harness.polling import wait_until
+from tests.harness.kube import KubeCluster
+from tests.harness.serve import Launcher, Spillover, start_edge
+from tests.harness.token_endpoint import TokenEndpoint
 
 
 @pytest.fixture
@@ -25,17 +26,27 @@ def policy_dir(tmp_path: Path) -> Path:
 def spillover_factory(tmp_path: Path) -> Iterator[Callable[..., Spillover]]:
     """``spillover_factory(policies, log_level="INFO")`` starts `spillover serve` and waits for /readyz.
     Tests stop it themselves to check the exit code; whatever is left running is stopped here by pid."""
-    started: list[Spillover] = []
+    launch = Launcher(tmp_path)
 
     def factory(policies: Path, **kwargs: Any) -> Spillover:
-        server = Spillover(policies, tmp_path, **kwargs)
-        started.append(server)
-        return server.start()
+        return launch(policies=policies, **kwargs)
 
     yield factory
-    for server in started:
-        server.stop()
-        print(f"--- spillover log ---\n{server.log()[-6000:]}")
+    launch.stop_all()
+
+
+@pytest.fixture
+def kube_spillover(tmp_path: Path, cluster: KubeCluster) -> Iterator[Callable[..., Spillover]]:
+    """``kube_spillover(namespaces, kubeconfig=None, beamlit=False)`` starts `spillover serve --kubernetes`
+    (admin kubeconfig by default, evaluating every 0.2 s) and waits for /readyz; stopped by pid at
+    teardown."""
+    launch = Launcher(tmp_path, start_timeout=30.0, evaluation_interval=0.2)
+
+    def factory(namespaces: list[str], kubeconfig: Path | None = None, **kwargs: Any) -> Spillover:
+        return launch(kubeconfig=kubeconfig or cluster.admin_kubeconfig, namespaces=namespaces, **kwargs)
+
+    yield factory
+    launch.stop_all()
 
 
 @pytest.fixture
@@ -44,16 +55,7 @@ def edge_factory(envoy_factory: Callable[..., Envoy]) -> Callable[..., Envoy]:
     once it is LIVE and its listener (spillover's --listen port) answers."""
 
     def start(server: Spillover, node_id: str, cluster: str = "edge") -> Envoy:
-        envoy = envoy_factory(
-            build_bootstrap(node_id, cluster, server.xds_address, admin_port=0), name=node_id
-        )
-        wait_until(envoy.is_ready, timeout=20, message=f"envoy {node_id} never became ready")
-        wait_until(
-            lambda: post_model(server.listen_port, "__probe__").status == 404,
-            timeout=15,
-            message=f"listener of {node_id} never answered",
-        )
-        return envoy
+        return start_edge(envoy_factory, server, node_id, cluster, advertise_admin=False)
 
     return start
 

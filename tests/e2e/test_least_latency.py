@@ -9,12 +9,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from spillover.bootstrap import build_bootstrap
-from tests.e2e.harness import Spillover, post_model, served_by
-from tests.e2e.policies import model_deployment, write
+from spillover.translate.bootstrap import build_bootstrap
 from tests.harness.envoy import Envoy
+from tests.harness.load import post_model, served_by
+from tests.harness.policy_files import model_deployment, write
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
+from tests.harness.serve import Spillover
 
 CLUSTER = "fastest/local/round_robin_latency"
 

@@ -8,7 +8,7 @@ what spillover says (/debug/models, /metrics) and where Envoy actually sends the
 3. The remote's health check failing while in OVERFLOW: no traffic to it, all served locally; it returns.
 4. The `envoy` source (no Prometheus): `concurrency` from Envoy's own upstream_rq_active.
 5. `onMetricError` when Prometheus dies: `overflow` overflows, `hold` keeps the state and reports unknown
-   (in OVERFLOW and in STANDBY). A strict xfail pins a bug: `overflow` also overflows before the first sample.
+   (in OVERFLOW and in STANDBY), and `overflow` does not overflow before the first sample.
 Models served alongside must not see their resources re-sent (same versions, same routes) in 1-3.
 """
 
@@ -22,20 +22,13 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.overflow_harness import (
-    REMOTE,
-    Bystander,
-    InFlight,
-    OverflowSpillover,
-    remote_percent,
-    send_batch,
-    start_edge,
-)
-from tests.e2e.policies import write
 from tests.harness.envoy import Envoy
 from tests.harness.modelserver import ModelServer
+from tests.harness.overflow_traffic import REMOTE, Bystander, InFlight, remote_percent, send_batch
+from tests.harness.policy_files import write
 from tests.harness.polling import wait_until
 from tests.harness.prometheus import Prometheus
+from tests.harness.serve import Launcher, Spillover, start_edge
 from tests.harness.upstream import HttpUpstream
 
 EVALUATION_INTERVAL = 0.25
@@ -50,20 +43,15 @@ MEASURED: dict[str, float] = {}
 
 
 @pytest.fixture
-def overflow_spillover(tmp_path: Path) -> Iterator[Callable[..., OverflowSpillover]]:
+def overflow_spillover(tmp_path: Path) -> Iterator[Callable[..., Spillover]]:
     """``overflow_spillover(policies, prometheus_url=None)``: `spillover serve` evaluating every 0.25 s."""
-    started: list[OverflowSpillover] = []
+    launch = Launcher(tmp_path, evaluation_interval=EVALUATION_INTERVAL)
 
-    def factory(policies: Path, **kwargs: Any) -> OverflowSpillover:
-        kwargs.setdefault("evaluation_interval", EVALUATION_INTERVAL)
-        server = OverflowSpillover(policies, tmp_path, **kwargs)
-        started.append(server)
-        return server.start()
+    def factory(policies: Path, **kwargs: Any) -> Spillover:
+        return launch(policies=policies, **kwargs)
 
     yield factory
-    for server in started:
-        server.stop()
-        print(f"--- spillover log ---\n{server.log()[-6000:]}")
+    launch.stop_all()
 
 
 @pytest.fixture
@@ -148,7 +136,7 @@ FAST_HEALTH = {
 # -- reading spillover -----------------------------------------------------------------------------------
 
 
-def metric_samples(server: OverflowSpillover, name: str) -> list[tuple[dict[str, str], float]]:
+def metric_samples(server: Spillover, name: str) -> list[tuple[dict[str, str], float]]:
     out = []
     for line in server.get("/metrics").text.splitlines():
         if line.startswith("#") or not line.strip():
@@ -160,7 +148,7 @@ def metric_samples(server: OverflowSpillover, name: str) -> list[tuple[dict[str,
     return out
 
 
-def metric_value(server: OverflowSpillover, name: str, **labels: str) -> float:
+def metric_value(server: Spillover, name: str, **labels: str) -> float:
     return sum(v for ls, v in metric_samples(server, name) if all(ls.get(k) == w for k, w in labels.items()))
 
 
@@ -199,7 +187,7 @@ def report(test: str, **figures: float) -> None:
 
 def test_prometheus_queue_length_overflows_a_fixed_share_and_returns_after_the_buffer(
     policy_dir: Path,
-    overflow_spillover: Callable[..., OverflowSpillover],
+    overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
     model_servers: Callable[..., ModelServer],
@@ -314,7 +302,7 @@ def test_prometheus_queue_length_overflows_a_fixed_share_and_returns_after_the_b
 
 def test_local_health_checks_failing_fail_over_to_the_remote_and_back(
     policy_dir: Path,
-    overflow_spillover: Callable[..., OverflowSpillover],
+    overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
 ) -> None:
@@ -375,7 +363,7 @@ def test_local_health_checks_failing_fail_over_to_the_remote_and_back(
 
 def test_unhealthy_remote_gets_no_traffic_while_overflowing_and_gets_its_share_back(
     policy_dir: Path,
-    overflow_spillover: Callable[..., OverflowSpillover],
+    overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
 ) -> None:
@@ -458,7 +446,7 @@ def test_unhealthy_remote_gets_no_traffic_while_overflowing_and_gets_its_share_b
 
 def test_envoy_concurrency_overflows_without_prometheus(
     policy_dir: Path,
-    overflow_spillover: Callable[..., OverflowSpillover],
+    overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
     model_servers: Callable[..., ModelServer],
@@ -531,7 +519,7 @@ def test_envoy_concurrency_overflows_without_prometheus(
 
 def test_prometheus_down_overflow_mode_overflows_and_hold_keeps_the_state(
     policy_dir: Path,
-    overflow_spillover: Callable[..., OverflowSpillover],
+    overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
     model_servers: Callable[..., ModelServer],
@@ -567,7 +555,7 @@ def test_prometheus_down_overflow_mode_overflows_and_hold_keeps_the_state(
     # holder in OVERFLOW on a real reading, eager in STANDBY on a real calm one.
     holder_local.set_load(waiting=9)
     server.wait_state(holder, "OVERFLOW", timeout=20)
-    # (eager may start in OVERFLOW: before Prometheus' first scrape its metric is unknown too.)
+    # (eager reads 0 before Prometheus goes down: onMetricError overflow applies to a metric once read.)
     server.wait_model(eager, lambda m: m["state"] == "STANDBY" and reading(m, "queue_length")["value"] == 0)
     errors_before = metric_value(server, "spillover_metric_errors_total", model=holder)
 
@@ -601,7 +589,7 @@ def test_prometheus_down_overflow_mode_overflows_and_hold_keeps_the_state(
 
 def test_hold_keeps_standby_while_prometheus_is_down(
     policy_dir: Path,
-    overflow_spillover: Callable[..., OverflowSpillover],
+    overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
 ) -> None:
@@ -630,7 +618,7 @@ def test_hold_keeps_standby_while_prometheus_is_down(
 
 def test_on_metric_error_overflow_does_not_overflow_before_the_first_sample(
     policy_dir: Path,
-    overflow_spillover: Callable[..., OverflowSpillover],
+    overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
     model_servers: Callable[..., ModelServer],

@@ -10,10 +10,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.harness import Spillover, post_model, served_by
-from tests.e2e.policies import beamlit_example, model_deployment, write
 from tests.harness.envoy import Envoy
+from tests.harness.load import post_model, served_by
+from tests.harness.policy_files import beamlit_example, model_deployment, write
 from tests.harness.polling import wait_until
+from tests.harness.serve import Spillover
 from tests.harness.upstream import HttpUpstream
 
 

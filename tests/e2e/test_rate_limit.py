@@ -4,21 +4,22 @@ divided among the connected Envoys of a node group, and re-divided when one leav
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import Load, Spillover, drive, post_model, served_by
-from tests.e2e.policies import model_deployment, write
 from tests.harness.envoy import Envoy
+from tests.harness.load import Load, drive, post_model, served_by
+from tests.harness.policy_files import model_deployment, write
 from tests.harness.polling import wait_until
+from tests.harness.rate_limit import envoy_bucket, sent_bucket
+from tests.harness.serve import Spillover
 from tests.harness.upstream import HttpUpstream
 
 MODEL = "llama"
 RPS = 20
 WINDOW_S = 3.0
 TOLERANCE = 0.10
-RL_FILTER = "envoy.filters.http.local_ratelimit"
 RL_BODY = (
     b'{"error":{"message":"model: llama has exceeded RPS: 20","type":"rate_limit_error",'
     b'"code":"rate_limit_exceeded","param":null}}'
@@ -28,37 +29,8 @@ RL_BODY = (
 MEASURED: dict[str, float] = {}
 
 
-def _walk(value: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(value, dict):
-        yield value
-        for item in value.values():
-            yield from _walk(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk(item)
-
-
-def token_buckets(document: Any, route_name: str = f"{MODEL}/default") -> list[dict[str, Any]]:
-    """The local rate limit token bucket(s) of a route, in an Envoy config_dump or a /debug/config view."""
-    buckets = []
-    for node in _walk(document):
-        if node.get("name") == route_name and "typed_per_filter_config" in node:
-            limit = node["typed_per_filter_config"].get(RL_FILTER)
-            if limit is not None:
-                buckets.append(limit["token_bucket"])
-    return buckets
-
-
 def _bucket(rps: int) -> dict[str, Any]:
     return {"max_tokens": rps, "tokens_per_fill": rps, "fill_interval": "1s"}
-
-
-def envoy_bucket(envoy: Envoy) -> list[dict[str, Any]]:
-    return token_buckets(envoy.config_dump(resource="dynamic_route_configs"))
-
-
-def sent_bucket(server: Spillover, node: str) -> list[dict[str, Any]]:
-    return token_buckets(server.get_json(f"/debug/config?node={node}"))
 
 
 def accepted_rate(load: Load, bucket: float) -> float:
@@ -119,7 +91,11 @@ def test_model_rps_is_enforced_and_divided_among_the_envoys_of_a_group(
     two = edge_factory(server, "edge-2")
     half = RPS // 2
     for envoy in (one, two):
-        wait_until(lambda envoy=envoy: envoy_bucket(envoy) == [_bucket(half)], timeout=5, message=envoy.name)
+
+        def enforces_half(envoy: Envoy = envoy) -> bool:
+            return envoy_bucket(envoy) == [_bucket(half)]
+
+        wait_until(enforces_half, timeout=5, message=envoy.name)
     assert sent_bucket(server, "edge-1") == sent_bucket(server, "edge-2") == [_bucket(half)]
     both_synced = [("edge-1", "edge", "SYNCED"), ("edge-2", "edge", "SYNCED")]
     wait_until(

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import CHAT, Spillover, TokenEndpoint, post_model, served_by
-from tests.e2e.policies import model_deployment, write
 from tests.harness.envoy import Envoy
+from tests.harness.load import CHAT, post_model, served_by
+from tests.harness.policy_files import model_deployment, write
 from tests.harness.polling import wait_until
+from tests.harness.serve import Spillover
+from tests.harness.token_endpoint import TokenEndpoint
 from tests.harness.upstream import HttpUpstream, make_self_signed_ca_and_cert
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"

@@ -1,4 +1,6 @@
-"""Test harness: real Envoy processes, real HTTP upstreams, free ports and deadline-bound polling."""
+"""Test harness: real processes (Envoy, `spillover serve`, Prometheus, a Kubernetes API server), real HTTP
+upstreams, free ports, deadline-bound polling, and the builders the tests share. Test modules and conftests
+import from here, never from one another."""
 
 from tests.harness.client import Response, request
 from tests.harness.envoy import AdminError, Envoy, envoy_binary

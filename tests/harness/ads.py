@@ -31,13 +31,40 @@ def node(node_id: str = "envoy-1", cluster: str = "gateway") -> base_pb2.Node:
     return base_pb2.Node(id=node_id, cluster=cluster)
 
 
-class AdsClient:
-    """One xDS stream. `send` queues a request; `recv` waits for the next response with a deadline."""
+def tls_credentials(ca_pem: bytes, cert_pem: bytes | None = None, key_pem: bytes | None = None) -> Any:
+    """Channel credentials verifying the server with `ca_pem`, presenting a client certificate if given."""
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
 
-    def __init__(self, address: str, mode: str = "sotw", method: str | None = None) -> None:
+
+class AdsClient:
+    """One xDS stream. `send` queues a request; `recv` waits for the next response with a deadline.
+
+    `credentials` (see `tls_credentials`) makes it a TLS client of `server_name`; `channel` shares one
+    connection among streams."""
+
+    def __init__(
+        self,
+        address: str,
+        mode: str = "sotw",
+        method: str | None = None,
+        *,
+        credentials: Any = None,
+        server_name: str = "localhost",
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
         path, self.request_class, self.response_class = METHODS[mode]
         self.mode = mode
-        self.channel = grpc.aio.insecure_channel(address)
+        self._own_channel = channel is None
+        # The status the stream ended with, as the reader received it (see details()).
+        self._ended: grpc.aio.AioRpcError | None = None
+        if channel is not None:
+            self.channel = channel
+        elif credentials is not None:
+            self.channel = grpc.aio.secure_channel(
+                address, credentials, options=[("grpc.ssl_target_name_override", server_name)]
+            )
+        else:
+            self.channel = grpc.aio.insecure_channel(address)
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         rpc = self.channel.stream_stream(
             method or path,
@@ -99,8 +126,28 @@ class AdsClient:
             **fields,
         )
 
+    async def ended(self, timeout: float = 5.0) -> grpc.StatusCode:
+        """Waits for the stream to end and returns its status code."""
+        while True:
+            try:
+                await self.recv(timeout)
+            except grpc.aio.AioRpcError as error:
+                self._ended = error
+                return error.code()
+            except EOFError:
+                return grpc.StatusCode.OK
+
+    async def details(self) -> str:
+        """The details of the status the stream ended with. Those ended() saw come first: when a write of
+        ours races the server's status, the call's own details() can be gRPC's generic "Internal error from
+        Core" while the status received (code and details) is the server's."""
+        if self._ended is not None:
+            return str(self._ended.details() or "")
+        return str(await self.call.details() or "")
+
     async def close(self) -> None:
         self._outbox.put_nowait(_END)
         self.call.cancel()
         self._reader.cancel()
-        await self.channel.close()
+        if self._own_channel:
+            await self.channel.close()

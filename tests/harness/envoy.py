@@ -13,13 +13,25 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlencode
 
-from spillover.bootstrap import dump_yaml
+from spillover.translate.bootstrap import dump_yaml
 
 __all__ = ["AdminError", "Envoy", "envoy_binary"]
+
+
+def dicts_in(value: Any) -> Iterator[dict[str, Any]]:
+    """Every mapping in a JSON document (a config dump, a /debug/config view), depth first."""
+    if isinstance(value, dict):
+        yield value
+        for item in value.values():
+            yield from dicts_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from dicts_in(item)
 
 
 class AdminError(RuntimeError):

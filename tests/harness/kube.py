@@ -1,12 +1,20 @@
 """A real Kubernetes API server for tests: etcd + kube-apiserver on 127.0.0.1, stopped by pid.
 
-The binaries are built from their Go modules by ``tests/k8s/build.sh`` into ``.cache/k8s/bin``
-(see :func:`ensure_binaries`). :class:`KubeCluster` runs them with everything in a work directory:
+The binaries are built from their Go modules by ``tests/apiserver/build.sh`` into ``.cache/k8s/bin`` (see
+:mod:`tests.harness.k8s_tools`: :func:`ensure_binaries`, and :func:`ensure_kubectl` / :func:`ensure_helm`
+for the clients). :class:`KubeCluster` runs them with everything in a work directory:
 a generated CA and serving certificate, service-account signing keys, a static token file whose
 admin user is in ``system:masters``, an admin kubeconfig, etcd's data and both logs. Authorization
 is ``Node,RBAC``, so a ServiceAccount token (:meth:`KubeCluster.service_account_token`) has exactly
 the rights RBAC gives it. There is no controller-manager, scheduler or kubelet: objects are stored,
 validated, listed and watched, but nothing reconciles them (namespaces stay Terminating, pods Pending).
+
+With ``aggregation=True`` the aggregation layer is configured as kubeadm does it: a front-proxy CA, the
+client certificate the API server presents to extension API servers (``front-proxy-client``) and the
+``--requestheader-*`` flags that tell extension servers which requests carry a user.
+:meth:`KubeCluster.register_api_service` then serves an API group from a server of the test's (an
+ExternalName Service, since Services have no cluster IP that routes here and endpoints may not be
+loopback addresses; the aggregator's default cluster routing dials an ExternalName as it is).
 """
 
 from __future__ import annotations
@@ -22,79 +30,43 @@ import secrets
 import signal
 import ssl
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-from tests.harness.pki import write_ca_and_server_cert
+from tests.harness.k8s_tools import (
+    BUILD_SCRIPT,
+    ensure_binaries,
+    ensure_helm,
+    ensure_kubectl,
+    ensure_tools,
+    k8s_bin_dir,
+)
+from tests.harness.pki import write_ca_and_client_cert, write_ca_and_server_cert
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
 
-__all__ = ["BUILD_SCRIPT", "KubeCluster", "ensure_binaries", "k8s_bin_dir"]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "tests" / "k8s" / "build.sh"
+__all__ = [
+    "BUILD_SCRIPT",
+    "FRONT_PROXY_CLIENT",
+    "KubeCluster",
+    "ensure_binaries",
+    "ensure_helm",
+    "ensure_kubectl",
+    "ensure_tools",
+    "k8s_bin_dir",
+]
 
 ADMIN_USER = "spillover-admin"
 ADMIN_GROUPS = ("system:masters",)
 
 
-def k8s_bin_dir() -> Path:
-    cache = os.environ.get("SPILLOVER_K8S_CACHE") or str(REPO_ROOT / ".cache" / "k8s")
-    return Path(cache) / "bin"
-
-
-def _binaries() -> tuple[Path, Path]:
-    apiserver = os.environ.get("SPILLOVER_KUBE_APISERVER") or str(k8s_bin_dir() / "kube-apiserver")
-    etcd = os.environ.get("SPILLOVER_ETCD") or str(k8s_bin_dir() / "etcd")
-    return Path(apiserver), Path(etcd)
-
-
-def ensure_binaries(
-    build: bool = True, timeout: float = 3600.0, log: Callable[[str], None] | None = None
-) -> tuple[Path, Path]:
-    """Paths of (kube-apiserver, etcd); runs tests/k8s/build.sh first when ``build`` (it returns at
-    once when the pinned binaries are already built), passing each output line to ``log``. Raises
-    RuntimeError with the build's output on failure. SPILLOVER_KUBE_APISERVER / SPILLOVER_ETCD point
-    at prebuilt binaries instead (no build then)."""
-    apiserver, etcd = _binaries()
-    overridden = bool(os.environ.get("SPILLOVER_KUBE_APISERVER") or os.environ.get("SPILLOVER_ETCD"))
-    if build and not overridden:
-        output: list[str] = []
-        proc = subprocess.Popen(
-            ["bash", str(BUILD_SCRIPT)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO_ROOT,
-        )
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                output.append(line.rstrip("\n"))
-                if log is not None:
-                    log(output[-1])
-            code = proc.wait()
-        finally:
-            timer.cancel()
-        if code != 0:
-            text = "\n".join(output[-60:])
-            raise RuntimeError(f"{BUILD_SCRIPT} failed with exit code {code} (limit {timeout:g}s):\n{text}")
-    for binary in (apiserver, etcd):
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
-            raise RuntimeError(
-                f"no executable {binary}: run {BUILD_SCRIPT.relative_to(REPO_ROOT)} (or `make test`)"
-            )
-    return apiserver, etcd
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
 # -- certificates and keys --------------------------------------------------------------------------
@@ -232,8 +204,10 @@ class KubeCluster:
         extra_apiserver_args: Iterable[str] = (),
         apiserver_binary: Path | None = None,
         etcd_binary: Path | None = None,
+        aggregation: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
+        self.aggregation = aggregation
         self.service_cluster_ip_range = service_cluster_ip_range
         self.extra_apiserver_args = list(extra_apiserver_args)
         # Absolute: the processes run with the work directory as cwd.
@@ -241,6 +215,9 @@ class KubeCluster:
         self._etcd_binary = Path(etcd_binary).resolve() if etcd_binary else None
         self.pki_dir = self.workdir / "pki"
         self.ca_path = self.pki_dir / "ca.crt"
+        # The aggregation layer: extension API servers trust requests whose client certificate this CA
+        # signed for FRONT_PROXY_CLIENT, and take the user from their X-Remote-* headers.
+        self.front_proxy_ca_path = self.pki_dir / "front-proxy-ca.crt"
         self.admin_kubeconfig = self.workdir / "admin.kubeconfig"
         self.admin_token = secrets.token_hex(24)
         self.service_account_issuer = "https://kubernetes.default.svc.cluster.local"
@@ -276,6 +253,9 @@ class KubeCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         network = ipaddress.ip_network(self.service_cluster_ip_range)
         _write_pki(self.pki_dir, str(network[1]), self.pki_dir / "sa.key", self.pki_dir / "sa.pub")
+        if self.aggregation:
+            write_ca_and_client_cert(self.front_proxy_ca_path, self.pki_dir / "front-proxy-client.crt",
+                                     self.pki_dir / "front-proxy-client.key", FRONT_PROXY_CLIENT, "front-proxy-ca")
         (self.workdir / "tokens.csv").write_text(
             f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"{",".join(ADMIN_GROUPS)}"\n'
         )
@@ -358,7 +338,20 @@ class KubeCluster:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *(self._aggregation_args() if self.aggregation else []),
             *self.extra_apiserver_args,
+        ]
+
+    def _aggregation_args(self) -> list[str]:
+        pki = self.pki_dir
+        return [
+            f"--requestheader-client-ca-file={self.front_proxy_ca_path}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-username-headers=X-Remote-User",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
         ]
 
     def _start_apiserver(self, deadline: float) -> None:
@@ -464,6 +457,24 @@ class KubeCluster:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
+
+    def request_count(self, verb: str, group: str, resource: str, subresource: str = "") -> int:
+        """How many ``verb`` requests for ``group``'s ``resource`` (/``subresource``) the API server has
+        answered, whatever the code: its own ``apiserver_request_total`` counter."""
+        status, body = self.request("GET", "/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics: HTTP {status}")
+        wanted = {"verb": verb, "group": group, "resource": resource, "subresource": subresource}
+        total = 0
+        for line in body.decode().splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels_text, _, value = line[len("apiserver_request_total{"):].rpartition("} ")
+            labels = dict(pair.split("=", 1) for pair in labels_text.split('",') if "=" in pair)
+            labels = {k: v.strip('"') for k, v in labels.items()}
+            if all(labels.get(k, "") == v for k, v in wanted.items()):
+                total += int(float(value))
+        return total
 
     # -- kubeconfig and clients ---------------------------------------------------------------------
 
@@ -587,9 +598,7 @@ class KubeCluster:
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-                current = resource.get(name=metadata["name"], namespace=ns)
-                doc["metadata"]["resourceVersion"] = current.metadata.resourceVersion
-                result = resource.replace(body=doc, namespace=ns, query_params=list(query))
+                result = self._replace_latest(resource, doc, ns, query, timeout)
             obj = result.to_dict()
             applied.append(obj)
             if doc["kind"] == "CustomResourceDefinition" and doc["apiVersion"].startswith(
@@ -597,6 +606,24 @@ class KubeCluster:
             ):
                 self.wait_crd_established(obj["metadata"]["name"], timeout=timeout, token=token)
         return applied
+
+    @staticmethod
+    def _replace_latest(resource: Any, doc: dict[str, Any], ns: str | None, query: list[tuple[str, str]],
+                        timeout: float) -> Any:
+        """Replaces the object at its latest resourceVersion. A controller writing the object meanwhile
+        (its status, a finalizer, an annotation) makes the replace a 409 Conflict; like `kubectl apply`,
+        which patches, the edit is not refused for that: read the new version and try again."""
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            current = resource.get(name=doc["metadata"]["name"], namespace=ns)
+            doc["metadata"]["resourceVersion"] = current.metadata.resourceVersion
+            try:
+                return resource.replace(body=doc, namespace=ns, query_params=list(query))
+            except ApiException as exc:
+                if exc.status != 409 or time.monotonic() > deadline:
+                    raise
 
     def wait_crd_established(
         self, name: str, timeout: float = 30.0, token: str | None = None
@@ -616,6 +643,56 @@ class KubeCluster:
             if version.get("served"):
                 self._resource(dyn, f"{group}/{version['name']}", kind, timeout)
         return crd
+
+    def register_api_service(
+        self, group: str, version: str, port: int, ca_bundle: bytes, *, namespace: str = "kube-system",
+        service: str = "test-metrics", host: str = "127.0.0.1", priority: tuple[int, int] = (100, 100),
+    ) -> str:
+        """Serves ``group/version`` from https://``host``:``port`` through the aggregation layer: an
+        ExternalName Service ``namespace/service`` pointing at ``host`` and an APIService trusting
+        ``ca_bundle`` (the server's certificate must be valid for ``service.namespace.svc``, the name
+        the aggregator checks). Returns the APIService's name; the caller waits for it to be Available."""
+        import base64
+
+        if not self.aggregation:
+            raise RuntimeError("register_api_service needs KubeCluster(aggregation=True)")
+        name = f"{version}.{group}"
+        self.apply([
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": namespace},
+             "spec": {"type": "ExternalName", "externalName": host}},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": name},
+             "spec": {"group": group, "version": version, "groupPriorityMinimum": priority[0],
+                      "versionPriority": priority[1], "caBundle": base64.b64encode(ca_bundle).decode(),
+                      "service": {"namespace": namespace, "name": service, "port": port}}},
+        ])
+        return name
+
+    def api_service_condition(self, name: str) -> dict[str, Any]:
+        """The Available condition of APIService ``name`` (empty when it has none yet)."""
+        status, body = self.request("GET", f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
+        if status != 200:
+            return {}
+        conditions = json.loads(body).get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c.get("type") == "Available"), {})
+
+    def wait_api_service_available(self, name: str, timeout: float = 30.0) -> None:
+        """Waits until the aggregator reached the APIService's server; fails with the condition's message
+        (why the aggregator could not) otherwise."""
+        last: dict[str, Any] = {}
+
+        def available() -> bool:
+            nonlocal last
+            last = self.api_service_condition(name)
+            return last.get("status") == "True"
+
+        try:
+            wait_until(available, timeout=timeout, interval=0.2, message=f"APIService {name} not Available")
+        except AssertionError:
+            raise AssertionError(f"APIService {name} not Available: {last}\n{self.log_tail(30)}") from None
+
+    def unregister_api_service(self, name: str, namespace: str = "kube-system", service: str = "test-metrics") -> None:
+        self.request("DELETE", f"/apis/apiregistration.k8s.io/v1/apiservices/{name}")
+        self.request("DELETE", f"/api/v1/namespaces/{namespace}/services/{service}")
 
     @staticmethod
     def _resource(dyn: Any, api_version: str, kind: str, timeout: float) -> Any:

@@ -95,6 +95,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: when a route switches to a new cluster, Envoy opens
+    # a burst of connections at once, the kernel drops the SYNs past the backlog and retries them a
+    # second later, and Envoy's 1 s connect timeout answers 503 UF. Real servers listen with far more.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], model_server: ModelServer) -> None:
         self.model_server = model_server

@@ -6,11 +6,14 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar, overload
 
 __all__ = ["async_wait_until", "wait_until"]
 
 T = TypeVar("T")
+
+# What a predicate returns: a value, or None or False for "not yet" (a wait returns the first truthy value).
+Outcome: TypeAlias = "T | Literal[False] | None"
 
 _NOTHING = object()
 
@@ -29,7 +32,7 @@ def _failure(
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], Outcome[T]],
     timeout: float = 10.0,
     interval: float = 0.05,
     message: str = "",
@@ -59,13 +62,38 @@ def wait_until(
         time.sleep(min(interval, remaining))
 
 
+@overload
 async def async_wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[Outcome[T]]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+    *,
+    fail_fast: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+@overload
+async def async_wait_until(
+    predicate: Callable[[], Outcome[T]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+    *,
+    fail_fast: tuple[type[BaseException], ...] = ...,
+) -> T: ...
+
+
+async def async_wait_until(
+    predicate: Callable[[], Any],
     timeout: float = 10.0,
     interval: float = 0.05,
     message: str = "",
-) -> T:
-    """``wait_until`` for event-loop code; ``predicate`` may be a plain or a coroutine function."""
+    *,
+    fail_fast: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """``wait_until`` for event-loop code; ``predicate`` may be a plain or a coroutine function. An
+    exception of a ``fail_fast`` type ends the wait at once; any other is retried until the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     attempts = 0
@@ -77,11 +105,13 @@ async def async_wait_until(
             value = predicate()
             if inspect.isawaitable(value):
                 value = await value
+        except fail_fast:
+            raise
         except Exception as exc:
             last_error = exc
         else:
             if value:
-                return value  # type: ignore[return-value]
+                return value
             last_value, last_error = value, None
         remaining = deadline - loop.time()
         if remaining <= 0:

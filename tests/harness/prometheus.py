@@ -11,6 +11,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,7 +20,7 @@ import yaml
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
 
-__all__ = ["Prometheus", "prometheus_binary"]
+__all__ = ["Prometheus", "ScrapeJob", "prometheus_binary"]
 
 DEFAULT_BINARY = "/usr/bin/prometheus"
 
@@ -35,6 +36,15 @@ def prometheus_binary() -> str:
     )
 
 
+@dataclass(frozen=True)
+class ScrapeJob:
+    """One scrape job: `targets` (host:port) at `metrics_path`, e.g. Envoys at /stats/prometheus."""
+
+    name: str
+    targets: tuple[str, ...]
+    metrics_path: str = "/metrics"
+
+
 _LIVE: set[Prometheus] = set()
 
 
@@ -45,7 +55,8 @@ def _stop_leftovers() -> None:
 
 
 class Prometheus:
-    """``Prometheus(workdir, targets=["127.0.0.1:8000"])``: scrapes the targets every second."""
+    """``Prometheus(workdir, targets=["127.0.0.1:8000"])``: scrapes the targets every second; ``jobs``
+    scrapes several kinds of target instead (each with its own metrics path)."""
 
     def __init__(
         self,
@@ -55,9 +66,11 @@ class Prometheus:
         scrape_interval: str = "1s",
         metrics_path: str = "/metrics",
         port: int = 0,
+        jobs: list[ScrapeJob] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.targets = list(targets or [])
+        self.jobs = list(jobs or [ScrapeJob("models", tuple(self.targets), metrics_path)])
         self.scrape_interval = scrape_interval
         self.metrics_path = metrics_path
         self.port = port
@@ -72,11 +85,12 @@ class Prometheus:
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": [
                 {
-                    "job_name": "models",
-                    "metrics_path": self.metrics_path,
+                    "job_name": job.name,
+                    "metrics_path": job.metrics_path,
                     "scrape_timeout": self.scrape_interval,
-                    "static_configs": [{"targets": self.targets}],
+                    "static_configs": [{"targets": list(job.targets)}],
                 }
+                for job in self.jobs
             ],
         }
 
@@ -186,6 +200,22 @@ class Prometheus:
         if status != 200 or document.get("status") != "success":
             raise RuntimeError(f"query {promql!r} failed: {document}")
         return list(document["data"]["result"])
+
+    def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        form = urllib.parse.urlencode({"query": promql, "start": start, "end": end, "step": step})
+        status, body = self._get("/api/v1/query_range?" + form, timeout=10.0)
+        document = json.loads(body)
+        if status != 200 or document.get("status") != "success":
+            raise RuntimeError(f"query_range {promql!r} failed: {document}")
+        return list(document["data"]["result"])
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        form = urllib.parse.urlencode({"match[]": match})
+        status, body = self._get(f"/api/v1/label/{label}/values?" + form)
+        document = json.loads(body)
+        if status != 200 or document.get("status") != "success":
+            raise RuntimeError(f"label values of {label} for {match!r} failed: {document}")
+        return list(document["data"])
 
     def wait_for_series(self, promql: str, timeout: float = 15.0, count: int = 1) -> list[dict[str, Any]]:
         """Poll until the query returns at least `count` series; returns them."""

@@ -102,6 +102,10 @@ class _Server(ThreadingHTTPServer):
     # Keep-alive connections from Envoy idle for an hour; joining their threads would hang stop().
     block_on_close = False
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: when a route switches to a new cluster, Envoy opens
+    # a burst of connections at once, the kernel drops the SYNs past the backlog and retries them a
+    # second later, and Envoy's 1 s connect timeout answers 503 UF. Real servers listen with far more.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], upstream: HttpUpstream, tls: ssl.SSLContext | None) -> None:
         self.upstream = upstream
@@ -151,9 +155,12 @@ class HttpUpstream:
     scheme = "http"
 
     def __init__(
-        self, name: str, delay_s: float = 0.0, status: int = 200, *, port: int = 0, max_recorded: int = 1000
+        self, name: str, delay_s: float = 0.0, status: int = 200, *, port: int = 0, max_recorded: int = 1000,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
+        # Another address only inside a private network namespace (tests/harness/netns.py).
+        self.host = host
         self._lock = threading.Lock()
         self._delay_s = float(delay_s)
         self._status = int(status)
@@ -217,11 +224,11 @@ class HttpUpstream:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def _tls_context(self) -> ssl.SSLContext | None:
         return None
@@ -230,7 +237,7 @@ class HttpUpstream:
         if self._server is not None:
             raise RuntimeError(f"upstream {self.name} is already running on {self.address}")
         self._stopping.clear()
-        self._server = _Server(("127.0.0.1", self.port), self, self._tls_context())
+        self._server = _Server((self.host, self.port), self, self._tls_context())
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever,

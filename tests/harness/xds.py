@@ -21,9 +21,10 @@ from urllib.parse import quote
 from envoy.config.core.v3 import base_pb2
 from google.protobuf.message import Message
 
-from spillover.admin import AdminServer
+from spillover.controller.admin import AdminServer
 from spillover.server.cache import Snapshot, SnapshotCache
-from spillover.server.service import XdsServer, group_by_cluster
+from spillover.server.service import XdsOptions, XdsServer, group_by_cluster
+from spillover.server.workers import WorkerPool
 from tests.harness import client
 
 __all__ = ["XdsThread"]
@@ -37,7 +38,12 @@ class XdsThread:
         debounce: float = 0.1,
         max_delay: float = 1.0,
         group_of: Callable[[base_pb2.Node], str] = group_by_cluster,
+        options: XdsOptions | None = None,
+        workers: int = 1,
     ) -> None:
+        self.options = options
+        # More than 1: the streams are served by that many worker processes (spillover.server.workers).
+        self.workers = workers
         self.debounce = debounce
         self.max_delay = max_delay
         self.group_of = group_of
@@ -90,7 +96,10 @@ class XdsThread:
             if admin_port is None:
                 admin_port = self.admin_port
             cache = SnapshotCache(debounce=self.debounce, max_delay=self.max_delay)
-            server = XdsServer(cache, group_of=self.group_of)
+            server = (
+                WorkerPool(cache, self.workers, group_of=self.group_of, options=self.options) if self.workers > 1
+                else XdsServer(cache, group_of=self.group_of, options=self.options)
+            )
             admin = AdminServer(server, [server.metrics_registry], ready=lambda: self.server is not None)
 
             async def boot() -> tuple[int, int]:
@@ -236,6 +245,7 @@ class XdsThread:
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample of the running server's prometheus registry (0.0 when never observed)."""
         _, server = self._require()
+        self.call(server.refresh_views)  # worker processes: their counters as of now
         value = server.metrics_registry.get_sample_value(name, labels or {})
         return float(value) if value is not None else 0.0
 

@@ -8,14 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spillover.policy import crd
-from spillover.policy.model import ModelDeployment
-from spillover.policy.secrets import SecretError, resolve_client_secret
+from spillover.policy import ModelDeployment, RemoteBackend, crd
+from spillover.policy.defaults import PolicyDefaults
 from spillover.policy.validate import load_file, validate_documents, validate_main
-from tests.policy.docs import base, errors, ok, set_path
+from spillover.sources.files.secrets import SecretError, resolve_client_secret
+from tests.harness.model_parts import client_secret_ref, oauth_config, offloading, remote_backend, service_ref
+from tests.harness.policy_docs import base, errors, ok, set_path
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "policies"
+# Beamlit's tutorial document (Deployment, Service and ModelDeployment), as tests/e2e applies it.
+TUTORIAL_FILE = ROOT / "tests" / "e2e" / "beamlit" / "tutorial.yaml"
 
 # Beamlit's tutorial ("Offload your model to any destination"), verbatim.
 BEAMLIT_TUTORIAL = """
@@ -110,24 +113,48 @@ spec:
 """
 
 
+# What Beamlit's controller config gives a ModelDeployment without remoteBackend (reference 003).
+BEAMLIT_DEFAULTS = PolicyDefaults(remote_backend=RemoteBackend.model_validate(
+    {"host": "run.beamlit.dev", "scheme": "https", "pathPrefix": "/$workspace/$model"}
+))
+
+
 @pytest.mark.parametrize("text", [BEAMLIT_TUTORIAL, BEAMLIT_SAMPLE, BEAMLIT_OAUTH], ids=["tutorial", "sample", "oauth"])
 def test_beamlit_documents_validate_unchanged(text: str) -> None:
-    m = ok(yaml.safe_load(text))
+    m = ok(yaml.safe_load(text), BEAMLIT_DEFAULTS)
     assert m.api_version == "deployment.beamlit.com/v1alpha1"
+
+
+def test_metrics_without_a_remote_backend_need_the_default_one() -> None:
+    # Beamlit's sample names no remoteBackend: it overflows to the controller's default backend...
+    m = ok(yaml.safe_load(BEAMLIT_SAMPLE), BEAMLIT_DEFAULTS)
+    remote = remote_backend(m)
+    assert remote == BEAMLIT_DEFAULTS.remote_backend
+    assert remote.render_path_prefix(m.model, m.workspace) == "/beamlit/offloading-model"
+    # ...and without a default it is an error instead of a model that silently never overflows.
+    assert errors(yaml.safe_load(BEAMLIT_SAMPLE)) == [
+        "t.yaml[0] spec.offloadingConfig.remoteBackend: is required with metrics (or a destination, or a defaultRemoteBackend in the "
+        "controller config, --config): without it the model can never overflow"
+    ]
+    # A backend of its own wins over the default.
+    assert remote_backend(ok(yaml.safe_load(BEAMLIT_TUTORIAL), BEAMLIT_DEFAULTS)).host == (
+        "my-model-on-another-cluster:80"
+    )
 
 
 def test_beamlit_tutorial_semantics() -> None:
     m = ok(yaml.safe_load(BEAMLIT_TUTORIAL))
-    oc = m.spec.offloading_config
-    assert oc.behavior.percentage == 50
-    assert (oc.remote_backend.host_name, oc.remote_backend.effective_port) == ("my-model-on-another-cluster", 80)
-    (metric,) = oc.metrics
+    oc = offloading(m)
+    assert oc.behavior is not None and oc.behavior.percentage == 50
+    remote = remote_backend(m)
+    assert (remote.host_name, remote.effective_port) == ("my-model-on-another-cluster", 80)
+    (metric,) = oc.metrics or []
     assert (metric.effective_threshold, metric.effective_source, metric.effective_reducer) == (50.0, "kubernetes", "average")
-    assert m.spec.service_ref.target_port == 80
+    assert service_ref(m).target_port == 80
 
 
 def test_beamlit_sample_quantity_and_value_semantics() -> None:
-    (metric,) = ok(yaml.safe_load(BEAMLIT_SAMPLE)).spec.offloading_config.metrics
+    (metric,) = offloading(ok(yaml.safe_load(BEAMLIT_SAMPLE), BEAMLIT_DEFAULTS)).metrics or []
     assert (metric.effective_threshold, metric.effective_reducer) == (2.0, "sum")
 
 
@@ -146,8 +173,8 @@ def test_examples_validate() -> None:
     assert len(models) == len(files)
     by_name = {m.name: m for m in models}
     assert by_name["my-model"].api_version == "deployment.beamlit.com/v1alpha1"
-    remote = by_name["qwen-2-5-7b"].spec.offloading_config.remote_backend
-    assert remote.scheme == "https" and remote.auth_config.oauth_config.client_secret_ref.file
+    assert remote_backend(by_name["qwen-2-5-7b"]).scheme == "https"
+    assert client_secret_ref(by_name["qwen-2-5-7b"]).file
     assert by_name["llama-3-8b"].spec.routing.profiles["batch"].requests_per_second == 20
 
 
@@ -185,7 +212,7 @@ def test_crd_shape() -> None:
     assert {"md", "mdep"} <= set(spec["names"]["shortNames"])
     (version,) = spec["versions"]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["MODEL", "STATE", "REMOTE%", "AGE"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["MODEL", "STATE", "REMOTE%", "COPY", "COPY-READY", "AGE"]
     props = version["schema"]["openAPIV3Schema"]["properties"]
     behavior = props["spec"]["properties"]["offloadingConfig"]["properties"]["behavior"]["properties"]
     assert behavior["bufferDuration"] == {
@@ -202,7 +229,54 @@ def test_crd_shape() -> None:
 
 def test_validate_main_ok(capsys: pytest.CaptureFixture[str]) -> None:
     assert validate_main([str(EXAMPLES)]) == 0
-    assert capsys.readouterr().out == "ok: 3 model(s) valid\n"
+    out, err = capsys.readouterr()
+    assert out == "ok: 3 model(s) valid, 3 warning(s)\n"
+    # The Beamlit example is valid, and file mode says what it cannot do with it.
+    assert all(line.startswith(f"warning: {EXAMPLES}/beamlit-modeldeployment.yaml[0] ") for line in err.splitlines())
+
+
+def test_file_mode_warns_about_references_it_cannot_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Beamlit's tutorial (Deployment, Service, ModelDeployment in one file) in file mode: valid, and warned
+    about instead of a silent FAILOVER."""
+    tutorial = tmp_path / "tutorial.yaml"
+    tutorial.write_text(TUTORIAL_FILE.read_text())
+    result = load_file(tutorial.read_bytes(), "tutorial.yaml")
+    assert result.errors == () and [d.index for d in result.documents] == [2]
+    assert [(w.index, w.path) for w in result.warnings] == [
+        (2, "spec.serviceRef"), (2, "spec.modelSourceRef"), (2, "spec.offloadingConfig.metrics[0]")]
+    assert str(result.warnings[0]) == (
+        "tutorial.yaml[2] spec.serviceRef: resolved only in Kubernetes mode (serve --kubernetes); give "
+        "localBackend.endpoints: without a local endpoint all traffic goes to the remote backend (FAILOVER)")
+    assert validate_main([str(tutorial)]) == 0
+    out, err = capsys.readouterr()
+    assert out == "ok: 1 model(s) valid, 3 warning(s)\n" and err.count("warning: ") == 3
+    # localBackend.endpoints given: nothing to warn about the references
+    doc = yaml.safe_load(BEAMLIT_TUTORIAL)
+    doc["apiVersion"] = "spillover.dev/v1alpha1"
+    doc["spec"]["localBackend"] = {"endpoints": ["10.0.0.1:80"]}
+    doc["spec"]["offloadingConfig"]["metrics"][0]["source"] = "prometheus"
+    assert load_file(yaml.safe_dump(doc), "x.yaml").warnings == ()
+
+
+@pytest.mark.parametrize(("content", "what"), [
+    ("", "empty"),
+    ("# nothing but a comment\n", "a comment"),
+    ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n---\napiVersion: apps/v1\nkind: Deployment\n"
+     "metadata: {name: d}\n", "other kinds"),
+])
+def test_validate_fails_on_a_file_without_a_model_deployment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, what: str
+) -> None:
+    path = tmp_path / "nothing.yaml"
+    path.write_text(content)
+    assert validate_main([str(path)]) == 1, what
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: no ModelDeployment in this file (it is empty or holds only other kinds)", "1 error(s)"]
+    # a directory of such files too; one ModelDeployment anywhere in it is enough
+    assert validate_main([str(tmp_path)]) == 1
+    assert f"{tmp_path}: no ModelDeployment in this directory's *.yaml / *.yml files" in capsys.readouterr().err
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(base()))
+    assert validate_main([str(tmp_path)]) == 0
 
 
 def test_validate_main_reports_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -219,8 +293,8 @@ def test_validate_main_reports_every_error(tmp_path: Path, capsys: pytest.Captur
     err = capsys.readouterr().err.replace(str(tmp_path) + "/", "")
     assert code == 1
     assert err.splitlines() == [
-        "broken.yml:3: invalid YAML: while parsing a flow node: expected the node content, but found '<stream end>' "
-        "(line 3, column 1)",
+        # libyaml's wording (the C loader); file, line and column as before.
+        "broken.yml:3: invalid YAML: while parsing a flow node: did not find expected node content (line 3, column 1)",
         'dup.yaml[0] spec.model: duplicate model "other" (also defined in llama.yaml[1])',
         "llama.yaml[0] spec.routing.profiles.batch.requestsPerSecond: must be >= 0",
         "missing.yaml: no such file or directory",
@@ -269,7 +343,8 @@ def test_secret_hidden_in_repr_dump_and_logs(caplog: pytest.LogCaptureFixture) -
     logging.getLogger("t").debug("model %r %s", m, m)
     for text in (repr(m), str(m), str(m.to_document()), m.model_dump_json(), str(m.model_dump()), caplog.text):
         assert SECRET not in text
-    assert resolve_client_secret(m.spec.offloading_config.remote_backend.auth_config.oauth_config).get_secret_value() == SECRET
+    secret = resolve_client_secret(oauth_config(m))
+    assert secret is not None and secret.get_secret_value() == SECRET
 
 
 def test_model_validate_hides_input(tmp_path: Path) -> None:
@@ -281,8 +356,9 @@ def test_model_validate_hides_input(tmp_path: Path) -> None:
 def test_secret_file(tmp_path: Path) -> None:
     (tmp_path / "s").write_text(SECRET + "\n")
     m = ok(_oauth(clientSecretRef={"file": str(tmp_path / "s")}))
-    oauth = m.spec.offloading_config.remote_backend.auth_config.oauth_config
-    assert resolve_client_secret(oauth).get_secret_value() == SECRET
+    oauth = oauth_config(m)
+    secret = resolve_client_secret(oauth)
+    assert secret is not None and secret.get_secret_value() == SECRET
     (tmp_path / "s").write_text("")
     with pytest.raises(SecretError) as info:
         resolve_client_secret(oauth)
@@ -291,4 +367,4 @@ def test_secret_file(tmp_path: Path) -> None:
 
 def test_kubernetes_secret_ref_is_left_to_the_kubernetes_source() -> None:
     m = ok(_oauth(clientSecretRef={"name": "oauth", "key": "clientSecret"}))
-    assert resolve_client_secret(m.spec.offloading_config.remote_backend.auth_config.oauth_config) is None
+    assert resolve_client_secret(oauth_config(m)) is None

@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spillover.policy.model import ModelDeployment
+from spillover.policy import ModelDeployment
 from spillover.policy.validate import load_file, validate_document
-from tests.policy.docs import base, full
+from tests.harness.policy_docs import base, full
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "policies"
 SEEDS = [base(), full()] + [yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))]

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from spillover.policy.model import ModelDeployment
-from tests.policy.docs import base, errors, full, ok, set_path
+from spillover.policy import ModelDeployment
+from tests.harness.model_parts import client_secret_ref, local_health_check, offloading, remote_backend
+from tests.harness.policy_docs import base, errors, full, ok, set_path
 
 P = "t.yaml[0] "
 
@@ -23,7 +24,7 @@ def remote(**fields: Any) -> dict[str, Any]:
 
 
 def metric(**fields: Any) -> dict[str, Any]:
-    return base(offloadingConfig={"metrics": [fields]})
+    return base(offloadingConfig={"metrics": [fields], "remoteBackend": {"host": "remote.example.com"}})
 
 
 def profiles(**profs: Any) -> dict[str, Any]:
@@ -102,6 +103,24 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
      ["spec.offloadingConfig.remoteBackend.authConfig.oauthConfig.clientSecretRef.key: is required"]),
     ("health timeout", base(localBackend={"endpoints": [], "healthCheck": {"interval": "1s", "timeout": "2s"}}),
      ["spec.localBackend.healthCheck.timeout: must be <= interval"]),
+    # Simplismart's healthcheck fields, with its rules
+    ("health periodSeconds", base(localBackend={"endpoints": [], "healthCheck": {"periodSeconds": 0}}),
+     ["spec.localBackend.healthCheck.periodSeconds: must be >= 1"]),
+    ("health timeoutSeconds", base(localBackend={"endpoints": [], "healthCheck": {"timeoutSeconds": 0}}),
+     ["spec.localBackend.healthCheck.timeoutSeconds: must be >= 1"]),
+    ("health initialDelaySeconds", base(localBackend={"endpoints": [], "healthCheck": {"initialDelaySeconds": -1}}),
+     ["spec.localBackend.healthCheck.initialDelaySeconds: must be >= 0"]),
+    ("health seconds are integers", base(localBackend={"endpoints": [], "healthCheck": {"periodSeconds": 1.5}}),
+     ["spec.localBackend.healthCheck.periodSeconds: must be an integer"]),
+    ("health port", remote(healthCheck={"port": 0}),
+     ["spec.offloadingConfig.remoteBackend.healthCheck.port: must be a port number between 1 and 65535"]),
+    ("health both spellings", base(localBackend={"endpoints": [], "healthCheck": {
+        "interval": "5s", "periodSeconds": 5, "timeout": "1s", "timeoutSeconds": 1}}),
+     ["spec.localBackend.healthCheck.periodSeconds: set interval or periodSeconds, not both",
+      "spec.localBackend.healthCheck.timeoutSeconds: set timeout or timeoutSeconds, not both"]),
+    ("health timeoutSeconds > periodSeconds", base(localBackend={"endpoints": [], "healthCheck": {
+        "periodSeconds": 2, "timeoutSeconds": 3}}),
+     ["spec.localBackend.healthCheck.timeoutSeconds: must be <= periodSeconds"]),
     ("outlier percent", remote(outlierDetection={"maxEjectionPercent": 101}),
      ["spec.offloadingConfig.remoteBackend.outlierDetection.maxEjectionPercent: must be a percentage between 0 and 100"]),
     # behavior
@@ -189,7 +208,8 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
      ["spec.offloadingConfig.metrics[0].metric: must not be set with type (HPA form)"]),
     ("reducer", metric(metric="gpu", target=1, reducer="median"),
      ["spec.offloadingConfig.metrics[0].reducer: must be one of: max, average, sum"]),
-    ("duplicate metric", base(offloadingConfig={"metrics": [{"metric": "gpu", "target": 1}, {"metric": "gpu", "target": 2}]}),
+    ("duplicate metric", base(offloadingConfig={"metrics": [{"metric": "gpu", "target": 1}, {"metric": "gpu", "target": 2}],
+                                                "remoteBackend": {"host": "remote.example.com"}}),
      ['spec.offloadingConfig.metrics[1]: duplicate metric name "gpu" (same as metrics[0]); set name']),
     ("infinite target", metric(metric="gpu", target=float("inf")),
      ["spec.offloadingConfig.metrics[0].target: must be a finite number"]),
@@ -199,6 +219,17 @@ CASES: list[tuple[str, dict[str, Any], list[str]]] = [
 @pytest.mark.parametrize(("doc", "expected"), [(d, e) for _, d, e in CASES], ids=[c[0] for c in CASES])
 def test_rule(doc: dict[str, Any], expected: list[str]) -> None:
     assert errors(doc) == [P + e for e in expected]
+
+
+def test_simplismart_health_check_defaults_and_spelling() -> None:
+    # Simplismart's example healthcheck, as is: path and port, its defaults for the rest (10 s, 5 s).
+    hc = ok(base(localBackend={"endpoints": ["10.0.0.1:8200"], "healthCheck": {"path": "/health", "port": 8200}}))
+    check = local_health_check(hc)
+    assert (check.port, check.effective_interval, check.effective_timeout, check.initial_delay_seconds) == (
+        8200, 10.0, 5.0, None)
+    full_form = {"path": "/health", "port": 8201, "initialDelaySeconds": 30, "periodSeconds": 20, "timeoutSeconds": 2}
+    check = local_health_check(ok(base(localBackend={"endpoints": ["10.0.0.1:8200"], "healthCheck": full_form})))
+    assert (check.effective_interval, check.effective_timeout, check.initial_delay_seconds) == (20.0, 2.0, 30)
 
 
 def test_rps_must_be_non_negative_in_a_profile() -> None:
@@ -218,28 +249,28 @@ def test_not_a_mapping() -> None:
 
 def test_full_document_and_derived_values() -> None:
     m = ok(full())
-    rb = m.spec.offloading_config.remote_backend
+    rb = remote_backend(m)
     assert (rb.effective_port, rb.effective_sni, rb.effective_host_rewrite) == (8443, "remote.example.com", "api.example.com")
     assert rb.render_path_prefix(m.model, m.workspace) == "/ai/org/full-model"
     assert rb.headers_to_add == {"x-tenant": "ai"}
-    metrics = m.spec.offloading_config.metrics
+    metrics = offloading(m).metrics
     assert [x.form for x in metrics] == ["hpa", "hpa", "preset", "preset", "query"]
     assert [x.effective_threshold for x in metrics] == [0.5, 4.0, 2000.0, 90.0, 5.0]
     assert [x.effective_source for x in metrics] == ["prometheus", "prometheus", "envoy", "prometheus", "envoy"]
     assert [x.effective_reducer for x in metrics] == ["sum", "average", "max", "average", "max"]
     assert [x.display_name(i) for i, x in enumerate(metrics)] == [
         "external:my_metric", "pods:requests_waiting", "latency_p99", "kv_cache", "query[4]"]
-    assert m.spec.offloading_config.behavior.buffer_duration == 90.0
+    assert offloading(m).behavior.buffer_duration == 90.0
     assert m.spec.routing.strategy_for("batch") == "least-request"  # locked wins
     assert m.spec.timeouts.request == 300.0
 
 
 def test_defaults() -> None:
     m = ok(base(offloadingConfig={"remoteBackend": {"host": "r.example.com", "scheme": "https"}}))
-    b = m.spec.offloading_config.behavior
+    b = offloading(m).behavior
     assert (b.percentage, b.buffer_duration, b.activation_duration, b.strategy, b.on_metric_error) == (
         100, 60.0, 0.0, "fixed", "hold")
-    rb = m.spec.offloading_config.remote_backend
+    rb = remote_backend(m)
     assert (rb.effective_port, rb.effective_ca, rb.effective_sni, rb.effective_host_rewrite) == (
         443, "system", "r.example.com", "r.example.com")
     assert rb.outlier_detection.enabled and rb.outlier_detection.consecutive_5xx == 5
@@ -252,7 +283,7 @@ def test_strategy_specific_defaults() -> None:
     m = ok(profiles(default={"routingStrategy": "session-affinity"}, rag={"routingStrategy": "prefix-cache"}))
     assert m.spec.routing.profiles["default"].effective_session_header == "x-session-id"
     assert m.spec.routing.profiles["rag"].effective_prefix_length == 256
-    assert ok(metric(metric="latency", target=5)).spec.offloading_config.metrics[0].effective_percentile == 95.0
+    assert offloading(ok(metric(metric="latency", target=5))).metrics[0].effective_percentile == 95.0
 
 
 def test_models_are_immutable() -> None:
@@ -268,6 +299,5 @@ def test_relative_file_references_resolve_against_the_policy_file(tmp_path: Any)
         "clientId": "c", "tokenUrl": "https://t", "clientSecretRef": {"file": "secret.txt"}}})
     m = validate_document(doc, base_dir=str(tmp_path))
     assert isinstance(m, ModelDeployment)
-    rb = m.spec.offloading_config.remote_backend
-    assert rb.ca == str(tmp_path / "certs/ca.pem")
-    assert rb.auth_config.oauth_config.client_secret_ref.file == str(tmp_path / "secret.txt")
+    assert remote_backend(m).ca == str(tmp_path / "certs/ca.pem")
+    assert client_secret_ref(m).file == str(tmp_path / "secret.txt")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -27,15 +27,16 @@ from google.protobuf import duration_pb2, json_format
 from google.protobuf.message import Message
 from prometheus_client.parser import text_string_to_metric_families
 
-from spillover import envoyconfig as ec
-from spillover.bootstrap import build_bootstrap
+from spillover.translate.bootstrap import build_bootstrap
 from tests.harness import client
+from tests.harness import envoyconfig as ec
 from tests.harness.envoy import Envoy
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
+from tests.harness.serve import Spillover
+from tests.harness.traffic import Traffic
 from tests.harness.upstream import HttpUpstream
 from tests.harness.xds import XdsThread
-from tests.server.traffic import Traffic
 
 GROUP = "edge"
 ROUTE = "routes"
@@ -52,11 +53,14 @@ UpstreamFactory = Callable[..., HttpUpstream]
 
 
 def resources(
-    listener_port: int, weights: dict[str, int], upstreams: dict[str, HttpUpstream]
+    listener_port: int,
+    weights: dict[str, int],
+    upstreams: dict[str, HttpUpstream],
+    access_log: Path | None = None,
 ) -> list[Message]:
     """One HTTP listener -> route ``weights`` over EDS clusters, one per entry of ``upstreams``."""
     messages: list[Message] = [
-        ec.http_listener(LISTENER, "127.0.0.1", listener_port, ROUTE),
+        ec.http_listener(LISTENER, "127.0.0.1", listener_port, ROUTE, str(access_log) if access_log else None),
         ec.weighted_route(ROUTE, weights),
     ]
     for name, upstream in sorted(upstreams.items()):
@@ -535,13 +539,19 @@ def test_cluster_removal_waits_for_the_route_that_leaves_it(
 
 @MODES
 def test_route_switch_to_a_new_cluster_make_before_break(
-    xds_server: XdsThread, envoy_factory: EnvoyFactory, upstream_factory: UpstreamFactory, delta: bool
+    xds_server: XdsThread,
+    envoy_factory: EnvoyFactory,
+    upstream_factory: UpstreamFactory,
+    delta: bool,
+    tmp_path: Path,
 ) -> None:
     """The route moves to a *new* cluster and the old one leaves, in one snapshot, three times over
-    while traffic flows: zero non-200s, and each old cluster disappears from Envoy."""
+    while traffic flows: zero non-200s, and each old cluster disappears from Envoy. Every failure is
+    shown with Envoy's access-log line (response flags, details) and the body it answered."""
     upstreams = {name: upstream_factory(name) for name in ("a", "b", "c")}
     port = free_port()
-    xds_server.set_snapshot(GROUP, resources(port, {"a": 1}, {"a": upstreams["a"]}))
+    access_log = tmp_path / "access.log"
+    xds_server.set_snapshot(GROUP, resources(port, {"a": 1}, {"a": upstreams["a"]}, access_log))
     envoy = start_envoy(envoy_factory, xds_server, "n1", delta=delta, extra_args=TRACE_WARMING)
     assert served_by(port) == "a"
 
@@ -549,7 +559,7 @@ def test_route_switch_to_a_new_cluster_make_before_break(
     with Traffic(f"http://127.0.0.1:{port}/", workers=16) as traffic:
         wait_until(lambda: len(traffic.results()) >= 50, timeout=5)
         for old, new in (("a", "b"), ("b", "c"), ("c", "a")):
-            xds_server.set_snapshot(GROUP, resources(port, {new: 1}, {new: upstreams[new]}))
+            xds_server.set_snapshot(GROUP, resources(port, {new: 1}, {new: upstreams[new]}, access_log))
             wait_until(functools.partial(cluster_names_are, envoy, [new]), timeout=5, message=f"{old} stayed")
             removed = time.monotonic()
             wait_until(functools.partial(at_least, traffic, removed, 50), timeout=5)
@@ -562,8 +572,41 @@ def test_route_switch_to_a_new_cluster_make_before_break(
     assert seen["warming"] == 3 and seen["routes"] == 4, seen
     assert not premature, premature
     failures = [r for r in results if r.status != 200]
-    assert not failures, f"{len(failures)} of {len(results)} requests failed: {failures[:5]}"
+    failed_lines = [line for line in access_log.read_text().splitlines() if " 200 " not in line]
+    assert not failures, (
+        f"{len(failures)} of {len(results)} requests failed: {failures[:5]}; Envoy's access log: {failed_lines[:5]}"
+    )
     assert results[0].upstream == "a"
+
+
+def test_removing_the_old_cluster_does_not_cut_requests_still_in_flight_on_it(
+    xds_server: XdsThread, envoy_factory: EnvoyFactory, upstream_factory: UpstreamFactory
+) -> None:
+    """LLM answers stream for minutes: the route moves to a new cluster and the old one is removed while
+    slow requests are still being answered by it. Envoy drains the old cluster's connections; every
+    one of those requests completes."""
+    slow, fast = upstream_factory("a", delay_s=1.5), upstream_factory("b")
+    port = free_port()
+    xds_server.set_snapshot(GROUP, resources(port, {"a": 1}, {"a": slow}))
+    envoy = start_envoy(envoy_factory, xds_server, "n1")
+    answers: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        response = get(port)
+        with lock:
+            answers.append((response.status, response.headers.get("x-upstream-name", "")))
+
+    callers = [threading.Thread(target=call) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    wait_until(lambda: slow.request_count >= 8, timeout=5, message="the slow requests never reached a")
+    xds_server.set_snapshot(GROUP, resources(port, {"b": 1}, {"b": fast}))
+    wait_until(functools.partial(cluster_names_are, envoy, ["b"]), timeout=5, message="a was never removed")
+    for caller in callers:
+        caller.join(timeout=10)
+    assert answers == [(200, "a")] * 8, answers
+    assert served_by(port) == "b"
 
 
 def test_admin_endpoints_and_status_command(
@@ -668,25 +711,15 @@ def test_serve_command_follows_its_resources_file(
     tmp_path: Path, envoy_factory: EnvoyFactory, upstream_factory: UpstreamFactory
 ) -> None:
     upstreams = {"a": upstream_factory("a"), "b": upstream_factory("b")}
-    port, xds_port, admin_port = free_port(), free_port(), free_port()
+    port = free_port()
     path = tmp_path / "resources.yaml"
     path.write_text(_resources_yaml(port, "a", upstreams["a"]))
-    log_path = tmp_path / "serve.log"
-    command = [
-        sys.executable, "-m", "spillover", "serve", "--resources", str(path),
-        "--xds-address", f"127.0.0.1:{xds_port}", "--admin-address", f"127.0.0.1:{admin_port}",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    server = Spillover(tmp_path, resources=path, name="serve", debounce=None)
+    log_path = server.log_path
     try:
-        admin = f"http://127.0.0.1:{admin_port}"
-
-        def ready_or_exited() -> bool:
-            return proc.poll() is not None or client.request("GET", admin + "/readyz").status == 200
-
-        wait_until(ready_or_exited, timeout=15, message="spillover serve never became ready")
-        assert proc.poll() is None, f"spillover serve exited with {proc.returncode}:\n{log_path.read_text()}"
-        bootstrap = build_bootstrap("file-node", GROUP, f"127.0.0.1:{xds_port}", admin_port=0)
+        server.start(timeout=15)
+        admin = server.admin
+        bootstrap = build_bootstrap("file-node", GROUP, server.xds_address, admin_port=0)
         envoy = envoy_factory(bootstrap, name="file-node")
         wait_until(envoy.is_ready, timeout=15)
         assert served_by(port) == "a"
@@ -716,11 +749,8 @@ def test_serve_command_follows_its_resources_file(
         assert [(p["node_id"], p["status"]) for p in proxies] == [("file-node", "SYNCED")]
 
         # SIGTERM: a clean exit; Envoy keeps serving.
-        os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0, log_path.read_text()
+        assert server.stop(signal.SIGTERM) == 0, log_path.read_text()
         wait_until(lambda: envoy.stat("control_plane.connected_state") == 0, timeout=5)
         assert served_by(port) == "b"
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        server.stop(signal.SIGKILL)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,12 +12,13 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from spillover.envoyconfig import eds_cluster, endpoints, http_listener, weighted_route
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
 from spillover.server.service import XdsServer
 from spillover.server.streams import TypeState
 from tests.harness.ads import AdsClient, node
+from tests.harness.clock import FakeClock
+from tests.harness.envoyconfig import eds_cluster, endpoints, http_listener, weighted_route
 from tests.harness.polling import async_wait_until
 
 GROUP = "gateway"
@@ -563,29 +563,44 @@ async def test_delta_eds_is_resent_after_a_cluster_changes(server: Server) -> No
 
 
 async def test_a_burst_of_changes_becomes_one_push() -> None:
-    cache = SnapshotCache(debounce=0.1, max_delay=1.0)
+    clock = FakeClock()
+    cache = SnapshotCache(debounce=0.1, max_delay=1.0, clock=clock, call_later=clock.call_later)
     published: list[Snapshot] = []
     cache.on_publish.append(lambda group, snapshot: published.append(snapshot))
+    # Ten changes 50 ms apart: 0.45 s in all, but never 0.1 s of quiet.
     for step in range(10):
         cache.update(GROUP, Snapshot.from_messages([cluster(f"c{step}")]))
-        await asyncio.sleep(0.01)
-    await async_wait_until(lambda: published, timeout=2, message="the burst was published")
-    await asyncio.sleep(0.3)  # a bounded window to show no second push follows
-    assert len(published) == 1
+        clock.advance(0.05)
+    assert published == [], "published before 0.1 s of quiet"
+    clock.advance(0.1)
+    assert len(published) == 1, "the burst was not published after 0.1 s of quiet"
     assert list(published[0].get(CLUSTER)) == ["c9"], "the newest snapshot of the burst wins"
+    clock.advance(10)
+    assert len(published) == 1 and clock.scheduled == 0, "a second push followed the burst"
 
 
 async def test_debounce_is_capped_by_max_delay() -> None:
-    cache = SnapshotCache(debounce=0.1, max_delay=0.5)
+    clock = FakeClock()
+    cache = SnapshotCache(debounce=0.1, max_delay=0.5, clock=clock, call_later=clock.call_later)
     published: list[float] = []
-    cache.on_publish.append(lambda group, snapshot: published.append(time.monotonic()))
-    started = time.monotonic()
-    # Changes every 50 ms never leave a 100 ms quiet period: only the cap can publish.
-    while time.monotonic() - started < 1.2:
-        cache.update(GROUP, Snapshot.from_messages([cluster(f"c{time.monotonic()}")]))
-        await asyncio.sleep(0.05)
+    cache.on_publish.append(lambda group, snapshot: published.append(clock()))
+    # Changes every 50 ms for 1.2 s never leave a 100 ms quiet period: only the cap can publish.
+    for step in range(24):
+        cache.update(GROUP, Snapshot.from_messages([cluster(f"c{step}")]))
+        clock.advance(0.05)
     assert published, "max_delay must force a publish during a continuous stream of changes"
-    assert published[0] - started < 0.5 + 0.15
+    assert published[0] == pytest.approx(0.5), "the first push waited longer than max_delay"
+    assert len(published) == 2, "one push per max_delay while the changes go on"
+
+
+async def test_debounce_runs_on_the_event_loop_by_default() -> None:
+    cache = SnapshotCache(debounce=0.01, max_delay=0.05)
+    published: list[Snapshot] = []
+    cache.on_publish.append(lambda group, snapshot: published.append(snapshot))
+    cache.update(GROUP, Snapshot.from_messages([cluster("a")]))
+    assert published == []
+    await async_wait_until(lambda: published, timeout=5, message="the debounced snapshot was published")
+    assert list(published[0].get(CLUSTER)) == ["a"]
 
 
 async def test_the_admin_address_advertised_in_node_metadata_is_known(server: Server) -> None:

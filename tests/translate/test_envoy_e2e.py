@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from spillover.bootstrap import build_bootstrap
-from spillover.translate import (
-    RATE_LIMIT_HEADER,
+from spillover.ir import (
     Endpoint,
     Gateway,
     HealthCheck,
@@ -26,17 +24,18 @@ from spillover.translate import (
     Model,
     Profile,
     RemoteBackend,
-    Resources,
     StrategyParams,
     TrafficSplit,
-    translate,
 )
+from spillover.names import RATE_LIMIT_HEADER
+from spillover.translate import Resources, translate
+from spillover.translate.bootstrap import build_bootstrap
 from tests.harness.client import Response, request
 from tests.harness.envoy import Envoy
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
+from tests.harness.static_bootstrap import to_static_bootstrap
 from tests.harness.upstream import HttpUpstream, make_self_signed_ca_and_cert
-from tests.translate.static import to_static_bootstrap
 
 CHAT = "/v1/chat/completions"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -120,7 +119,31 @@ def test_body_and_header_model_routing_and_openai_404(gateway, upstream_factory)
     missing = gw.post({"messages": []})
     assert missing.status == 404
     assert missing.json()["error"]["code"] == "model_not_found"
-    assert a.request_count == 2 and b.request_count == 4
+    # The `model` header alone, and an empty x-model (ignored, as if absent: the body decides).
+    assert _served_by(gw.post({"messages": []}, {"model": "beta"})) == "beta-pod"
+    assert _served_by(gw.post({"model": "alpha"}, {"x-model": ""})) == "alpha-pod"
+    # A body model no header could carry is still named in the 404.
+    odd = "a\nb" + "x" * 300
+    assert gw.post({"model": odd}).json()["error"]["message"] == f"The model `{odd}` does not exist"
+    assert a.request_count == 3 and b.request_count == 5
+
+
+def _json_to_metadata_runs(gw: Gw) -> int:
+    """How many requests json_to_metadata looked at (its rq_* counters, whatever the outcome)."""
+    return sum(v for k, v in gw.envoy.stats().items() if k.startswith("json_to_metadata.rq."))
+
+
+def test_header_routed_requests_skip_the_body_filter(gateway, upstream_factory) -> None:
+    up = upstream_factory("pod")
+    gw = gateway(Model("m", (_ep(up),), profiles=(Profile("default", "random"), Profile("b", "random"))))
+    before = _json_to_metadata_runs(gw)
+    for headers in ({"x-model": "m"}, {"x-model": "m", "config-profile": "b"}, {"x-model": "nope"}):
+        gw.post({"model": "m", "messages": []}, headers)
+    assert _json_to_metadata_runs(gw) == before
+    assert _served_by(gw.post({"model": "m", "messages": []})) == "pod"
+    wait_until(lambda: _json_to_metadata_runs(gw) == before + 1, timeout=5, message="body routing")
+    # The body-routed request reaches the upstream with the model the normaliser put in x-model.
+    assert up.requests[-1]["headers"]["x-model"] == "m"
 
 
 def test_profile_header_selects_the_profile_cluster(gateway, upstream_factory) -> None:
@@ -142,12 +165,16 @@ def test_profile_header_selects_the_profile_cluster(gateway, upstream_factory) -
         ({"config-profile": "unknown"}, default_stat),
         ({"config-profile": "default"}, default_stat),
     ]
-    for headers, stat in cases:
-        before = gw.counter(stat)
-        assert _served_by(gw.post({"model": "m"}, headers)) == "pod"
-        wait_until(
-            lambda stat=stat, before=before: gw.counter(stat) == before + 1, timeout=5, message=str(headers)
-        )
+    # The model in the body (the normaliser's slow path) and in x-model (routes alone).
+    for model_header in ({}, {"x-model": "m"}):
+        for headers, stat in cases:
+            before = gw.counter(stat)
+            assert _served_by(gw.post({"model": "m"}, {**model_header, **headers})) == "pod"
+
+            def counted(stat: str = stat, before: int = before) -> bool:
+                return gw.counter(stat) == before + 1
+
+            wait_until(counted, timeout=5, message=str({**model_header, **headers}))
 
 
 # -- strategies -------------------------------------------------------------------------------------

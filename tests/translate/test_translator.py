@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 
-from spillover.translate import (
-    STRATEGIES,
-    Endpoint,
-    Gateway,
-    Model,
-    Profile,
-    RemoteBackend,
-    TrafficSplit,
-    translate,
-)
+from spillover.ir import Endpoint, Gateway, Model, Profile, RemoteBackend, TrafficSplit
+from spillover.names import LB_TAG_REGEX, STRATEGIES, is_local_cluster, local_cluster_prefix
+from spillover.translate import translate
 from tests.harness.envoy import Envoy
-from tests.translate.cases import CASES
-from tests.translate.static import to_static_bootstrap
+from tests.harness.pki import write_ca_and_server_cert
+from tests.harness.static_bootstrap import to_static_bootstrap
+from tests.harness.translate_cases import CASES, load_case
 
 
 def _gateway(*models: Model) -> Gateway:
     return Gateway("g", models=models)
 
 
-def _model(**kwargs: object) -> Model:
+def _model(**kwargs: Any) -> Model:
     base = Model("m", (Endpoint("127.0.0.1", 9000),))
     return dataclasses.replace(base, **kwargs)
 
@@ -36,9 +32,26 @@ def _routes(gateway: Gateway) -> list:
     return list(translate(gateway).routes["spillover_routes"].virtual_hosts[0].routes)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+def _route(gateway: Gateway, name: str) -> Any:
+    return next(r for r in _routes(gateway) if r.name == name)
+
+
+def _with_real_ca_files(gateway: Gateway, tmp_path: Path) -> Gateway:
+    """Envoy refuses a CA file that does not exist; the goldens name one of no particular machine."""
+    models = []
+    for model in gateway.models:
+        if model.remote is not None and model.remote.ca_file is not None:
+            ca = tmp_path / f"{model.name}-ca.pem"
+            write_ca_and_server_cert(ca, tmp_path / "cert.pem", tmp_path / "key.pem", ["x"], "x", "ca")
+            model = dataclasses.replace(model, remote=dataclasses.replace(model.remote, ca_file=str(ca)))
+        models.append(model)
+    return dataclasses.replace(gateway, models=tuple(models))
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_real_envoy_accepts_every_golden_case(case: str, tmp_path: Path) -> None:
-    result = Envoy.validate(to_static_bootstrap(translate(CASES[case]())), tmp_path)
+    gateway = _with_real_ca_files(load_case(case), tmp_path)
+    result = Envoy.validate(to_static_bootstrap(translate(gateway)), tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -52,9 +65,37 @@ def test_unknown_locked_strategy_is_refused() -> None:
         translate(_gateway(_model(locked_strategy="nope")))
 
 
-def test_every_known_strategy_translates() -> None:
-    for strategy in STRATEGIES:
-        translate(_gateway(_model(profiles=(Profile("default", strategy),))))
+# The LB policy each strategy is documented to use (spillover/translate/strategies.py).
+DOCUMENTED_LB_POLICY = {
+    "random": "random",
+    "round-robin": "round_robin",
+    "least-request": "least_request",
+    "least-latency": "round_robin",
+    "session-affinity": "ring_hash",
+    "prefix-cache": "ring_hash",
+    "throughput": "least_request",
+}
+
+
+def test_every_strategy_has_a_documented_lb_policy() -> None:
+    assert sorted(DOCUMENTED_LB_POLICY) == sorted(STRATEGIES)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_known_strategy_yields_its_lb_policy_on_a_tagged_cluster(strategy: str) -> None:
+    gateway = _gateway(_model(profiles=(Profile("default", strategy),)))
+    resources = translate(gateway)
+    assert len(resources.clusters) == 1
+    [(name, cluster)] = resources.clusters.items()
+    assert is_local_cluster(name, "m")
+    assert re.fullmatch(LB_TAG_REGEX, name.removeprefix(local_cluster_prefix("m")))
+    [policy] = cluster.load_balancing_policy.policies
+    assert policy.typed_extension_config.name == (
+        f"envoy.load_balancing_policies.{DOCUMENTED_LB_POLICY[strategy]}"
+    )
+    [route] = [r for r in _routes(gateway) if r.name == "m/default"]
+    assert route.route.cluster == name
+    assert route.metadata.filter_metadata["spillover"]["strategy"] == strategy
 
 
 def test_no_strategy_anywhere_is_refused() -> None:
@@ -105,7 +146,15 @@ def test_default_profile_has_a_single_route_so_a_single_token_bucket() -> None:
     # "config-profile: default" and "no profile" must share one bucket: one route serves both.
     model = _model(profiles=(Profile("default", "random", 3, 3), Profile("b", "random", 1, 1)))
     names = [r.name for r in _routes(_gateway(model))]
-    assert names == ["m/b", "m/default", "unknown-model", "missing-model"]
+    assert names == [
+        "normalize-model-header",
+        "normalize-profile-header",
+        "m/b",
+        "m/default",
+        "unknown-model",
+        "unknown-body-model",
+        "missing-model",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -120,7 +169,7 @@ def test_default_profile_has_a_single_route_so_a_single_token_bucket() -> None:
     ],
 )
 def test_token_bucket_for_per_replica_share(rps: float, bucket: tuple[int, int, float]) -> None:
-    route = _routes(_gateway(_model(profiles=(Profile("default", "random", rps, rps * 3),))))[0]
+    route = _route(_gateway(_model(profiles=(Profile("default", "random", rps, rps * 3),))), "m/default")
     config = local_rate_limit_pb2.LocalRateLimit()
     route.typed_per_filter_config["envoy.filters.http.local_ratelimit"].Unpack(config)
     tb = config.token_bucket
@@ -131,7 +180,7 @@ def test_token_bucket_for_per_replica_share(rps: float, bucket: tuple[int, int, 
 
 def test_burst_sizes_the_bucket_without_changing_the_rate() -> None:
     profile = Profile("default", "random", 10, 20, burst=40)
-    route = _routes(_gateway(_model(profiles=(profile,))))[0]
+    route = _route(_gateway(_model(profiles=(profile,))), "m/default")
     config = local_rate_limit_pb2.LocalRateLimit()
     route.typed_per_filter_config["envoy.filters.http.local_ratelimit"].Unpack(config)
     assert config.token_bucket.max_tokens == 40
@@ -174,7 +223,7 @@ def test_least_latency_gets_its_own_cluster_with_latency_weights() -> None:
 
 
 def test_local_health_checks_and_outlier_detection_reach_every_local_cluster() -> None:
-    from spillover.translate.ir import HealthCheck, OutlierDetection
+    from spillover.ir import HealthCheck, OutlierDetection
 
     model = _model(
         profiles=(Profile("default", "random"), Profile("chat", "session-affinity")),
@@ -186,3 +235,21 @@ def test_local_health_checks_and_outlier_detection_reach_every_local_cluster() -
     for cluster in local:
         assert cluster.health_checks[0].http_health_check.path == "/health"
         assert cluster.outlier_detection.consecutive_5xx.value == 3
+
+
+def test_messages_come_in_push_order_cds_eds_sds_lds_rds() -> None:
+    resources = translate(load_case("bearer-token"))
+    messages = resources.messages()
+    kinds = [m.DESCRIPTOR.full_name for m in messages]
+    runs = [kind for i, kind in enumerate(kinds) if i == 0 or kinds[i - 1] != kind]
+    assert runs == [
+        "envoy.config.cluster.v3.Cluster",
+        "envoy.config.endpoint.v3.ClusterLoadAssignment",
+        "envoy.extensions.transport_sockets.tls.v3.Secret",
+        "envoy.config.listener.v3.Listener",
+        "envoy.config.route.v3.RouteConfiguration",
+    ]
+    expected = [*resources.clusters.values(), *resources.endpoints.values(), *resources.secrets.values(),
+                *resources.listeners.values(), *resources.routes.values()]
+    assert len(messages) == len(expected)
+    assert all(a is b for a, b in zip(messages, expected, strict=True))

@@ -1,0 +1,512 @@
+"""Peer benchmark: go-control-plane v0.14.0, spillover and the bare grpc.aio floor, alternated in one run.
+
+The three servers serve the same snapshot (benchmarks/fixtures.py: clusters + ClusterLoadAssignments) to
+the same simulated ADS clients (benchmarks/push.py's client processes, one HTTP/2 connection per stream),
+and each push changes the same ONE ClusterLoadAssignment. spillover and the floor are push.py's own server
+processes; go-control-plane is benchmarks/peer_go (its SnapshotCache and xDS server), fed the very bytes
+the Python servers serve. Every server reports its CPU time with getrusage(RUSAGE_SELF) and its memory from
+/proc/self/status, so the figures compare like with like.
+
+For each protocol and fleet size the servers run in turn, the order reversed every repetition (A B C,
+C B A, ...), each with a fresh server and fresh clients; the report gives medians and minimums over the
+repetitions and the ratios of spillover and the floor to go-control-plane.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import resource
+import select
+import statistics
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import IO, Any
+
+from benchmarks import push
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.path.join(ROOT, "benchmarks", "peer_go", "build.sh")
+GO_CONTROL_PLANE = "go-control-plane"
+SPILLOVER = "spillover"
+FLOOR = "floor"
+SERVERS = (GO_CONTROL_PLANE, SPILLOVER, FLOOR)
+PUSH_KIND = {SPILLOVER: "xds", FLOOR: "floor"}
+
+
+@dataclass(frozen=True)
+class Size:
+    """One fleet size: client processes x streams each, pushes measured, repetitions per server."""
+
+    procs: int
+    streams_per_proc: int
+    changes: int
+    repetitions: int
+
+    @property
+    def streams(self) -> int:
+        return self.procs * self.streams_per_proc
+
+
+# 5,000 streams take 25-35 s per server to connect on 2 cores: one repetition there, two at 1,000 and
+# three at 100 keep the whole comparison (18 server runs per protocol) near 12 minutes.
+FULL_SIZES = (Size(2, 50, 10, 3), Size(4, 250, 8, 2), Size(5, 1000, 4, 1))
+QUICK_SIZES = (Size(2, 50, 5, 1), Size(4, 250, 5, 1))
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit; the processes spawned afterwards inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def build_peer() -> str:
+    """The go-control-plane peer's binary, built by benchmarks/peer_go/build.sh when stale."""
+    try:
+        done = subprocess.run([BUILD], capture_output=True, text=True, timeout=900, check=False)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise push.BenchError(f"{BUILD}: {error}") from error
+    if done.returncode != 0:
+        raise push.BenchError(f"{BUILD} failed: {done.stderr.strip()[-2000:]}")
+    return os.path.join(done.stdout.strip().splitlines()[-1], "peer")
+
+
+# --------------------------------------------------------------------------------------------- servers
+
+
+class Server:
+    """A benchmarked xDS server process: start, change one ClusterLoadAssignment, report, stop."""
+
+    name: str
+    pid: int | None = None
+
+    def start(self) -> tuple[int, str, int]:
+        """(port, the initial EDS version, VmRSS before any client)"""
+        raise NotImplementedError
+
+    def change(self, i: int) -> str:
+        """Apply push i; the EDS version the clients will see."""
+        raise NotImplementedError
+
+    def stats(self) -> tuple[float, dict[str, int]]:
+        """(CPU seconds so far, {"VmRSS": bytes, "VmHWM": bytes})"""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class PushServer(Server):
+    """spillover or the floor: benchmarks/push.py's server process, spoken to over its pipe."""
+
+    def __init__(self, name: str, protocol: str, n_clusters: int, changes: int, log_path: str) -> None:
+        self.name = name
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=push.server_main,
+            args=(child, PUSH_KIND[name], protocol, 0.0, n_clusters, changes, log_path),
+            name=f"bench-server-{name}",
+            daemon=True,
+        )
+
+    def _reply(self, op: str, timeout: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.conn.poll(0.5):
+                try:
+                    message: Any = self.conn.recv()
+                except EOFError as error:
+                    raise push.BenchError(f"the {self.name} server process died") from error
+                if message[0] == op:
+                    return message
+                raise push.BenchError(f"unexpected {self.name} server message {message!r}")
+            if not self.process.is_alive():
+                raise push.BenchError(f"the {self.name} server process exited with {self.process.exitcode}")
+        raise push.BenchError(f"no {op!r} from the {self.name} server within {timeout}s")
+
+    def start(self) -> tuple[int, str, int]:
+        self.process.start()
+        self.pid = self.process.pid
+        _, port, version, status = self._reply("ready")
+        return port, version, status["VmRSS"]
+
+    def change(self, i: int) -> str:
+        self.conn.send(("change", i))
+        return str(self._reply("changed")[1])
+
+    def stats(self) -> tuple[float, dict[str, int]]:
+        self.conn.send(("stats",))
+        _, cpu, status, *_ = self._reply("stats")  # then the collector's time and count
+        return cpu, status
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.send(("stop",))
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.terminate()  # SIGTERM to this pid only
+            self.process.join(2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(2)
+
+
+def write_resources(path: str, n_clusters: int, changes: int) -> None:
+    """The peer's input: clusters, their assignments, and push i's assignment (push.py's changes)."""
+    from envoy.service.discovery.v3 import discovery_pb2
+    from google.protobuf import any_pb2
+    from google.protobuf.message import Message
+
+    from benchmarks import fixtures
+
+    def framed(messages: Sequence[Message]) -> bytes:
+        response = discovery_pb2.DiscoveryResponse()
+        for message in messages:
+            packed = any_pb2.Any()
+            packed.Pack(message)
+            response.resources.append(packed)
+        data = response.SerializeToString()
+        return struct.pack(">I", len(data)) + data
+
+    clusters = [fixtures.cluster(i) for i in range(n_clusters)]
+    assignments = [fixtures.load_assignment(i) for i in range(n_clusters)]
+    pushes = [fixtures.load_assignment(i % n_clusters, generation=i + 1) for i in range(changes)]
+    with open(path, "wb") as f:
+        for part in (clusters, assignments, pushes):
+            f.write(framed(part))
+
+
+class GoServer(Server):
+    """go-control-plane: benchmarks/peer_go, spoken to over its stdin and stdout lines."""
+
+    name = GO_CONTROL_PLANE
+
+    def __init__(self, binary: str, n_clusters: int, changes: int, log_path: str, work_dir: str) -> None:
+        self.binary = binary
+        self.resources = os.path.join(work_dir, f"peer-{n_clusters}-{changes}.bin")
+        if not os.path.exists(self.resources):
+            write_resources(self.resources, n_clusters, changes)
+        self.log_path = log_path
+        self.process: subprocess.Popen[str] | None = None
+
+    def _io(self) -> tuple[IO[str], IO[str]]:
+        assert self.process is not None and self.process.stdin and self.process.stdout
+        return self.process.stdin, self.process.stdout
+
+    def _line(self, want: str, timeout: float = 60.0) -> list[str]:
+        _, stdout = self._io()
+        assert self.process is not None
+        if not select.select([stdout], [], [], timeout)[0]:
+            raise push.BenchError(f"no {want!r} from go-control-plane within {timeout}s")
+        line = stdout.readline()
+        fields = line.split()
+        if not fields:
+            raise push.BenchError(f"go-control-plane exited with {self.process.poll()} (log {self.log_path})")
+        if fields[0] != want:
+            raise push.BenchError(f"unexpected go-control-plane line {line!r}")
+        return fields
+
+    def start(self) -> tuple[int, str, int]:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "-listen", "127.0.0.1:0", "-resources", self.resources, "-group", push.GROUP],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                bufsize=1,
+            )
+        self.pid = self.process.pid
+        port = int(self._line("ready")[1])
+        _, status = self.stats()
+        return port, "e0", status["VmRSS"]
+
+    def _ask(self, command: str, want: str) -> list[str]:
+        stdin, _ = self._io()
+        try:
+            stdin.write(command + "\n")
+            stdin.flush()
+        except BrokenPipeError as error:
+            raise push.BenchError("go-control-plane exited") from error
+        return self._line(want)
+
+    def change(self, i: int) -> str:
+        return self._ask(f"change {i}", "changed")[1]
+
+    def stats(self) -> tuple[float, dict[str, int]]:
+        fields = self._ask("stats", "stats")
+        return float(fields[1]), {"VmRSS": int(fields[2]), "VmHWM": int(fields[3])}
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(OSError):
+            self._io()[0].close()  # EOF: the peer stops its gRPC server and exits
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # this pid only
+            self.process.wait(2)
+        with contextlib.suppress(OSError):
+            self._io()[1].close()
+
+
+# --------------------------------------------------------------------------------------------- measure
+
+
+def measure(
+    server: Server,
+    protocol: str,
+    procs: int,
+    streams_per_proc: int,
+    changes: int,
+    warmup: int,
+    n_clusters: int,
+    settle: float,
+    log_dir: str,
+    idle_seconds: float = 1.0,
+    connect_timeout: float = 300.0,
+) -> dict[str, Any]:
+    """One server, one fleet: connect every stream, measure idle cost, then `warmup + changes` pushes.
+
+    The clock of a push starts before the server is told to change and stops when a stream has the new
+    EDS version; the server's CPU of a push includes `settle` seconds after the last stream got it, so
+    the ACKs are part of its cost.
+    """
+    ctx = mp.get_context("spawn")
+    tag = f"{server.name}-{protocol}-{procs * streams_per_proc}"
+    clients: list[tuple[Any, Connection]] = []
+    received: dict[tuple[str, str], list[float]] = {}
+    reporters: dict[tuple[str, str], int] = {}
+    reconnects: dict[str, int] = {}  # gRPC status of the failed stream -> retries
+    streams = procs * streams_per_proc
+
+    def pump(timeout: float) -> None:
+        for ready in wait([c for _, c in clients], timeout):
+            try:
+                message: Any = ready.recv()  # type: ignore[union-attr,call-arg]
+            except EOFError as error:
+                raise push.BenchError(f"a client process died ({tag})") from error
+            if message[0] == "got":
+                _, _, short, version, times = message
+                received.setdefault((short, version), []).extend(times)
+                reporters[(short, version)] = reporters.get((short, version), 0) + 1
+            elif message[0] == "reconnect":
+                reconnects[message[2]] = reconnects.get(message[2], 0) + 1
+            elif message[0] == "error":
+                raise push.BenchError(f"{tag}: client process {message[1]} failed: {message[2]}")
+
+    def all_received(key: tuple[str, str], timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while reporters.get(key, 0) < procs:
+            if time.monotonic() > deadline:
+                got = len(received.get(key, []))
+                raise push.BenchError(f"{tag}: only {got} of {streams} streams got {key} within {timeout:.0f}s")
+            pump(0.2)
+        return max(received[key])
+
+    started = time.monotonic()
+    try:
+        port, version0, rss_empty = server.start()
+        for index in range(procs):
+            parent, child = ctx.Pipe()
+            process = ctx.Process(
+                target=push.client_main,
+                args=(
+                    child, port, protocol, streams_per_proc, n_clusters, index,
+                    os.path.join(log_dir, f"{tag}-clients-{index}.log"),
+                ),
+                name=f"bench-clients-{index}",
+                daemon=True,
+            )
+            process.start()
+            clients.append((process, parent))
+        all_received(("EDS", version0), timeout=connect_timeout)
+        connect_s = time.monotonic() - started
+        reconnects_connecting = sum(reconnects.values())
+        time.sleep(settle)
+        cpu_a, _ = server.stats()
+        time.sleep(idle_seconds)
+        cpu_b, status = server.stats()
+        rss_connected = status["VmRSS"]
+        client_pids = [p.pid for p, _ in clients if p.pid is not None]
+
+        per_push: list[dict[str, float]] = []
+        latencies: list[float] = []
+        for i in range(warmup + changes):
+            clients_before = sum(push._pid_cpu_seconds(pid) for pid in client_pids)
+            cpu_before, _ = server.stats()
+            t0 = time.monotonic()
+            version = server.change(i)
+            t_last = all_received(("EDS", version), timeout=120)
+            time.sleep(settle)
+            cpu_after, status = server.stats()
+            clients_after = sum(push._pid_cpu_seconds(pid) for pid in client_pids)
+            if i < warmup:
+                continue
+            lat = [t - t0 for t in received[("EDS", version)]]
+            latencies.extend(lat)
+            per_push.append(
+                {
+                    "p50_s": push._percentile(lat, 50),
+                    "p99_s": push._percentile(lat, 99),
+                    "last_s": t_last - t0,
+                    "cpu_s": cpu_after - cpu_before,
+                    "clients_cpu_s": clients_after - clients_before,
+                }
+            )
+    finally:
+        for _, conn in clients:
+            with contextlib.suppress(Exception):
+                conn.send(("stop",))
+        for process, _ in clients:
+            process.join(10)
+        server.stop()
+        for process, _ in clients:
+            if process.is_alive():
+                process.terminate()  # SIGTERM to this pid only
+                process.join(2)
+            if process.is_alive():
+                process.kill()
+                process.join(2)
+
+    cpu = [p["cpu_s"] for p in per_push]
+    return {
+        "server": server.name,
+        "protocol": protocol,
+        "streams": streams,
+        "client_processes": procs,
+        "clusters": n_clusters,
+        "changes": changes,
+        "connect_s": connect_s,
+        "p50_s": push._percentile(latencies, 50),
+        "p99_s": push._percentile(latencies, 99),
+        "last_median_s": statistics.median(p["last_s"] for p in per_push),
+        "last_max_s": max(p["last_s"] for p in per_push),
+        "cpu_per_push_s": statistics.median(cpu),
+        "cpu_per_push_mean_s": statistics.fmean(cpu),
+        "clients_cpu_per_push_s": statistics.median(p["clients_cpu_s"] for p in per_push),
+        "idle_cpu_per_s": (cpu_b - cpu_a) / idle_seconds,
+        "settle_s": settle,
+        "reconnects_connecting": reconnects_connecting,
+        "reconnects_total": sum(reconnects.values()),
+        "reconnect_statuses": reconnects,
+        "rss_empty_bytes": rss_empty,
+        "rss_connected_bytes": rss_connected,
+        "rss_per_stream_bytes": (rss_connected - rss_empty) / streams,
+        "rss_after_bytes": status["VmRSS"],
+        "rss_hwm_bytes": status["VmHWM"],
+        "per_push": per_push,
+    }
+
+
+# --------------------------------------------------------------------------------------------- compare
+
+# The figures compared across servers: (key, lower is better for all of them).
+FIGURES = ("p50_s", "p99_s", "cpu_per_push_s", "rss_per_stream_bytes")
+
+
+def order_of(repetition: int) -> tuple[str, ...]:
+    """A B C, then C B A: each server runs first and last equally often."""
+    return SERVERS if repetition % 2 == 0 else tuple(reversed(SERVERS))
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (protocol, streams): median and minimum of every figure per server, and the ratios of
+    spillover and the floor to go-control-plane and of spillover to the floor (medians over medians)."""
+    groups: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        if "error" in run:
+            continue
+        groups.setdefault((run["protocol"], run["streams"]), {}).setdefault(run["server"], []).append(run)
+    out = []
+    for (protocol, streams), by_server in groups.items():
+        row: dict[str, Any] = {"protocol": protocol, "streams": streams, "servers": {}, "ratios": {}}
+        for name, server_runs in by_server.items():
+            row["servers"][name] = {
+                "repetitions": len(server_runs),
+                **{f"{k}_median": statistics.median(r[k] for r in server_runs) for k in FIGURES},
+                **{f"{k}_min": min(r[k] for r in server_runs) for k in FIGURES},
+                "idle_cpu_per_s_median": statistics.median(r["idle_cpu_per_s"] for r in server_runs),
+                "connect_s_median": statistics.median(r["connect_s"] for r in server_runs),
+                "reconnects": sum(r["reconnects_total"] for r in server_runs),
+            }
+        for name, base in ((SPILLOVER, GO_CONTROL_PLANE), (FLOOR, GO_CONTROL_PLANE), (SPILLOVER, FLOOR)):
+            if name in row["servers"] and base in row["servers"]:
+                row["ratios"][f"{name}/{base}"] = {
+                    k: _ratio(row["servers"][name][f"{k}_median"], row["servers"][base][f"{k}_median"])
+                    for k in FIGURES
+                }
+        out.append(row)
+    return out
+
+
+def _ratio(value: float, base: float) -> float | None:
+    return value / base if base > 0 else None
+
+
+def run(
+    sizes: Sequence[Size],
+    protocols: Sequence[str] = ("sotw", "delta"),
+    n_clusters: int = 100,
+    warmup: int = 2,
+    settle: float = 0.3,
+    log_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    raise_fd_limit()
+    log_dir = log_dir or tempfile.mkdtemp(prefix="spillover-peer-")
+    binary = build_peer()
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    for protocol in protocols:
+        for size in sizes:
+            for repetition in range(size.repetitions):
+                for name in order_of(repetition):
+                    total = warmup + size.changes
+                    tag = f"{name}-{protocol}-{size.streams}"
+                    server: Server = (
+                        GoServer(binary, n_clusters, total, os.path.join(log_dir, f"{tag}-server.log"), log_dir)
+                        if name == GO_CONTROL_PLANE
+                        else PushServer(name, protocol, n_clusters, total, os.path.join(log_dir, f"{tag}-server.log"))
+                    )
+                    try:
+                        result = measure(
+                            server, protocol, size.procs, size.streams_per_proc, size.changes, warmup,
+                            n_clusters, settle, log_dir,
+                        )
+                    except push.BenchError as error:
+                        log(f"    FAILED {tag}: {error} (logs in {log_dir})")
+                        runs.append({"server": name, "protocol": protocol, "streams": size.streams, "error": str(error)})
+                        continue
+                    result["repetition"] = repetition
+                    runs.append(result)
+                    log(
+                        f"    {protocol:5s} {size.streams:5d} streams  {name:16s} rep {repetition + 1}: "
+                        f"p50 {result['p50_s'] * 1000:7.1f} ms  p99 {result['p99_s'] * 1000:7.1f} ms  "
+                        f"cpu/push {result['cpu_per_push_s'] * 1000:7.1f} ms  "
+                        f"rss/stream {result['rss_per_stream_bytes'] / 1024:6.1f} KiB  "
+                        f"reconnects {result['reconnects_total']}  "
+                        f"({time.monotonic() - started:.0f}s)"
+                    )
+    return {
+        "sizes": [s.__dict__ | {"streams": s.streams} for s in sizes],
+        "protocols": list(protocols),
+        "clusters": n_clusters,
+        "warmup": warmup,
+        "settle_s": settle,
+        "peer": "github.com/envoyproxy/go-control-plane v0.14.0 (benchmarks/peer_go)",
+        "runs": runs,
+        "summary": summarize(runs),
+        "elapsed_s": time.monotonic() - started,
+        "child_logs": log_dir,
+    }

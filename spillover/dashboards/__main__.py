@@ -1,0 +1,5 @@
+import sys
+
+from spillover.dashboards.generate import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""Planning: validated policies + decisions + what the sources know -> the IR of one gateway (pure)."""
+
+from spillover.plan.planner import model_ir, needs_token, plan_gateway, uses_least_latency
+
+__all__ = ["model_ir", "needs_token", "plan_gateway", "uses_least_latency"]

@@ -1,0 +1,305 @@
+"""The cheap per-stream path (issue 15): one task per stream, ACKs in O(1), ordered writes, tuned GC."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+
+from spillover.server import gc_tuning
+from spillover.server.cache import Snapshot, SnapshotCache
+from spillover.server.resources import CLUSTER, ENDPOINT
+from spillover.server.service import XdsServer
+from spillover.server.stream_writer import StreamWriter
+from spillover.server.streams import DeltaStream, Outgoing, SotwStream
+from tests.harness.ads import AdsClient, node
+from tests.harness.clock import FakeClock
+from tests.harness.envoyconfig import eds_cluster, endpoints
+from tests.harness.polling import async_wait_until
+
+GROUP = "gateway"
+NAMES = [f"model-{i:03d}" for i in range(20)]
+
+
+def snapshot(names: list[str] = NAMES, port: int = 8000) -> Snapshot:
+    messages = [eds_cluster(n) for n in names] + [endpoints(n, [("127.0.0.1", port)]) for n in names]
+    return Snapshot.from_messages(messages)
+
+
+def sotw_stream(cache: SnapshotCache) -> SotwStream:
+    return SotwStream("ipv4:127.0.0.1:1", lambda n: n.cluster, cache.get)
+
+
+def as_received(stream: SotwStream, **fields: object) -> list[Outgoing]:
+    """Hands the stream a request the way the server does: parsed, with its bytes."""
+    raw = discovery_pb2.DiscoveryRequest(**fields).SerializeToString()  # type: ignore[arg-type]
+    return stream.on_request(discovery_pb2.DiscoveryRequest.FromString(raw), raw)
+
+
+def ack_fields(out: Outgoing, names: list[str]) -> dict[str, object]:
+    response = discovery_pb2.DiscoveryResponse.FromString(out.payload)
+    return {
+        "type_url": response.type_url, "version_info": response.version_info, "response_nonce": response.nonce,
+        "resource_names": names,
+    }
+
+
+# --- ACKs --------------------------------------------------------------------------------------------
+
+
+def subscribed_eds() -> tuple[SnapshotCache, SotwStream, Outgoing]:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    stream = sotw_stream(cache)
+    as_received(stream, node=node(cluster=GROUP), type_url=CLUSTER)
+    (eds,) = as_received(stream, type_url=ENDPOINT, resource_names=NAMES)
+    return cache, stream, eds
+
+
+def test_an_ack_repeating_the_names_keeps_the_subscription_as_it_was() -> None:
+    _, stream, eds = subscribed_eds()
+    state = stream.types[ENDPOINT]
+    key, names = state.names_key, state.names
+    assert state.requested_span is not None  # the fast path is armed for the next request
+    assert as_received(stream, **ack_fields(eds, NAMES)) == []
+    # The same objects, not equal copies: the memo lookups keyed by them stay O(1).
+    assert state.names_key is key and state.names is names
+    assert state.acked_nonce == state.nonce
+
+
+def test_an_ack_with_as_many_names_but_one_swapped_is_a_new_subscription() -> None:
+    cache, stream, eds = subscribed_eds()
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    stream.on_snapshot()  # CDS (and EDS) of the new cluster go out...
+    state = stream.types[ENDPOINT]
+    swapped = [*NAMES[:-1], "model-new"]  # same count, same length of each name
+    out = as_received(stream, **ack_fields(_newest(stream, ENDPOINT, eds), swapped))
+    assert state.names == set(swapped)
+    assert [o.type_url for o in out] == [ENDPOINT]
+    response = discovery_pb2.DiscoveryResponse.FromString(out[0].payload)
+    assert len(response.resources) == len(swapped)
+
+
+def test_reordered_names_are_the_same_subscription_and_send_nothing() -> None:
+    _, stream, eds = subscribed_eds()
+    state = stream.types[ENDPOINT]
+    key = state.names_key
+    assert as_received(stream, **ack_fields(eds, list(reversed(NAMES)))) == []
+    assert state.names_key is key
+
+
+def test_names_written_in_an_unusual_field_order_still_count() -> None:
+    """Another serializer may write type_url before the names: the bytes check then falls back to the
+    names themselves (never a wrong answer, only a slower one)."""
+    _, stream, eds = subscribed_eds()
+    fields = ack_fields(eds, NAMES[:5])
+    head = discovery_pb2.DiscoveryRequest(
+        type_url=str(fields["type_url"]), version_info=str(fields["version_info"]),
+        response_nonce=str(fields["response_nonce"]),
+    ).SerializeToString()
+    tail = discovery_pb2.DiscoveryRequest(resource_names=NAMES[:5]).SerializeToString()
+    raw = head + tail  # names after every other field
+    stream.on_request(discovery_pb2.DiscoveryRequest.FromString(raw), raw)
+    assert stream.types[ENDPOINT].names == set(NAMES[:5])
+
+
+def test_subscribed_names_are_shared_across_streams() -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    first, second = sotw_stream(cache), sotw_stream(cache)
+    for stream in (first, second):
+        as_received(stream, node=node(cluster=GROUP), type_url=CLUSTER)
+        as_received(stream, type_url=ENDPOINT, resource_names=[f"model-{i:03d}" for i in range(20)])
+    a, b = sorted(first.types[ENDPOINT].names), sorted(second.types[ENDPOINT].names)
+    assert a == b and all(x is y for x, y in zip(a, b, strict=True))
+    delta = [DeltaStream("ipv4:127.0.0.1:1", lambda n: n.cluster, cache.get) for _ in range(2)]
+    for delta_stream in delta:
+        delta_stream.on_request(discovery_pb2.DeltaDiscoveryRequest(node=node(cluster=GROUP), type_url=CLUSTER))
+        delta_stream.on_request(
+            discovery_pb2.DeltaDiscoveryRequest(
+                type_url=ENDPOINT, resource_names_subscribe=[f"model-{i:03d}" for i in range(20)]
+            )
+        )
+    c, d = (sorted(s.types[ENDPOINT].names) for s in delta)
+    assert all(x is y for x, y in zip(c, d, strict=True))
+
+
+def _newest(stream: SotwStream, type_url: str, fallback: Outgoing) -> Outgoing:
+    """An Outgoing carrying the stream's newest nonce for the type (what the client ACKs next)."""
+    state = stream.types[type_url]
+    header = discovery_pb2.DiscoveryResponse(type_url=type_url, version_info=state.sent_version, nonce=state.nonce)
+    return Outgoing(type_url, header.SerializeToString(), fallback.resources)
+
+
+# --- one task per stream ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def xds() -> AsyncIterator[tuple[SnapshotCache, XdsServer, str]]:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    server = XdsServer(cache)
+    port = await server.start("127.0.0.1:0")
+    yield cache, server, f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+async def test_a_connected_stream_holds_no_task_of_its_own(xds: tuple[SnapshotCache, XdsServer, str]) -> None:
+    """gRPC runs each call's handler as a task; the stream adds none for its life (it used to add a reader
+    task, a queue and a response generator). A push runs a short task that ends with its write."""
+    cache, server, address = xds
+    streams = 12
+    clients = [AdsClient(address, "delta") for _ in range(streams)]
+    try:
+        for i, client in enumerate(clients):
+            client.send(node=node(f"envoy-{i}", GROUP), type_url=CLUSTER)
+            client.ack(await client.recv())
+        await async_wait_until(
+            lambda: len(server.proxies.streams()) == streams
+            and all(s.types[CLUSTER].acked_nonce for s in server.proxies.streams()),
+            message="every stream registered and ACKed",
+        )
+        assert spillover_tasks() == []
+        cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+        for client in clients:
+            response = await client.recv()
+            assert [r.name for r in response.resources] == ["model-new"]
+            client.ack(response)
+        await async_wait_until(lambda: spillover_tasks() == [], message="the push tasks ended")
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def spillover_tasks() -> list[str]:
+    """The running tasks whose coroutine is spillover's server code (not gRPC's, not the clients')."""
+    names = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        if code is not None and "/spillover/server/" in code.co_filename:
+            names.append(code.co_qualname)
+    return names
+
+
+# --- the writer ----------------------------------------------------------------------------------------------
+
+
+async def test_writes_leave_one_at_a_time_in_the_order_they_were_produced() -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    stream = sotw_stream(cache)
+    as_received(stream, node=node(cluster=GROUP), type_url=CLUSTER)
+    written: list[bytes] = []
+    in_flight = 0
+    most_in_flight = 0
+    release = asyncio.Event()
+
+    async def write(payload: bytes) -> None:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        await release.wait()
+        written.append(payload)
+        in_flight -= 1
+
+    loop = asyncio.get_running_loop()
+    counted: list[str] = []
+    writer = StreamWriter(stream, write, loop, counted.append, cache.published_at, lambda s: None, lambda: None)
+    first = asyncio.ensure_future(writer.send([Outgoing(CLUSTER, b"1", 1), Outgoing(ENDPOINT, b"2", 1)]))
+    await asyncio.sleep(0)  # "1" is being written
+    await writer.send([Outgoing(CLUSTER, b"3", 1)])  # handed over: returns without waiting
+    assert written == [] and not first.done()
+    release.set()
+    await first
+    assert written == [b"1", b"2", b"3"]
+    assert most_in_flight == 1
+    assert counted == [CLUSTER, ENDPOINT, CLUSTER]
+
+
+async def test_a_closed_writer_starts_no_push() -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    stream = sotw_stream(cache)
+    as_received(stream, node=node(cluster=GROUP), type_url=CLUSTER)
+    written: list[bytes] = []
+
+    async def write(payload: bytes) -> None:
+        written.append(payload)
+
+    writer = StreamWriter(
+        stream, write, asyncio.get_running_loop(), lambda t: None, cache.published_at, lambda s: None, lambda: None
+    )
+    cache.watch(GROUP, writer)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-x"]))
+    writer.close()
+    await asyncio.sleep(0.05)
+    assert written == []
+    writer = StreamWriter(
+        stream, write, asyncio.get_running_loop(), lambda t: None, cache.published_at, lambda s: None, lambda: None
+    )
+    cache.watch(GROUP, writer)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-y"]))
+    await async_wait_until(lambda: len(written) == 1, message="the push of an open writer")
+
+
+# --- garbage collection --------------------------------------------------------------------------------
+
+
+class _Cycle:
+    __slots__ = ("__weakref__", "me")
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+GROWTH = 1.05  # the test process holds many objects: a small growth keeps the garbage it makes small
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def tuned_gc(clock: FakeClock) -> Iterator[None]:
+    before = gc.get_threshold()
+    gc_tuning.install(gc_tuning.GcSettings(threshold0=5_000, growth=GROWTH, check_interval=10), clock=clock)
+    yield
+    gc_tuning.uninstall()
+    gc.set_threshold(*before)
+
+
+def test_tuned_gc_freezes_what_start_up_and_each_publish_leave(tuned_gc: None) -> None:
+    assert gc.get_threshold()[0] == 5_000
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    kept = [[i] for i in range(1_000)]  # lists are tracked by the collector
+    gc_tuning.after_publish()
+    assert gc.get_freeze_count() >= frozen + len(kept)
+
+
+def test_frozen_cyclic_garbage_is_collected_once_the_frozen_set_doubles(tuned_gc: None, clock: FakeClock) -> None:
+    frozen = gc.get_freeze_count()
+    before = gc_tuning.full_collections()
+    garbage = [_Cycle() for _ in range(int(frozen * (GROWTH - 1) / 4))]
+    watched = [weakref.ref(o) for o in garbage[:10]]
+    gc_tuning.after_publish()  # frozen with the rest: cycles no collection looks at
+    del garbage
+    gc.collect()
+    clock.advance(10)
+    gc_tuning.after_publish()  # checked: not grown enough yet
+    assert gc_tuning.full_collections() == before
+    assert all(ref() is not None for ref in watched), "frozen cycles wait for the bounded full collection"
+    more = [_Cycle() for _ in range(int(frozen * (GROWTH - 1)))]
+    gc_tuning.after_publish()
+    # Counting the frozen objects walks them all: it waits for the check interval, not every publish.
+    assert gc_tuning.full_collections() == before
+    clock.advance(10)
+    gc_tuning.after_publish()  # the frozen set grew past GROWTH times the last full collection's
+    assert gc_tuning.full_collections() == before + 1
+    assert all(ref() is None for ref in watched)
+    assert more

@@ -1,0 +1,188 @@
+"""Failover inside Envoy (`Model.failover`): the translator's aggregates on a real Envoy 1.40 with real
+upstreams, no control plane. A side that dies costs no request: its attempts are retried on the other
+side, and once its health check or outlier detection says so, its share goes to the other side.
+Requests that land on the local side never carry what is meant for the remote, even when they are a
+retry of an attempt that went there."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from spillover.ir import Endpoint, Gateway, HealthCheck, Listener, Model, Profile, RemoteBackend, TrafficSplit
+from spillover.translate import translate
+from tests.harness.client import Response, request
+from tests.harness.envoy import Envoy
+from tests.harness.polling import wait_until
+from tests.harness.ports import free_port
+from tests.harness.static_bootstrap import to_static_bootstrap
+from tests.harness.upstream import HttpUpstream
+
+CHAT = "/v1/chat/completions"
+FAST_CHECK = HealthCheck(path="/health", interval_s=0.5, timeout_s=0.25, healthy_threshold=1, unhealthy_threshold=2)
+
+Start = Callable[..., tuple[Envoy, int]]
+
+
+@pytest.fixture
+def gateway(envoy_factory: Callable[..., Envoy]) -> Start:
+    def start(*models: Model) -> tuple[Envoy, int]:
+        port = free_port()
+        resources = translate(Gateway("test", Listener("127.0.0.1", port), models))
+        envoy = envoy_factory(to_static_bootstrap(resources), name="failover")
+        wait_until(envoy.is_ready, timeout=15, message="envoy never became ready")
+        wait_until(lambda: post(port, "__probe__").status == 404, timeout=15, message="listener")
+        return envoy, port
+
+    return start
+
+
+def post(port: int, model: str, headers: dict[str, str] | None = None) -> Response:
+    return request(
+        "POST",
+        f"http://127.0.0.1:{port}{CHAT}",
+        body={"model": model},
+        headers={"content-type": "application/json", "authorization": "Bearer client-key", **(headers or {})},
+        timeout=10,
+    )
+
+
+def served(response: Response) -> str:
+    return response.headers.get("x-upstream-name", "") if response.status == 200 else f"HTTP {response.status}"
+
+
+def remote_backend(upstream: HttpUpstream, **options: object) -> RemoteBackend:
+    defaults: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": upstream.port,
+        "scheme": "http",
+        "host_rewrite": "api.remote.example",
+        "path_prefix": "/ws-1/models/m",
+        "headers": (("x-spillover-origin", "edge-1"),),
+        "bearer_token_secret_name": "remote-oauth",
+        "bearer_token": "tok-123",
+    }
+    return RemoteBackend(**{**defaults, **options})  # type: ignore[arg-type]
+
+
+def model(local: list[HttpUpstream], remote: RemoteBackend, split: TrafficSplit, **options: object) -> Model:
+    endpoints = tuple(Endpoint("127.0.0.1", u.port) for u in local)
+    return Model(
+        "m", endpoints, profiles=(Profile("default", "round-robin"),), remote=remote, split=split, failover=True,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def assert_remote_only_toward_remote(remote: HttpUpstream, local: list[HttpUpstream], port: int) -> None:
+    records = [r for r in remote.requests if r["path"] != "/health"]
+    for record in records:
+        assert record["path"] == "/ws-1/models/m" + CHAT
+        assert record["headers"]["host"] == "api.remote.example"
+        assert record["headers"]["x-spillover-origin"] == "edge-1"
+        assert record["headers"]["authorization"] == "Bearer tok-123"
+        assert "x-spillover-upstream" not in record["headers"]
+    for upstream in local:
+        for record in (r for r in upstream.requests if r["path"] != "/health"):
+            assert record["path"] == CHAT
+            assert record["headers"]["host"] == f"127.0.0.1:{port}"
+            assert "x-spillover-origin" not in record["headers"]
+            assert "x-spillover-upstream" not in record["headers"]
+            assert record["headers"]["authorization"] == "Bearer client-key"
+
+
+def test_split_through_aggregates_changes_only_the_requests_that_reach_the_remote(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream]
+) -> None:
+    local = [upstream_factory("local-0"), upstream_factory("local-1")]
+    remote = upstream_factory("remote")
+    envoy, port = gateway(model(local, remote_backend(remote), TrafficSplit(60, 40)))
+    n = 200
+    # A client can't make a local request look remote (and get the token sent to a pod).
+    spoof = {"x-spillover-upstream": "remote"}
+    counts = Counter(served(post(port, "m", spoof)) for _ in range(n))
+    assert counts["remote"] + counts["local-0"] + counts["local-1"] == n, counts
+    assert 0.28 * n <= counts["remote"] <= 0.52 * n, counts
+    assert_remote_only_toward_remote(remote, local, port)
+    # The router's stats land on the aggregates, the connection pool's on the members.
+    stats = envoy.stats()
+    assert stats["cluster.m_local-first_round_robin.upstream_rq_200"] == counts["local-0"] + counts["local-1"]
+    assert stats["cluster.m_local_round_robin.upstream_rq_total"] == counts["local-0"] + counts["local-1"]
+
+
+@pytest.mark.parametrize("share", [0, 50, 100], ids=["standby", "overflow", "all-remote"])
+def test_a_dead_remote_costs_no_request(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream], share: int
+) -> None:
+    local = [upstream_factory("local-0"), upstream_factory("local-1")]
+    remote = upstream_factory("remote")
+    backend = remote_backend(remote, health_check=FAST_CHECK)
+    envoy, port = gateway(model(local, backend, TrafficSplit(100 - share, share), health_check=FAST_CHECK))
+    wait_until(lambda: served(post(port, "m")) != "", timeout=5)
+    remote.stop()
+    # Before the health check notices: each attempt at the dead remote is retried on the local side.
+    before = Counter(served(post(port, "m")) for _ in range(60))
+    assert set(before) <= {"local-0", "local-1"}, before
+    wait_until(
+        lambda: all(h["health_status"].get("failed_active_health_check") for h in envoy.cluster_endpoints("m/remote")),
+        timeout=5, message="the remote's health check never failed",
+    )
+    after = Counter(served(post(port, "m")) for _ in range(60))
+    assert set(after) <= {"local-0", "local-1"}, after
+    assert_remote_only_toward_remote(remote, local, port)
+    if share:
+        assert envoy.stats().get("cluster.m_remote-first_round_robin.upstream_rq_retry", 0) >= 1
+
+
+@pytest.mark.parametrize("share", [0, 50], ids=["standby", "overflow"])
+def test_dead_local_pods_cost_no_request(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream], share: int
+) -> None:
+    local = [upstream_factory("local-0"), upstream_factory("local-1")]
+    remote = upstream_factory("remote")
+    backend = remote_backend(remote, health_check=FAST_CHECK)
+    _, port = gateway(model(local, backend, TrafficSplit(100 - share, share), health_check=FAST_CHECK))
+    wait_until(lambda: served(post(port, "m")) != "", timeout=5)
+    for upstream in local:
+        upstream.stop()
+    counts = Counter(served(post(port, "m")) for _ in range(100))
+    assert counts == Counter({"remote": 100}), counts
+    assert_remote_only_toward_remote(remote, local, port)
+
+
+def test_one_healthy_local_pod_keeps_a_standby_model_local(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream]
+) -> None:
+    """Envoy's default overprovisioning (140%) would move 30% to the remote with one of two pods down;
+    spillover's STANDBY means all local until no local pod is ready."""
+    local = [upstream_factory("local-0"), upstream_factory("local-1")]
+    remote = upstream_factory("remote")
+    backend = remote_backend(remote, health_check=FAST_CHECK)
+    envoy, port = gateway(model(local, backend, TrafficSplit(100, 0), health_check=FAST_CHECK))
+    local[1].stop()
+    wait_until(
+        lambda: sum(1 for h in envoy.cluster_endpoints("m/local/round_robin")
+                    if h["health_status"].get("failed_active_health_check")) == 1,
+        timeout=5, message="the stopped pod never failed its health check",
+    )
+    counts = Counter(served(post(port, "m")) for _ in range(60))
+    assert counts == Counter({"local-0": 60}), counts
+
+
+def test_without_failover_a_dead_remote_fails_its_share(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream]
+) -> None:
+    """Today's shape, for comparison: the remote's share is lost for as long as the remote is down."""
+    local = [upstream_factory("local-0")]
+    remote = upstream_factory("remote")
+    backend = remote_backend(remote, health_check=FAST_CHECK)
+    envoy, port = gateway(dataclasses.replace(model(local, backend, TrafficSplit(50, 50)), failover=False))
+    remote.stop()
+    wait_until(
+        lambda: all(h["health_status"].get("failed_active_health_check") for h in envoy.cluster_endpoints("m/remote")),
+        timeout=5,
+    )
+    counts = Counter(served(post(port, "m")) for _ in range(100))
+    assert counts["HTTP 503"] >= 25, counts
