@@ -153,6 +153,16 @@ async def test_a_nack_on_a_worker_shows_in_the_main_process_views_and_metrics(po
     other = next(n for n, w in workers.items() if w == 0)
     admin, url = await admin_for(pool)
     try:
+        # Every stream's first ACK counted before the push: one still unread when the push goes out answers
+        # an old nonce, and is rightly counted as stale instead.
+        async with aiohttp.ClientSession() as session:
+
+            async def first_acks() -> float | None:
+                async with session.get(url + "/metrics") as answer:
+                    acks = sample(await answer.text(), "spillover_xds_acks_total", type="CDS")
+                return acks if acks == len(clients) else None
+
+            await async_wait_until(first_acks, timeout=20, message="every stream's first ACK in /metrics")
         pool.cache.set_snapshot(GROUP, clusters("a", "broken"))
         for node_id, client in clients.items():
             response = await client.recv(timeout=15)
@@ -188,6 +198,7 @@ async def test_a_nack_on_a_worker_shows_in_the_main_process_views_and_metrics(po
             except AssertionError as failure:  # what the main process last said, to tell a lost ACK from a late one
                 raise AssertionError(f"{failure}\n{seen[0] if seen else ''}") from None
             assert sample(text, "spillover_xds_nacks_total", type="CDS") == 1
+            assert sample(text, "spillover_xds_stale_nonce_total", type="CDS") == 0
             assert sample(text, "spillover_xds_proxy_sync", group=GROUP, type="CDS", status="NACKED") == 1
             assert sample(text, "spillover_xds_connected_proxies", group=GROUP, mode="sotw") == len(clients)
             # Every stream's first request and ACKs, counted by the worker that got it, summed here.
@@ -281,8 +292,11 @@ async def test_a_worker_that_dies_is_restarted_and_its_streams_leave_the_registr
     assert pool.proxies.replicas(GROUP) == len(survivors)
     for node_id in doomed:
         assert await clients[node_id].ended(timeout=15) == grpc.StatusCode.UNAVAILABLE
+    # A restart is counted once the new worker said it serves, a moment after its process exists.
     restarted = await async_wait_until(
-        lambda: len(pool.worker_pids()) == 2 and dead_pid not in pool.worker_pids() and pool.worker_pids(),
+        lambda: len(pool.worker_pids()) == 2 and dead_pid not in pool.worker_pids()
+        and pool.metrics_registry.get_sample_value("spillover_xds_worker_restarts_total") == 1
+        and pool.worker_pids(),
         timeout=20, message="the worker restarted",
     )
     assert not pid_alive(dead_pid)
