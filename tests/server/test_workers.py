@@ -418,3 +418,42 @@ async def test_a_group_is_forgotten_only_when_no_worker_serves_it() -> None:
     finally:
         await fleet.close()
         await pool.stop(0)
+
+
+async def test_a_certificate_rotation_is_counted_once_whatever_the_number_of_workers(tmp_path: Path) -> None:
+    certificates = Certificates(tmp_path)
+    server = await SecureServer(certificates, workers=2).start()
+    assert isinstance(server.xds, WorkerPool)
+    pool = server.xds
+    server.publish(GROUP, [cluster_pb2.Cluster(name="a")])
+    fleet = Fleet(server.address, certificates.client("spiffe://test/envoy"))
+
+    async def reloads(result: str) -> float:
+        await pool.refresh_views()
+        return server.counter("spillover_xds_tls_reloads_total", result=result)
+
+    try:
+        for rotation in (1, 2):
+            certificates.rotate_server()
+            # Every worker takes the new files at its next handshake: a stream on each, opened after the
+            # rotation, spaced beyond the check interval (0.05 s) so that no handshake skips the look.
+            reached: set[int] = set()
+            for i in range(40):
+                await asyncio.sleep(0.06)
+                node_id = f"envoy-{rotation}-{i}"
+                await connect(fleet, node_id)
+                reached.add(workers_of(pool)[node_id])
+                if reached == {0, 1}:
+                    break
+            else:
+                raise AssertionError(f"40 connections all landed on worker {reached}")
+            # Both workers loaded the files; the change is one.
+            async def counted(rotation: int = rotation) -> bool:
+                return await reloads("ok") >= rotation
+
+            await async_wait_until(counted, timeout=10, message=f"rotation {rotation} counted")
+            assert await reloads("ok") == rotation
+            assert await reloads("error") == 0
+    finally:
+        await fleet.close()
+        await server.close()

@@ -10,7 +10,9 @@ one for the whole server.
   rate-limit divisor), Envoy admin addresses for the metric sources, the providers' observers.
 - The bounds that count: streams per identity (IdentityStreams) and node groups at once (GroupTracker,
   with its grace period) are decided here; workers ask before admitting.
-- Metrics: pushes, snapshot sizes, groups and connected streams are counted here; the workers' own
+- Metrics: pushes, snapshot sizes, groups and connected streams are counted here, and so are the reloads
+  of the certificate files: this process looks at the files every check interval as each worker does at
+  its handshakes, so that one change counts once, not once per worker that took it. The workers' own
   counters (responses, ACKs, NACKs, refusals, ...) are summed from their reports, asked for with the
   stream states right before /metrics or a debug view is read (`refresh_views`).
 - A worker that dies is restarted on the same port; its streams leave the registry at once (their
@@ -43,7 +45,7 @@ from spillover.server.service import (
     group_by_cluster,
     is_loopback,
 )
-from spillover.server.tls import load_consistent
+from spillover.server.tls import CertificateReloader
 from spillover.server.workers.views import RemoteStream, WorkerFamilies, resources_of
 from spillover.server.workers.wire import Channel, ShippedSnapshot, StreamInfo, encode, worker_metrics
 
@@ -131,7 +133,11 @@ class WorkerPool(XdsServer):
                 "configuration and secret. Give a server certificate and client CA (mTLS), or opt in to plain text."
             )
         if options.tls is not None:
-            load_consistent(options.tls)  # TlsError here, before any worker starts
+            # TlsError here, before any worker starts.
+            self.tls = CertificateReloader(
+                options.tls, options.tls_check_interval,
+                on_reload=lambda ok: self.metrics.tls_reloads.labels("ok" if ok else "error").inc(),
+            )
         self._stopping = False
         try:
             port = await self._spawn(self._workers[0], address)
@@ -144,6 +150,8 @@ class WorkerPool(XdsServer):
         self.groups.resume()
         loop = asyncio.get_running_loop()
         self._supervisors = [loop.create_task(self._supervise(worker)) for worker in self._workers]
+        if self.tls is not None:
+            self._supervisors.append(loop.create_task(self._watch_tls(self.tls)))
         log.info("xDS server: %d worker processes on %s (pids %s)", len(self._workers), self._address,
                  ", ".join(str(pid) for pid in self.worker_pids()))
         return port
@@ -207,6 +215,15 @@ class WorkerPool(XdsServer):
                 except (WorkerError, OSError) as error:
                     log.error("restarting xDS worker %d failed: %s", worker.index, error)
                     delay = _RESTART_BACKOFF_S[-1]
+
+    async def _watch_tls(self, tls: CertificateReloader) -> None:
+        """Counts the changes of the certificate files (the workers serve them, each from its own look)."""
+        while not self._stopping:
+            await asyncio.sleep(tls.check_interval)
+            try:
+                tls.fetch()
+            except Exception:  # the count is lost, not the server
+                log.exception("xDS TLS: looking at the certificate files failed")
 
     def _drop(self, worker: _Worker) -> None:
         """A worker is gone: its streams leave the registry, its identities' streams are given back."""
