@@ -5,9 +5,12 @@ process's views read through the real admin endpoint."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -417,4 +420,93 @@ async def test_a_group_is_forgotten_only_when_no_worker_serves_it() -> None:
         assert cache.get(GROUP) is None and len(pool.groups) == 0
     finally:
         await fleet.close()
+        await pool.stop(0)
+
+
+async def test_a_certificate_rotation_is_counted_once_whatever_the_number_of_workers(tmp_path: Path) -> None:
+    certificates = Certificates(tmp_path)
+    server = await SecureServer(certificates, workers=2).start()
+    assert isinstance(server.xds, WorkerPool)
+    pool = server.xds
+    server.publish(GROUP, [cluster_pb2.Cluster(name="a")])
+    fleet = Fleet(server.address, certificates.client("spiffe://test/envoy"))
+
+    async def reloads(result: str) -> float:
+        await pool.refresh_views()
+        return server.counter("spillover_xds_tls_reloads_total", result=result)
+
+    try:
+        for rotation in (1, 2):
+            certificates.rotate_server()
+            # Every worker takes the new files at its next handshake: a stream on each, opened after the
+            # rotation, spaced beyond the check interval (0.05 s) so that no handshake skips the look.
+            reached: set[int] = set()
+            for i in range(40):
+                await asyncio.sleep(0.06)
+                node_id = f"envoy-{rotation}-{i}"
+                await connect(fleet, node_id)
+                reached.add(workers_of(pool)[node_id])
+                if reached == {0, 1}:
+                    break
+            else:
+                raise AssertionError(f"40 connections all landed on worker {reached}")
+            # Both workers loaded the files; the change is one.
+            async def counted(rotation: int = rotation) -> bool:
+                return await reloads("ok") >= rotation
+
+            await async_wait_until(counted, timeout=10, message=f"rotation {rotation} counted")
+            assert await reloads("ok") == rotation
+            assert await reloads("error") == 0
+    finally:
+        await fleet.close()
+        await server.close()
+
+
+async def test_the_restart_delay_grows_while_a_worker_keeps_dying_and_resets_once_it_served_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, "spillover.server.workers")
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, clusters("a"))
+    healthy_after = 2.0
+    pool = WorkerPool(cache, 1, restart_backoff=(0.05, 0.3, 0.6), healthy_after=healthy_after)
+    await pool.start("127.0.0.1:0")
+    restarts = 0
+
+    def delays() -> list[float]:
+        found = (re.search(r"restarting it in ([0-9.]+)s$", r.getMessage()) for r in caplog.records)
+        return [float(match[1]) for match in found if match]
+
+    async def kill_and_wait() -> float:
+        """Kills the worker, waits for its restart; returns the delay the pool logged."""
+        nonlocal restarts
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        restarts += 1
+        await async_wait_until(
+            lambda: pool.metrics_registry.get_sample_value("spillover_xds_worker_restarts_total") == restarts
+            and len(pool.worker_pids()) == 1 and pid not in pool.worker_pids(),
+            timeout=30, message=f"restart {restarts}",
+        )
+        delay = delays()[-1]
+        assert time.monotonic() - killed_at >= delay  # it did wait (at least) that long
+        return delay
+
+    try:
+        # Killed as soon as it serves again: each death in a row waits longer, up to the last delay.
+        assert [await kill_and_wait() for _ in range(4)] == [0.05, 0.3, 0.6, 0.6]
+        # A worker that served the healthy period before dying is restarted quickly again...
+        await asyncio.sleep(healthy_after)
+        assert await kill_and_wait() == 0.05
+        # ...and one that dies at once after that starts growing again.
+        assert await kill_and_wait() == 0.3
+        # The restarted worker serves.
+        client = AdsClient(f"127.0.0.1:{pool.port}", "sotw")
+        try:
+            client.send(node=node("envoy-after", GROUP), type_url=CLUSTER)
+            assert (await client.recv(timeout=15)).version_info == clusters("a").version(CLUSTER)
+        finally:
+            await client.close()
+    finally:
         await pool.stop(0)
