@@ -10,10 +10,10 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_b
 
 from spillover.dashboards import queries as q
 from spillover.dashboards.panels import (
+    RATE_WINDOW,
     Ids,
     Target,
     dashboard,
-    datasource_variable,
     query_variable,
     row,
     stat_panel,
@@ -33,18 +33,16 @@ from spillover.names import (
 )
 
 UID = "spillover-control-plane"
-W = "$__rate_interval"
+W = RATE_WINDOW
 G = 'group=~"$group"'
 
 
 def build() -> dashboard_b.Dashboard:
     ids = Ids()
-    board = (
-        dashboard(UID, "spillover / control plane",
-                  "The xDS server: connected Envoys and their sync state, pushes, NACKs; policies and evaluation")
-        .with_variable(datasource_variable())
-        .with_variable(query_variable(
-            "group", "Node group", f"label_values({XDS_CONNECTED_SERIES}, group)", include_all=True))
+    board = dashboard(
+        UID, "spillover / control plane",
+        "The xDS server: connected Envoys and their sync state, pushes, NACKs; policies and evaluation",
+        query_variable("group", "Node group", f"label_values({XDS_CONNECTED_SERIES}, group)", include_all=True),
     )
     board = board.with_row(row(ids, "Now"))
     board = (
