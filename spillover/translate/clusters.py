@@ -175,12 +175,13 @@ def _upstream_tls(remote: RemoteBackend, ip: bool) -> tls_pb2.UpstreamTlsContext
     )
 
 
-def credential_filter(secret_name: str) -> hcm_pb2.HttpFilter:
-    """Adds the SDS generic secret `secret_name` ("Bearer <token>") as Authorization."""
+def credential_filter(secret_name: str, overwrite: bool = True) -> hcm_pb2.HttpFilter:
+    """Adds the SDS generic secret `secret_name` ("Bearer <token>") as Authorization; with `overwrite`
+    false, only when the request has none (the caller removes the client's first)."""
     credential = generic_pb2.Generic(credential=secret_pb2.SdsSecretConfig(name=secret_name, sds_config=ADS))
     injector = credential_injector_pb2.CredentialInjector(
         # The client's own Authorization (meant for this gateway) must never reach the remote.
-        overwrite=True,
+        overwrite=overwrite,
         credential=extension_pb2.TypedExtensionConfig(
             name="envoy.http.injected_credentials.generic", typed_config=pack(credential)
         ),

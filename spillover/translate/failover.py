@@ -11,19 +11,33 @@ Envoy runs the upstream HTTP filters of the route's cluster, which is the aggreg
 member that was chosen. So the remote's request changes (path prefix, host, headers, the OAuth2 token)
 are upstream filters of the aggregates, applied per attempt and only when the chosen host is the remote
 one: the remote's endpoint carries `spillover.upstream: remote` metadata, a header_mutation filter copies
-it into a header for the attempt, a Lua filter applies or undoes the remote's changes (see
-`lua.remote_side`), and after the credential injector another Lua filter gives local attempts the
-client's own Authorization back.
+it into a header for the attempt (the routes drop a client's copy), a Lua filter applies or undoes the
+remote's changes (see `lua.remote_side`), and with a token, the credential injector adds it where the Lua
+removed the client's Authorization, i.e. on the remote's attempts only.
+
+Most attempts are local ones that no remote attempt came before: their request is already as the client
+sent it. The Lua sits in a `match_delegate` wrapper that skips it for such an attempt (the side header
+absent, nothing saved in dynamic metadata), so it costs native filters and matcher evaluations only.
+A local attempt after a remote one still runs the Lua, which undoes the remote's changes (the attempts
+share one request header map).
 """
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+from envoy.extensions.matching.input_matchers.metadata.v3 import metadata_pb2 as input_metadata_pb2
+from envoy.type.matcher.v3 import http_inputs_pb2, value_pb2
+from google.protobuf.message import Message
+from xds.core.v3 import extension_pb2 as xds_extension_pb2
+from xds.type.matcher.v3 import matcher_pb2, string_pb2
 
 from spillover.ir import Model, RemoteBackend
 from spillover.names import (
@@ -43,7 +57,10 @@ from spillover.translate.common import http1_options, lua_filter, pack, u32
 __all__ = ["aggregate_clusters", "failover_targets"]
 
 REMOTE_SIDE_FILTER = "spillover.remote_side"
-LOCAL_CREDENTIALS_FILTER = "spillover.local_credentials"
+NO_AUTHORIZATION_FILTER = "spillover.no_authorization"
+# The Authorization of a request whose client sent none, between the aggregates' first filter and the
+# last: it keeps the credential injector off local attempts and never leaves Envoy.
+NO_AUTHORIZATION = "spillover-none"
 # Every failed attempt may be retried on the other side at once; Envoy's default of 3 retries in
 # flight per cluster would turn a dead side under load into 503s (upstream_rq_retry_overflow).
 MAX_RETRIES_IN_FLIGHT = 1024
@@ -54,25 +71,107 @@ def failover_targets(model: str, tag: str) -> tuple[str, str]:
     return local_first_cluster_name(model, tag), remote_first_cluster_name(model, tag)
 
 
-def _side_header() -> hcm_pb2.HttpFilter:
-    mutation = header_mutation_pb2.HeaderMutation(
-        mutations=header_mutation_pb2.Mutations(
-            request_mutations=[
-                mutation_rules_pb2.HeaderMutation(
-                    append=base_pb2.HeaderValueOption(
-                        header=base_pb2.HeaderValue(
-                            key=UPSTREAM_SIDE_HEADER,
-                            value=f"%UPSTREAM_METADATA({UPSTREAM_METADATA_NAMESPACE}:{UPSTREAM_SIDE_KEY})%",
-                        ),
-                        # Overwrites whatever a client sent under that name, even for a local attempt.
-                        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-                        keep_empty_value=True,
-                    )
+def _mutation(*mutations: mutation_rules_pb2.HeaderMutation) -> hcm_pb2.HttpFilter:
+    config = header_mutation_pb2.HeaderMutation(
+        mutations=header_mutation_pb2.Mutations(request_mutations=list(mutations))
+    )
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=pack(config))
+
+
+def _side_header(token: bool) -> hcm_pb2.HttpFilter:
+    side = mutation_rules_pb2.HeaderMutation(
+        append=base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(
+                key=UPSTREAM_SIDE_HEADER,
+                value=f"%UPSTREAM_METADATA({UPSTREAM_METADATA_NAMESPACE}:{UPSTREAM_SIDE_KEY})%",
+            ),
+            # Empty for a local host, and then not set at all: its absence is what lets the matchers
+            # below skip the Lua. A remote attempt's Lua removes it again.
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+    )
+    if not token:
+        return _mutation(side)
+    # The credential injector can't sit in a match_delegate (Envoy 1.40 crashes loading it), so it runs
+    # on every attempt, adding the token only where there is no Authorization: the Lua removes it on
+    # the remote's attempts, and a request without one carries this placeholder past the injector,
+    # removed after it.
+    placeholder = mutation_rules_pb2.HeaderMutation(
+        append=base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key="authorization", value=NO_AUTHORIZATION),
+            append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT,
+        )
+    )
+    return _mutation(side, placeholder)
+
+
+def _predicate(
+    input_name: str, input_config: Message, value: Message
+) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    Predicate = matcher_pb2.Matcher.MatcherList.Predicate
+    single = Predicate.SinglePredicate(
+        input=xds_extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(input_config))
+    )
+    if isinstance(value, string_pb2.StringMatcher):
+        single.value_match.CopyFrom(value)
+    else:
+        single.custom_match.CopyFrom(
+            xds_extension_pb2.TypedExtensionConfig(
+                name="envoy.matching.matchers.metadata_matcher", typed_config=pack(value)
+            )
+        )
+    return Predicate(single_predicate=single)
+
+
+def _not(predicate: matcher_pb2.Matcher.MatcherList.Predicate) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    return matcher_pb2.Matcher.MatcherList.Predicate(not_matcher=predicate)
+
+
+def _remote_attempt() -> matcher_pb2.Matcher.MatcherList.Predicate:
+    """This attempt goes to the remote: the side header says so."""
+    return _predicate(
+        "envoy.matching.inputs.request_headers",
+        http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=UPSTREAM_SIDE_HEADER),
+        string_pb2.StringMatcher(exact=UPSTREAM_SIDE_REMOTE),
+    )
+
+
+def _state(key: str, value: value_pb2.ValueMatcher) -> matcher_pb2.Matcher.MatcherList.Predicate:
+    """The remote-side Lua's dynamic metadata (lua.UPSTREAM_STATE) at `key` matches `value`."""
+    path = [network_inputs_pb2.DynamicMetadataInput.PathSegment(key=key)]
+    return _predicate(
+        "envoy.matching.inputs.dynamic_metadata",
+        network_inputs_pb2.DynamicMetadataInput(filter=lua.UPSTREAM_STATE, path=path),
+        input_metadata_pb2.Metadata(value=value),
+    )
+
+
+def _skip_when(
+    name: str, filter_config: hcm_pb2.HttpFilter, predicate: matcher_pb2.Matcher.MatcherList.Predicate
+) -> hcm_pb2.HttpFilter:
+    """`filter_config` wrapped so that it does not run on an attempt `predicate` matches. The negations
+    are spelled out as not_matcher: a missing header or metadata key makes a single predicate false."""
+    matcher = matcher_pb2.Matcher(
+        matcher_list=matcher_pb2.Matcher.MatcherList(
+            matchers=[
+                matcher_pb2.Matcher.MatcherList.FieldMatcher(
+                    predicate=predicate,
+                    on_match=matcher_pb2.Matcher.OnMatch(
+                        action=xds_extension_pb2.TypedExtensionConfig(
+                            name="skip", typed_config=pack(skip_action_pb2.SkipFilter())
+                        )
+                    ),
                 )
             ]
         )
     )
-    return hcm_pb2.HttpFilter(name="envoy.filters.http.header_mutation", typed_config=pack(mutation))
+    wrapped = extension_matcher_pb2.ExtensionWithMatcher(
+        xds_matcher=matcher,
+        extension_config=extension_pb2.TypedExtensionConfig(
+            name=filter_config.name, typed_config=filter_config.typed_config
+        ),
+    )
+    return hcm_pb2.HttpFilter(name=name, typed_config=pack(wrapped))
 
 
 def _upstream_filters(model: Model, remote: RemoteBackend) -> list[hcm_pb2.HttpFilter]:
@@ -81,21 +180,37 @@ def _upstream_filters(model: Model, remote: RemoteBackend) -> list[hcm_pb2.HttpF
         raise ValueError(f"model {model.name!r}: path_prefix must start with '/', got {remote.path_prefix!r}")
     token = bool(remote.bearer_token_secret_name)
     script = lua.remote_side(
-        UPSTREAM_SIDE_HEADER, UPSTREAM_SIDE_REMOTE, prefix, remote.host_rewrite, remote.headers, token
+        UPSTREAM_SIDE_HEADER,
+        UPSTREAM_SIDE_REMOTE,
+        prefix,
+        remote.host_rewrite,
+        remote.headers,
+        token,
+        NO_AUTHORIZATION,
     )
-    filters = [
-        _side_header(),
-        lua_filter(REMOTE_SIDE_FILTER, default_source_code=base_pb2.DataSource(inline_string=script)),
-    ]
+    remote_side = lua_filter(
+        REMOTE_SIDE_FILTER, default_source_code=base_pb2.DataSource(inline_string=script)
+    )
+    # Skipped when the attempt is local and no remote attempt saved the client's headers before it.
+    untouched = matcher_pb2.Matcher.MatcherList.Predicate(
+        and_matcher=matcher_pb2.Matcher.MatcherList.Predicate.PredicateList(
+            predicate=[
+                _not(_remote_attempt()),
+                _not(_state("client", value_pb2.ValueMatcher(present_match=True))),
+            ]
+        )
+    )
+    filters = [_side_header(token), _skip_when(REMOTE_SIDE_FILTER, remote_side, untouched)]
     if token:
         assert remote.bearer_token_secret_name is not None
-        filters.append(credential_filter(remote.bearer_token_secret_name))
-        filters.append(
-            lua_filter(
-                LOCAL_CREDENTIALS_FILTER,
-                default_source_code=base_pb2.DataSource(inline_string=lua.local_credentials()),
-            )
+        filters.append(credential_filter(remote.bearer_token_secret_name, overwrite=False))
+        placeholder = _predicate(
+            "envoy.matching.inputs.request_headers",
+            http_inputs_pb2.HttpRequestHeaderMatchInput(header_name="authorization"),
+            string_pb2.StringMatcher(exact=NO_AUTHORIZATION),
         )
+        remove = _mutation(mutation_rules_pb2.HeaderMutation(remove="authorization"))
+        filters.append(_skip_when(NO_AUTHORIZATION_FILTER, remove, _not(placeholder)))
     filters.append(upstream_codec())
     return filters
 
@@ -109,7 +224,9 @@ def _aggregate(name: str, members: list[str], filters: list[hcm_pb2.HttpFilter])
             name="envoy.clusters.aggregate", typed_config=pack(aggregate_pb2.ClusterConfig(clusters=members))
         ),
         circuit_breakers=circuit_breaker_pb2.CircuitBreakers(
-            thresholds=[circuit_breaker_pb2.CircuitBreakers.Thresholds(max_retries=u32(MAX_RETRIES_IN_FLIGHT))]
+            thresholds=[
+                circuit_breaker_pb2.CircuitBreakers.Thresholds(max_retries=u32(MAX_RETRIES_IN_FLIGHT))
+            ]
         ),
     )
     for key, value in http1_options(filters).items():
@@ -129,4 +246,3 @@ def aggregate_clusters(model: Model, local_cluster: str, tag: str) -> dict[str, 
         local_first: _aggregate(local_first, [local_cluster, remote_name], filters),
         remote_first: _aggregate(remote_first, [remote_name, local_cluster], filters),
     }
-

@@ -7,7 +7,6 @@ __all__ = [
     "PREFIX_HASH",
     "PREFIX_HASH_NAME",
     "UPSTREAM_STATE",
-    "local_credentials",
     "lua_string",
     "path_prefix",
     "remote_side",
@@ -126,16 +125,23 @@ def remote_side(
     authority: str | None,
     headers: tuple[tuple[str, str], ...],
     keep_authorization: bool,
+    no_authorization: str = "",
 ) -> str:
     """Upstream filter of a failover aggregate: each attempt that goes to the remote (the side header,
-    set from the chosen host's metadata, says so) gets the remote's path prefix, host and headers;
-    every other attempt gets the request exactly as the client sent it.
+    set from the chosen host's metadata for the remote's attempts only, says so) gets the remote's path
+    prefix, host and headers; every other attempt gets the request exactly as the client sent it.
 
-    Upstream filters of one request share its header map across attempts, so what the client sent is
-    kept in dynamic metadata at the first attempt and every attempt starts from it: a retry that moves
-    from the remote to the local side carries nothing meant for the remote. `keep_authorization` also
-    keeps the client's Authorization, which `local_credentials` puts back after the credential
-    injector (it overwrites it on every attempt)."""
+    Upstream filters of one request share its header map across attempts, so the first remote attempt
+    keeps what the client sent in dynamic metadata (`client`) and every later attempt starts from it:
+    a retry that moves from the remote to the local side carries nothing meant for the remote. The
+    aggregates skip this script (match_delegate, see failover.py) on a local attempt that no remote
+    attempt came before, since it would find the headers as the client sent them and touch nothing.
+
+    `keep_authorization` (the remote has a token) also keeps the client's Authorization and removes it
+    on the remote's attempts, so that the credential injector after this script (it adds the token only
+    where there is no Authorization) adds it there. `no_authorization` is the placeholder the aggregates
+    give a request without one (see failover.py): saved as none, and put back for a local attempt.
+    """
     touched = [":path", ":authority", *(name for name, _ in headers)]
     if keep_authorization:
         touched.append("authorization")
@@ -146,82 +152,39 @@ def remote_side(
     if authority:
         apply.append(f'    headers:replace(":authority", {lua_string(authority)})')
     apply += [f"    headers:replace({lua_string(name)}, {lua_string(value)})" for name, value in headers]
-    state = lua_string(UPSTREAM_STATE)
-    save = [
-        "    saved = {}",
-        f"    for _, name in ipairs({{{names}}}) do",
-        "      saved[name] = headers:get(name)",
-        "    end",
-        f'    metadata:set({state}, "client", saved)',
-    ]
-    restore = [
-        f"    for _, name in ipairs({{{names}}}) do",
-        "      if saved[name] == nil then headers:remove(name) else headers:replace(name, saved[name]) end",
-        "    end",
-    ]
-    head = [
-        "function envoy_on_request(handle)",
-        "  local headers = handle:headers()",
-        "  local metadata = handle:streamInfo():dynamicMetadata()",
-        f"  local remote = headers:get({lua_string(side_header)}) == {lua_string(remote_value)}",
-        f"  headers:remove({lua_string(side_header)})",
-    ]
-    if not keep_authorization:
-        # The common case costs least: a local attempt that no remote attempt came before finds the
-        # headers as the client sent them and touches nothing; the first remote attempt saves them.
-        return "\n".join(
-            [
-                *head,
-                f"  local saved = (metadata:get({state}) or {{}}).client",
-                "  if remote then",
-                "    if saved == nil then",
-                *("  " + line for line in save),
-                "    end",
-                *apply,
-                "  elseif saved ~= nil then",
-                *restore,
-                "  end",
-                "end",
-                "",
-            ]
-        )
-    # With a token every attempt records its side and the client's Authorization: `local_credentials`,
-    # after the credential injector (which sets the remote's token on every attempt), needs both.
-    return "\n".join(
-        [
-            *head,
-            f"  local saved = (metadata:get({state}) or {{}}).client",
-            "  if saved == nil then",
-            *save,
-            "  end",
-            f'  metadata:set({state}, "side", remote and "remote" or "local")',
-            "  if remote then",
-            *apply,
-            "  else",
-            *restore,
-            "  end",
-            "end",
-            "",
+    save_placeholder, restore_none = [], "headers:remove(name)"
+    if keep_authorization:
+        apply.append('    headers:remove("authorization")')
+        save_placeholder = [
+            f"      if saved.authorization == {lua_string(no_authorization)} then saved.authorization = nil end"
         ]
-    )
-
-
-def local_credentials() -> str:
-    """After the credential injector of a failover aggregate: an attempt that goes to the local side
-    gets the client's own Authorization back (or none), never the remote's token."""
+        restore_none = (
+            f'if name == "authorization" then headers:replace(name, {lua_string(no_authorization)})'
+            " else headers:remove(name) end"
+        )
     state = lua_string(UPSTREAM_STATE)
     return "\n".join(
         [
             "function envoy_on_request(handle)",
-            f"  local state = handle:streamInfo():dynamicMetadata():get({state})",
-            '  if state == nil or state.side == "remote" then',
-            "    return",
-            "  end",
-            '  local original = (state.client or {}).authorization',
-            "  if original == nil then",
-            '    handle:headers():remove("authorization")',
-            "  else",
-            '    handle:headers():replace("authorization", original)',
+            "  local headers = handle:headers()",
+            "  local metadata = handle:streamInfo():dynamicMetadata()",
+            f"  local remote = headers:get({lua_string(side_header)}) == {lua_string(remote_value)}",
+            f"  local saved = (metadata:get({state}) or {{}}).client",
+            "  if remote then",
+            f"    headers:remove({lua_string(side_header)})",
+            "    if saved == nil then",
+            "      saved = {}",
+            f"      for _, name in ipairs({{{names}}}) do",
+            "        saved[name] = headers:get(name)",
+            "      end",
+            *save_placeholder,
+            f'      metadata:set({state}, "client", saved)',
+            "    end",
+            *apply,
+            "  elseif saved ~= nil then",
+            f"    for _, name in ipairs({{{names}}}) do",
+            f"      if saved[name] == nil then {restore_none} else headers:replace(name, saved[name]) end",
+            "    end",
             "  end",
             "end",
             "",

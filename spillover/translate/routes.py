@@ -43,6 +43,7 @@ from spillover.names import (
     PREFIX_HASH_HEADER,
     RATE_LIMIT_HEADER,
     ROUTE_CONFIG_NAME,
+    UPSTREAM_SIDE_HEADER,
     VIRTUAL_HOST_NAME,
     rate_limit_stat_prefix,
     remote_cluster_name,
@@ -271,6 +272,9 @@ def model_route(
     remote = model.remote
     if failover is not None:
         local_first, remote_first = failover
+        # The aggregates' upstream filters take the side of an attempt from this header, which they
+        # set only for the remote's attempts: a client's copy must not make a local attempt look remote.
+        route.request_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
         if split.remote == 0:
             action.cluster = local_first
         elif split.local == 0:
