@@ -12,7 +12,17 @@ from collections.abc import Callable
 
 import pytest
 
-from spillover.ir import Endpoint, Gateway, HealthCheck, Listener, Model, Profile, RemoteBackend, TrafficSplit
+from spillover.ir import (
+    Endpoint,
+    Gateway,
+    HealthCheck,
+    Listener,
+    Model,
+    Profile,
+    RemoteBackend,
+    Retries,
+    TrafficSplit,
+)
 from spillover.translate import translate
 from tests.harness.client import Response, request
 from tests.harness.envoy import Envoy
@@ -110,6 +120,53 @@ def test_split_through_aggregates_changes_only_the_requests_that_reach_the_remot
     stats = envoy.stats()
     assert stats["cluster.m_local-first_round_robin.upstream_rq_200"] == counts["local-0"] + counts["local-1"]
     assert stats["cluster.m_local_round_robin.upstream_rq_total"] == counts["local-0"] + counts["local-1"]
+
+
+@pytest.mark.parametrize("client_auth", [True, False], ids=["client-auth", "no-client-auth"])
+@pytest.mark.parametrize("token", [True, False], ids=["token", "no-token"])
+@pytest.mark.parametrize("first", ["local", "remote"], ids=["local-then-remote", "remote-then-local"])
+def test_a_retry_on_the_other_side_gets_that_sides_request(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream], first: str, token: bool, client_auth: bool
+) -> None:
+    """Each request fails on the side it goes to first (HTTP 503, retried) and is served by the other:
+    every attempt carries what its own side expects, whatever the attempt before it was given (the
+    attempts share one header map; a local attempt that no remote attempt preceded skips the Lua)."""
+    local = upstream_factory("local-0", status=503 if first == "local" else 200)
+    remote = upstream_factory("remote", status=503 if first == "remote" else 200)
+    options: dict[str, object] = {} if token else {"bearer_token_secret_name": None, "bearer_token": None}
+    split = TrafficSplit(100, 0) if first == "local" else TrafficSplit(0, 100)
+    retries = Retries(2, ("5xx", "reset", "connect-failure"))
+    _, port = gateway(model([local], remote_backend(remote, **options), split, retries=retries))
+    # A client's copy of the side header must not make a local attempt look remote.
+    headers = {"x-spillover-upstream": "remote"}
+    n = 5
+    for _ in range(n):
+        response = request(
+            "POST",
+            f"http://127.0.0.1:{port}{CHAT}",
+            body={"model": "m"},
+            headers={
+                "content-type": "application/json",
+                **({"authorization": "Bearer client-key"} if client_auth else {}),
+                **headers,
+            },
+            timeout=10,
+        )
+        assert served(response) == ("remote" if first == "local" else "local-0"), response
+    assert len(local.requests) == len(remote.requests) == n, (local.requests, remote.requests)
+    client_authorization = "Bearer client-key" if client_auth else None
+    for record in remote.requests:
+        assert record["path"] == "/ws-1/models/m" + CHAT
+        assert record["headers"]["host"] == "api.remote.example"
+        assert record["headers"]["x-spillover-origin"] == "edge-1"
+        assert record["headers"].get("authorization") == ("Bearer tok-123" if token else client_authorization)
+        assert "x-spillover-upstream" not in record["headers"]
+    for record in local.requests:
+        assert record["path"] == CHAT
+        assert record["headers"]["host"] == f"127.0.0.1:{port}"
+        assert "x-spillover-origin" not in record["headers"]
+        assert "x-spillover-upstream" not in record["headers"]
+        assert record["headers"].get("authorization") == client_authorization
 
 
 @pytest.mark.parametrize("share", [0, 50, 100], ids=["standby", "overflow", "all-remote"])
