@@ -8,6 +8,7 @@ copy of a model with a destination cluster is reached (its Service's address: th
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 
 from spillover import ir, names
@@ -207,3 +208,59 @@ def plan_gateway(
         route = (copy_routes or {}).get(md.model)
         planned.append(model_ir(md, decision, replicas, tokens.get(md.model), weights, route))
     return ir.Gateway(name=group, listener=listener, models=tuple(planned))
+
+
+class Planner:
+    """`plan_gateway` that gives the same IR object for a model whose inputs did not change.
+
+    Later stages compare a model's IR with what they rendered last time by identity first (one check
+    instead of a walk through the value), so an unchanged model costs them nothing. One planner serves
+    every group: entries are per model and Envoy count (groups of the same size share them), and they are
+    dropped all at once when there are more than `limit` (models gone, counts no group has any more)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._memo: dict[tuple[str, int], tuple[tuple[object, ...], ir.Model]] = {}
+        self._order: tuple[list[ModelDeployment], list[ModelDeployment]] = ([], [])
+
+    def _sorted(self, models: Iterable[ModelDeployment]) -> list[ModelDeployment]:
+        given = list(models)
+        last, ordered = self._order
+        if len(given) != len(last) or not all(map(operator.is_, given, last)):
+            ordered = sorted(given, key=lambda m: m.model)
+            self._order = (given, ordered)
+        return ordered
+
+    def plan(
+        self,
+        group: str,
+        listener: ir.Listener,
+        models: Iterable[ModelDeployment],
+        decisions: Mapping[str, Decision],
+        replicas: int,
+        tokens: Mapping[str, str | None],
+        latency_weights: Mapping[str, Mapping[str, int]] | None = None,
+        copy_routes: Mapping[str, CopyRoute] | None = None,
+    ) -> ir.Gateway:
+        replicas = max(1, replicas)
+        ordered = self._sorted(models)
+        if len(self._memo) > max(self.limit, 4 * len(ordered)):
+            self._memo.clear()
+        weights_of = latency_weights or {}
+        routes = copy_routes or {}
+        planned = []
+        memo = self._memo
+        for md in ordered:
+            name = md.model
+            inputs = (md, decisions.get(name), tokens.get(name), weights_of.get(name), routes.get(name))
+            known = memo.get((name, replicas))
+            if known is not None and known[0][0] is md and known[0][1:] == inputs[1:]:
+                planned.append(known[1])
+                continue
+            decision = inputs[1] or Decision(OverflowState.STANDBY, 0)
+            model = model_ir(md, decision, replicas, inputs[2], inputs[3], inputs[4])
+            if known is not None and known[1] == model:
+                model = known[1]  # the same value: the same object, for the stages after
+            memo[(name, replicas)] = (inputs, model)
+            planned.append(model)
+        return ir.Gateway(name=group, listener=listener, models=tuple(planned))
