@@ -261,12 +261,14 @@ class SnapshotBuilder:
             out = [r for p in removed for r in p.of_type(type_url)]
             into = [r for p in added for r in p.of_type(type_url)]
             current = previous.get(type_url)
-            if not out and not into:
+            gone, names = {r.name for r in out}, {r.name for r in into}
+            if gone == names and all(current.get(r.name) is r for r in into):
+                # None (a decision moves only routes), or the same resources again (`Resource.from_bytes`
+                # gives the one object for the same bytes): the map is kept as it is.
                 by_type[type_url] = current
                 changes[type_url] = frozenset()
                 continue
             named = _copy(current)
-            gone, names = {r.name for r in out}, {r.name for r in into}
             for name in gone - names:
                 del named[name]
             seen: set[str] = set()

@@ -24,9 +24,9 @@ from spillover.ir import (
 __all__ = ["CHANGES", "change", "fleet", "fleet_model"]
 
 
-def fleet_model(i: int, replicas: int = 1) -> Model:
+def fleet_model(i: int, replicas: int = 1, name: str | None = None) -> Model:
     kind = i % 10
-    name = f"model-{i:05d}"
+    name = name or f"model-{i:05d}"
     endpoints = tuple(Endpoint(f"10.{i // 250 % 250}.{i % 250}.{n + 1}", 8000, weight=10 + n) for n in range(3))
     rps = 100.0 + i % 7
     profiles: tuple[Profile, ...] = (
@@ -102,7 +102,7 @@ def change(gateway: Gateway, kind: str, index: int, generation: int = 1) -> Gate
     if kind == "remove":
         return _replace_model(gateway, index, None)
     if kind == "add":
-        added = dataclasses.replace(fleet_model(index + 7), name=f"added-{generation:05d}-{index}")
+        added = fleet_model(index + 7, name=f"added-{generation:05d}-{index}")
         return dataclasses.replace(gateway, models=(*gateway.models, added))
     raise ValueError(f"unknown change {kind!r}")
 
