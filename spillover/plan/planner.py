@@ -252,15 +252,24 @@ class Planner:
         memo = self._memo
         for md in ordered:
             name = md.model
-            inputs = (md, decisions.get(name), tokens.get(name), weights_of.get(name), routes.get(name))
+            decision, token = decisions.get(name), tokens.get(name)
+            weights, route = weights_of.get(name), routes.get(name)
             known = memo.get((name, replicas))
-            if known is not None and known[0][0] is md and known[0][1:] == inputs[1:]:
-                planned.append(known[1])
-                continue
-            decision = inputs[1] or Decision(OverflowState.STANDBY, 0)
-            model = model_ir(md, decision, replicas, inputs[2], inputs[3], inputs[4])
+            if known is not None:
+                inputs = known[0]
+                # Identity first: the evaluator keeps a Decision that did not change, the provider its maps.
+                if (
+                    inputs[0] is md
+                    and (inputs[1] is decision or inputs[1] == decision)
+                    and inputs[2] == token
+                    and (inputs[3] is weights or inputs[3] == weights)
+                    and (inputs[4] is route or inputs[4] == route)
+                ):
+                    planned.append(known[1])
+                    continue
+            model = model_ir(md, decision or Decision(OverflowState.STANDBY, 0), replicas, token, weights, route)
             if known is not None and known[1] == model:
                 model = known[1]  # the same value: the same object, for the stages after
-            memo[(name, replicas)] = (inputs, model)
+            memo[(name, replicas)] = ((md, decision, token, weights, route), model)
             planned.append(model)
         return ir.Gateway(name=group, listener=listener, models=tuple(planned))
