@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import operator
 import time
+import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -161,12 +162,16 @@ def _count(counts: dict[str, int], names: Iterable[str], step: int) -> None:
 
 
 class SnapshotBuilder:
-    """Builds a group's snapshot from its gateway IR, from the group's previous snapshot when given."""
+    """Builds a group's snapshot from its gateway IR: from the group's previous snapshot when given, else
+    from the last one this builder built (another group's: any snapshot with a basis will do)."""
 
     def __init__(self, pieces: PieceCache | None = None) -> None:
         self.pieces = pieces if pieces is not None else PieceCache()
         self._table = RouteTable()
         self._listeners: dict[ir.Listener, Resource] = {}
+        # The last snapshot built, whatever its group: a group seen for the first time is built from it
+        # (most groups serve the same models). Weak: it is the groups' to keep, not the builder's.
+        self._last: weakref.ref[Snapshot] | None = None
 
     def _listener(self, listener: ir.Listener) -> Resource:
         resource = self._listeners.get(listener)
@@ -188,12 +193,15 @@ class SnapshotBuilder:
     def snapshot(self, gateway: ir.Gateway, previous: Snapshot | None = None) -> Snapshot:
         """Raises ValueError on what the translation refuses, as `translate` does."""
         started = time.perf_counter()
+        if previous is None and self._last is not None:
+            previous = self._last()
         basis = previous.basis if previous is not None else None
         if not (isinstance(basis, _Basis) and basis.builder is self and previous is not None):
             snapshot = self._first(gateway, self._pieces(gateway))
         else:
             snapshot = self._next(gateway, previous, basis)
         snapshot.build_seconds = time.perf_counter() - started
+        self._last = weakref.ref(snapshot)
         return snapshot
 
     def _pieces(self, gateway: ir.Gateway) -> tuple[Piece, ...]:
