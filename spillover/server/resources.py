@@ -113,14 +113,44 @@ class Resource:
     name: str
     version: str
     body: bytes  # deterministic serialization of the message itself
-    sotw_entry: bytes = field(repr=False)  # DiscoveryResponse.resources entry (tag, length, Any)
-    delta_entry: bytes = field(repr=False)  # DeltaDiscoveryResponse.resources entry
+    # The DiscoveryResponse.resources entry (tag, length, Any) and the DeltaDiscoveryResponse one: built on
+    # first use (`sotw_entry`, `delta_entry`), so a resource pays for the protocol its streams speak, and a
+    # snapshot build does not copy a table of every model's routes three times.
+    _sotw: bytes | None = field(default=None, repr=False, compare=False)
+    _delta: bytes | None = field(default=None, repr=False, compare=False)
     # This resource's term in its type's version (see `type_version`).
     mix: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         term = hashlib.blake2b(f"{self.name}\0{self.version}".encode(), digest_size=8).digest()
         object.__setattr__(self, "mix", int.from_bytes(term, "little"))
+
+    @property
+    def sotw_entry(self) -> bytes:
+        entry = self._sotw
+        if entry is None:
+            body = self.body
+            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(len(body))
+            entry = b"".join((_SOTW_RESOURCES, _size(len(any_head) + len(body)), any_head, body))
+            object.__setattr__(self, "_sotw", entry)
+        return entry
+
+    @property
+    def delta_entry(self) -> bytes:
+        entry = self._delta
+        if entry is None:
+            body = self.body
+            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(len(body))
+            any_size = len(any_head) + len(body)
+            head = (
+                _length_delimited(_RESOURCE_NAME, self.name.encode())
+                + _length_delimited(_RESOURCE_VERSION, self.version.encode())
+                + _RESOURCE_BODY
+                + _size(any_size)
+            )
+            entry = b"".join((_DELTA_RESOURCES, _size(len(head) + any_size), head, any_head, body))
+            object.__setattr__(self, "_delta", entry)
+        return entry
 
     @classmethod
     def from_message(cls, message: Message, name: str | None = None) -> Resource:
@@ -140,23 +170,7 @@ class Resource:
         known = _LIVE.get(key)
         if known is not None and known.body == body:
             return known
-        # Each entry is one join: a large body (a route table of every model) is copied once per entry.
-        any_head = _type_url_field(type_url) + _ANY_VALUE + _size(len(body))
-        any_size = len(any_head) + len(body)
-        head = (
-            _length_delimited(_RESOURCE_NAME, name.encode())
-            + _length_delimited(_RESOURCE_VERSION, version.encode())
-            + _RESOURCE_BODY
-            + _size(any_size)
-        )
-        resource = cls(
-            type_url=type_url,
-            name=name,
-            version=version,
-            body=body,
-            sotw_entry=b"".join((_SOTW_RESOURCES, _size(any_size), any_head, body)),
-            delta_entry=b"".join((_DELTA_RESOURCES, _size(len(head) + any_size), head, any_head, body)),
-        )
+        resource = cls(type_url=type_url, name=name, version=version, body=body)
         _LIVE[key] = resource
         return resource
 
