@@ -187,9 +187,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "A decision flip changes one model's routes, which live in the one RouteConfiguration of every model: "
-        "its bytes are joined anew from the models' encoded routes (no re-encoding), and the resource's two "
-        "wire entries (SotW and Delta) are one more copy each; that copying of the whole table is what it "
-        "costs beyond the others.",
+        "its bytes are joined anew from the models' encoded routes (no re-encoding, one copy of the whole "
+        "table, whose fresh pages the kernel has to fault in); that copy is what it costs beyond the others. "
+        "The resource's SotW and Delta entries (one more copy each) are built when a stream first needs them, "
+        "outside these figures. Planning is not in them either (see above): it stays a pass over every model.",
         "",
     ]
     return "\n".join(lines)
