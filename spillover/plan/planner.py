@@ -215,12 +215,13 @@ class Planner:
 
     Later stages compare a model's IR with what they rendered last time by identity first (one check
     instead of a walk through the value), so an unchanged model costs them nothing. One planner serves
-    every group: entries are per model and Envoy count (groups of the same size share them), and they are
-    dropped all at once when there are more than `limit` (models gone, counts no group has any more)."""
+    every group: entries are per Envoy count (groups of the same size share them) and model; the counts
+    planned least recently are dropped beyond `counts`, and a count's entries for models gone are dropped when
+    they outnumber the models planned."""
 
-    def __init__(self, limit: int = 4096) -> None:
-        self.limit = limit
-        self._memo: dict[tuple[str, int], tuple[tuple[object, ...], ir.Model]] = {}
+    def __init__(self, counts: int = 8) -> None:
+        self.counts = counts
+        self._memo: dict[int, dict[str, tuple[tuple[object, ...], ir.Model]]] = {}
         self._order: tuple[list[ModelDeployment], list[ModelDeployment]] = ([], [])
 
     def _sorted(self, models: Iterable[ModelDeployment]) -> list[ModelDeployment]:
@@ -244,17 +245,23 @@ class Planner:
     ) -> ir.Gateway:
         replicas = max(1, replicas)
         ordered = self._sorted(models)
-        if len(self._memo) > max(self.limit, 4 * len(ordered)):
-            self._memo.clear()
+        memo = self._memo.pop(replicas, None)
+        if memo is None:
+            memo = {}
+        elif len(memo) > 2 * len(ordered) + 64:
+            planned_names = {md.model for md in ordered}
+            memo = {name: entry for name, entry in memo.items() if name in planned_names}
+        self._memo[replicas] = memo  # the most recent count last
+        while len(self._memo) > self.counts:
+            del self._memo[next(iter(self._memo))]
         weights_of = latency_weights or {}
         routes = copy_routes or {}
         planned = []
-        memo = self._memo
         for md in ordered:
             name = md.model
             decision, token = decisions.get(name), tokens.get(name)
             weights, route = weights_of.get(name), routes.get(name)
-            known = memo.get((name, replicas))
+            known = memo.get(name)
             if known is not None:
                 inputs = known[0]
                 # Identity first: the evaluator keeps a Decision that did not change, the provider its maps.
@@ -270,6 +277,6 @@ class Planner:
             model = model_ir(md, decision or Decision(OverflowState.STANDBY, 0), replicas, token, weights, route)
             if known is not None and known[1] == model:
                 model = known[1]  # the same value: the same object, for the stages after
-            memo[(name, replicas)] = ((md, decision, token, weights, route), model)
+            memo[name] = ((md, decision, token, weights, route), model)
             planned.append(model)
         return ir.Gateway(name=group, listener=listener, models=tuple(planned))

@@ -39,8 +39,12 @@ def test_the_planner_plans_what_plan_gateway_plans_and_keeps_unchanged_models_id
 
 
 def test_the_memo_is_bounded() -> None:
-    planner = Planner(limit=10)
+    planner = Planner(counts=3)
     models = [_deployment(f"model-{i}") for i in range(4)]
     for replicas in range(1, 20):
         planner.plan("g", Listener(), models, {}, replicas, {})
-        assert len(planner._memo) <= max(10, 4 * len(models)) + len(models)
+        assert sorted(planner._memo) == list(range(max(1, replicas - 2), replicas + 1))
+    # Models that are gone leave the memo once they outnumber the planned ones.
+    for i in range(200):
+        planner.plan("g", Listener(), [_deployment(f"model-x{i}")], {}, 19, {})
+    assert len(planner._memo[19]) <= 2 + 64 + 1
