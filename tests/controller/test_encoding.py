@@ -9,6 +9,7 @@ versions, which secrets are referenced, and what changed since the previous snap
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -185,3 +186,35 @@ def test_any_sequence_of_changes_in_several_groups_gives_the_full_translation(st
         previous = snapshots[group]
         gateways[group], snapshots[group] = gateway, builder.snapshot(gateway, previous)
         _assert_same(snapshots[group], gateway, previous)
+
+
+async def test_the_policy_provider_builds_what_its_resources_translate(tmp_path: Path) -> None:
+    from spillover.controller.contracts import GroupView
+    from spillover.controller.policies import PolicyProvider
+    from tests.harness.policy_files import model_deployment, write
+
+    for i in range(6):
+        write(tmp_path / f"m{i}.yaml", model_deployment(f"model-{i}", [f"10.0.0.{i + 1}:8000"], rps=10.0 + i))
+    provider = PolicyProvider(tmp_path, Listener("127.0.0.1", 10000), poll_interval=0.01)
+
+    def same(snapshot: Snapshot, view: GroupView) -> None:
+        full = Snapshot.from_messages(provider.resources(view))
+        for type_url in PUSH_ORDER:
+            assert {n: r.body for n, r in snapshot.get(type_url).items()} == {
+                n: r.body for n, r in full.get(type_url).items()
+            }, type_url
+            assert list(snapshot.get(type_url)) == list(full.get(type_url))
+
+    views = [GroupView("a", 1), GroupView("b", 3)]
+    snapshots = [provider.snapshot(view, None) for view in views]
+    for view, snapshot in zip(views, snapshots, strict=True):
+        same(snapshot, view)
+    # One policy changes, one goes, one comes: the source's new state, as its run loop hands it over.
+    write(tmp_path / "m2.yaml", model_deployment("model-2", ["10.0.0.9:8000", "10.0.0.10:8000"], rps=99.0))
+    (tmp_path / "m4.yaml").unlink()
+    write(tmp_path / "m9.yaml", model_deployment("model-9", ["10.0.0.19:8000"]))
+    state = provider.source.poll()
+    assert state is not None
+    provider._on_state(state)
+    for view, snapshot in zip(views, snapshots, strict=True):
+        same(provider.snapshot(view, snapshot), view)
