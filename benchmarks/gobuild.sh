@@ -8,6 +8,7 @@
 #
 # Used by benchmarks/datapath_go/build.sh and benchmarks/peer_go/build.sh. Environment: GO (default: go on
 # PATH, then /usr/local/go/bin/go), and Go's GOCACHE / GOMODCACHE / GOPROXY as usual.
+# The Go environment (caches, GOFLAGS, finding Go) is scripts/go-env.sh, shared with tests/apiserver/build.sh.
 set -euo pipefail
 
 [ $# -ge 3 ] || { echo "usage: $0 <module dir> <cache dir> <name>=<package> ..." >&2; exit 2; }
@@ -17,19 +18,9 @@ shift 2
 bin="$cache/bin"
 mkdir -p "$bin"
 
-GO="${GO:-$(command -v go || true)}"
-[ -n "$GO" ] || { [ -x /usr/local/go/bin/go ] && GO=/usr/local/go/bin/go; }
-if [ -z "$GO" ] || ! "$GO" version >/dev/null 2>&1; then
-    echo "gobuild.sh: Go >= 1.26 is needed to build the benchmark programs of ${module##*/} (GO=/path/to/go)" >&2
-    exit 1
-fi
-export GOWORK=off GOTELEMETRY=off CGO_ENABLED=0
-unset GOOS GOARCH || true
-gocache="$("$GO" env GOCACHE 2>/dev/null || true)"
-case "$gocache" in ""|off) gocache="$cache/gocache" ;; esac
-gomodcache="$("$GO" env GOMODCACHE 2>/dev/null || true)"
-[ -n "$gomodcache" ] || gomodcache="$cache/gomod"
-export GOCACHE="$gocache" GOMODCACHE="$gomodcache" GOFLAGS="-mod=readonly -trimpath -modcacherw"
+# shellcheck source=../scripts/go-env.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/scripts/go-env.sh"
+go_env "$cache" gobuild.sh "the benchmark programs of ${module##*/}"
 
 # One build at a time per cache directory (parallel benchmark runs, several worktrees sharing .cache).
 exec 9>"$cache/.build.lock"

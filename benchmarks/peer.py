@@ -15,7 +15,6 @@ repetitions and the ratios of spillover and the floor to go-control-plane.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
 import os
 import resource
 import select
@@ -26,7 +25,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
 from typing import IO, Any
 
 from benchmarks import push
@@ -82,82 +80,11 @@ def build_peer() -> str:
 # --------------------------------------------------------------------------------------------- servers
 
 
-class Server:
-    """A benchmarked xDS server process: start, change one ClusterLoadAssignment, report, stop."""
-
-    name: str
-    pid: int | None = None
-
-    def start(self) -> tuple[int, str, int]:
-        """(port, the initial EDS version, VmRSS before any client)"""
-        raise NotImplementedError
-
-    def change(self, i: int) -> str:
-        """Apply push i; the EDS version the clients will see."""
-        raise NotImplementedError
-
-    def stats(self) -> tuple[float, dict[str, int]]:
-        """(CPU seconds so far, {"VmRSS": bytes, "VmHWM": bytes})"""
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-
-class PushServer(Server):
-    """spillover or the floor: benchmarks/push.py's server process, spoken to over its pipe."""
+class PushServer(push.PushServer):
+    """spillover or the floor, by their names here: benchmarks/push.py's server process."""
 
     def __init__(self, name: str, protocol: str, n_clusters: int, changes: int, log_path: str) -> None:
-        self.name = name
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=push.server_main,
-            args=(child, PUSH_KIND[name], protocol, 0.0, n_clusters, changes, log_path),
-            name=f"bench-server-{name}",
-            daemon=True,
-        )
-
-    def _reply(self, op: str, timeout: float = 60.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.conn.poll(0.5):
-                try:
-                    message: Any = self.conn.recv()
-                except EOFError as error:
-                    raise push.BenchError(f"the {self.name} server process died") from error
-                if message[0] == op:
-                    return message
-                raise push.BenchError(f"unexpected {self.name} server message {message!r}")
-            if not self.process.is_alive():
-                raise push.BenchError(f"the {self.name} server process exited with {self.process.exitcode}")
-        raise push.BenchError(f"no {op!r} from the {self.name} server within {timeout}s")
-
-    def start(self) -> tuple[int, str, int]:
-        self.process.start()
-        self.pid = self.process.pid
-        _, port, version, status = self._reply("ready")
-        return port, version, status["VmRSS"]
-
-    def change(self, i: int) -> str:
-        self.conn.send(("change", i))
-        return str(self._reply("changed")[1])
-
-    def stats(self) -> tuple[float, dict[str, int]]:
-        self.conn.send(("stats",))
-        _, cpu, status, *_ = self._reply("stats")  # then the collector's time and count
-        return cpu, status
-
-    def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.send(("stop",))
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.terminate()  # SIGTERM to this pid only
-            self.process.join(2)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(2)
+        super().__init__(PUSH_KIND[name], protocol, n_clusters, changes, log_path, name=name)
 
 
 def write_resources(path: str, n_clusters: int, changes: int) -> None:
@@ -185,7 +112,7 @@ def write_resources(path: str, n_clusters: int, changes: int) -> None:
             f.write(framed(part))
 
 
-class GoServer(Server):
+class GoServer(push.Server):
     """go-control-plane: benchmarks/peer_go, spoken to over its stdin and stdout lines."""
 
     name = GO_CONTROL_PLANE
@@ -228,7 +155,7 @@ class GoServer(Server):
         self.pid = self.process.pid
         port = int(self._line("ready")[1])
         _, status = self.stats()
-        return port, "e0", status["VmRSS"]
+        return port, "e0", int(status["VmRSS"])
 
     def _ask(self, command: str, want: str) -> list[str]:
         stdin, _ = self._io()
@@ -242,9 +169,12 @@ class GoServer(Server):
     def change(self, i: int) -> str:
         return self._ask(f"change {i}", "changed")[1]
 
-    def stats(self) -> tuple[float, dict[str, int]]:
+    def stats(self) -> tuple[float, dict[str, float]]:
         fields = self._ask("stats", "stats")
         return float(fields[1]), {"VmRSS": int(fields[2]), "VmHWM": int(fields[3])}
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         if self.process is None:
@@ -264,7 +194,7 @@ class GoServer(Server):
 
 
 def measure(
-    server: Server,
+    server: push.Server,
     protocol: str,
     procs: int,
     streams_per_proc: int,
@@ -276,109 +206,26 @@ def measure(
     idle_seconds: float = 1.0,
     connect_timeout: float = 300.0,
 ) -> dict[str, Any]:
-    """One server, one fleet: connect every stream, measure idle cost, then `warmup + changes` pushes.
-
-    The clock of a push starts before the server is told to change and stops when a stream has the new
-    EDS version; the server's CPU of a push includes `settle` seconds after the last stream got it, so
-    the ACKs are part of its cost.
-    """
-    ctx = mp.get_context("spawn")
-    tag = f"{server.name}-{protocol}-{procs * streams_per_proc}"
-    clients: list[tuple[Any, Connection]] = []
-    received: dict[tuple[str, str], list[float]] = {}
-    reporters: dict[tuple[str, str], int] = {}
-    reconnects: dict[str, int] = {}  # gRPC status of the failed stream -> retries
+    """One server, one fleet (push.measure): connected streams, idle cost, `changes` pushes after `warmup`."""
     streams = procs * streams_per_proc
-
-    def pump(timeout: float) -> None:
-        for ready in wait([c for _, c in clients], timeout):
-            try:
-                message: Any = ready.recv()  # type: ignore[union-attr,call-arg]
-            except EOFError as error:
-                raise push.BenchError(f"a client process died ({tag})") from error
-            if message[0] == "got":
-                _, _, short, version, times = message
-                received.setdefault((short, version), []).extend(times)
-                reporters[(short, version)] = reporters.get((short, version), 0) + 1
-            elif message[0] == "reconnect":
-                reconnects[message[2]] = reconnects.get(message[2], 0) + 1
-            elif message[0] == "error":
-                raise push.BenchError(f"{tag}: client process {message[1]} failed: {message[2]}")
-
-    def all_received(key: tuple[str, str], timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while reporters.get(key, 0) < procs:
-            if time.monotonic() > deadline:
-                got = len(received.get(key, []))
-                raise push.BenchError(f"{tag}: only {got} of {streams} streams got {key} within {timeout:.0f}s")
-            pump(0.2)
-        return max(received[key])
-
-    started = time.monotonic()
-    try:
-        port, version0, rss_empty = server.start()
-        for index in range(procs):
-            parent, child = ctx.Pipe()
-            process = ctx.Process(
-                target=push.client_main,
-                args=(
-                    child, port, protocol, streams_per_proc, n_clusters, index,
-                    os.path.join(log_dir, f"{tag}-clients-{index}.log"),
-                ),
-                name=f"bench-clients-{index}",
-                daemon=True,
-            )
-            process.start()
-            clients.append((process, parent))
-        all_received(("EDS", version0), timeout=connect_timeout)
-        connect_s = time.monotonic() - started
-        reconnects_connecting = sum(reconnects.values())
-        time.sleep(settle)
-        cpu_a, _ = server.stats()
-        time.sleep(idle_seconds)
-        cpu_b, status = server.stats()
-        rss_connected = status["VmRSS"]
-        client_pids = [p.pid for p, _ in clients if p.pid is not None]
-
-        per_push: list[dict[str, float]] = []
-        latencies: list[float] = []
-        for i in range(warmup + changes):
-            clients_before = sum(push._pid_cpu_seconds(pid) for pid in client_pids)
-            cpu_before, _ = server.stats()
-            t0 = time.monotonic()
-            version = server.change(i)
-            t_last = all_received(("EDS", version), timeout=120)
-            time.sleep(settle)
-            cpu_after, status = server.stats()
-            clients_after = sum(push._pid_cpu_seconds(pid) for pid in client_pids)
-            if i < warmup:
-                continue
-            lat = [t - t0 for t in received[("EDS", version)]]
-            latencies.extend(lat)
-            per_push.append(
-                {
-                    "p50_s": push._percentile(lat, 50),
-                    "p99_s": push._percentile(lat, 99),
-                    "last_s": t_last - t0,
-                    "cpu_s": cpu_after - cpu_before,
-                    "clients_cpu_s": clients_after - clients_before,
-                }
-            )
-    finally:
-        for _, conn in clients:
-            with contextlib.suppress(Exception):
-                conn.send(("stop",))
-        for process, _ in clients:
-            process.join(10)
-        server.stop()
-        for process, _ in clients:
-            if process.is_alive():
-                process.terminate()  # SIGTERM to this pid only
-                process.join(2)
-            if process.is_alive():
-                process.kill()
-                process.join(2)
-
+    seen = push.measure(
+        server, f"{server.name}-{protocol}-{streams}", protocol, procs, streams_per_proc, changes, warmup,
+        n_clusters, settle, log_dir, idle_seconds=idle_seconds, connect_timeout=connect_timeout,
+    )
+    # From before the server started: a Python server's start-up is part of the time to connect.
+    connect_s = seen.connected - seen.started
+    rss_empty, rss_connected, status = seen.rss_empty, seen.rss_connected, seen.status
+    latencies = seen.latencies
+    per_push = [
+        {
+            "p50_s": push._percentile(one.latencies, 50),
+            "p99_s": push._percentile(one.latencies, 99),
+            "last_s": one.last_s,
+            "cpu_s": one.cpu_s,
+            "clients_cpu_s": one.clients_cpu_s,
+        }
+        for one in seen.pushes
+    ]
     cpu = [p["cpu_s"] for p in per_push]
     return {
         "server": server.name,
@@ -395,11 +242,11 @@ def measure(
         "cpu_per_push_s": statistics.median(cpu),
         "cpu_per_push_mean_s": statistics.fmean(cpu),
         "clients_cpu_per_push_s": statistics.median(p["clients_cpu_s"] for p in per_push),
-        "idle_cpu_per_s": (cpu_b - cpu_a) / idle_seconds,
+        "idle_cpu_per_s": seen.idle_cpu_per_s,
         "settle_s": settle,
-        "reconnects_connecting": reconnects_connecting,
-        "reconnects_total": sum(reconnects.values()),
-        "reconnect_statuses": reconnects,
+        "reconnects_connecting": seen.reconnects_connecting,
+        "reconnects_total": sum(seen.reconnects.values()),
+        "reconnect_statuses": seen.reconnects,
         "rss_empty_bytes": rss_empty,
         "rss_connected_bytes": rss_connected,
         "rss_per_stream_bytes": (rss_connected - rss_empty) / streams,
@@ -474,7 +321,7 @@ def run(
                 for name in order_of(repetition):
                     total = warmup + size.changes
                     tag = f"{name}-{protocol}-{size.streams}"
-                    server: Server = (
+                    server: push.Server = (
                         GoServer(binary, n_clusters, total, os.path.join(log_dir, f"{tag}-server.log"), log_dir)
                         if name == GO_CONTROL_PLANE
                         else PushServer(name, protocol, n_clusters, total, os.path.join(log_dir, f"{tag}-server.log"))

@@ -25,6 +25,7 @@ import random
 import resource
 import statistics
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -462,6 +463,271 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
+class Server:
+    """A benchmarked xDS server process: start, change one ClusterLoadAssignment, report, stop."""
+
+    name: str
+    pid: int | None = None
+
+    def start(self) -> tuple[int, str, int]:
+        """(port, the initial EDS version, VmRSS before any client)"""
+        raise NotImplementedError
+
+    def change(self, i: int) -> str:
+        """Apply push i; the EDS version the clients will see."""
+        raise NotImplementedError
+
+    def stats(self) -> tuple[float, dict[str, float]]:
+        """(CPU seconds so far, {"VmRSS": bytes, "VmHWM": bytes, and whatever else the server tells})"""
+        raise NotImplementedError
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class PushServer(Server):
+    """spillover (`kind` xds, workers2) or the floor: server_main's process, spoken to over its pipe.
+    Its stats add the collector's time (`gc_s`) and the CPU split between the main process and the
+    busiest worker (`cpu_main_us`, `cpu_busiest_worker_us`)."""
+
+    def __init__(
+        self,
+        kind: str,
+        protocol: str,
+        n_clusters: int,
+        changes: int,
+        log_path: str,
+        *,
+        debounce: float = 0.0,
+        gc: str = "python",
+        name: str | None = None,
+    ) -> None:
+        self.name = name or kind
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(
+            target=server_main,
+            args=(child, kind, protocol, debounce, n_clusters, changes, log_path, gc),
+            name=f"bench-server-{self.name}",
+            daemon=True,
+        )
+
+    def _reply(self, op: str, timeout: float = 60.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.conn.poll(0.5):
+                try:
+                    message: Any = self.conn.recv()
+                except EOFError as error:
+                    raise BenchError(f"the {self.name} server process died") from error
+                if message[0] == op:
+                    return message
+                raise BenchError(f"unexpected {self.name} server message {message!r}")
+            if not self.process.is_alive():
+                raise BenchError(f"the {self.name} server process exited with {self.process.exitcode}")
+        raise BenchError(f"no {op!r} from the {self.name} server within {timeout}s")
+
+    def start(self) -> tuple[int, str, int]:
+        self.process.start()
+        self.pid = self.process.pid
+        _, port, version, status = self._reply("ready")
+        return port, version, status["VmRSS"]
+
+    def change(self, i: int) -> str:
+        self.conn.send(("change", i))
+        return str(self._reply("changed")[1])
+
+    def stats(self) -> tuple[float, dict[str, float]]:
+        self.conn.send(("stats",))
+        _, cpu, status, gc_seconds, _ = self._reply("stats")  # the last: the collector's count
+        return cpu, {**status, "gc_s": gc_seconds}
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.send(("stop",))
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.terminate()  # SIGTERM to this pid only
+            self.process.join(2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(2)
+
+
+@dataclass(frozen=True)
+class Push:
+    """One push as measured: every stream's latency from the trigger, and the server's stats around it."""
+
+    latencies: list[float]
+    last_s: float  # until the last stream had it
+    trigger_s: float  # until the server said it changed
+    cpu_s: float  # the server's, `settle` seconds after the last stream included
+    clients_cpu_s: float
+    before: dict[str, float]  # the server's stats before and after
+    after: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Pushes:
+    """What `measure` saw of one server and one fleet."""
+
+    started: float  # time.monotonic() before the server started
+    clients_started: float  # ... once every client process was started
+    connected: float  # ... once every stream had the first EDS version
+    rss_empty: int
+    rss_connected: float
+    idle_cpu_per_s: float
+    reconnects_connecting: int
+    reconnects: dict[str, int]  # gRPC status of the failed stream -> retries, over the whole run
+    pushes: list[Push]  # the measured ones (after the warm-up)
+    status: dict[str, float]  # the server's stats after the last push
+
+    @property
+    def latencies(self) -> list[float]:
+        return [t for push in self.pushes for t in push.latencies]
+
+
+def measure(
+    server: Server,
+    tag: str,
+    protocol: str,
+    procs: int,
+    streams_per_proc: int,
+    changes: int,
+    warmup: int,
+    n_clusters: int,
+    settle: float,
+    log_dir: str,
+    *,
+    idle_seconds: float = 1.0,
+    connect_timeout: float = 300.0,
+) -> Pushes:
+    """One server, one fleet: connect every stream, measure the idle cost over `idle_seconds`, then
+    `warmup + changes` pushes. The server's stop is this function's.
+
+    The clock of a push starts before the server is told to change and stops when a stream has the new
+    EDS version; the server's CPU of a push includes `settle` seconds after the last stream got it, so
+    the ACKs are part of its cost.
+    """
+    ctx = mp.get_context("spawn")
+    clients: list[tuple[Any, Connection]] = []
+    received: dict[tuple[str, str], list[float]] = {}
+    reporters: dict[tuple[str, str], int] = {}
+    reconnects: dict[str, int] = {}
+    streams = procs * streams_per_proc
+
+    def pump(timeout: float) -> None:
+        for ready in wait([c for _, c in clients], timeout):
+            try:
+                message: Any = ready.recv()  # type: ignore[union-attr,call-arg]
+            except EOFError as error:
+                raise BenchError(f"a client process died ({tag})") from error
+            if message[0] == "got":
+                _, _, short, version, times = message
+                received.setdefault((short, version), []).extend(times)
+                reporters[(short, version)] = reporters.get((short, version), 0) + 1
+            elif message[0] == "reconnect":
+                reconnects[message[2]] = reconnects.get(message[2], 0) + 1
+            elif message[0] == "error":
+                raise BenchError(f"{tag}: client process {message[1]} failed: {message[2]}")
+
+    def all_received(key: tuple[str, str], timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while reporters.get(key, 0) < procs:
+            if time.monotonic() > deadline:
+                got = len(received.get(key, []))
+                raise BenchError(f"{tag}: only {got} of {streams} streams got {key} within {timeout:.0f}s")
+            if not server.alive():
+                raise BenchError(f"{tag}: the {server.name} server exited")
+            pump(0.2)
+        return max(received[key])
+
+    started = time.monotonic()
+    try:
+        port, version0, rss_empty = server.start()
+        for index in range(procs):
+            parent, child = ctx.Pipe()
+            process = ctx.Process(
+                target=client_main,
+                args=(
+                    child, port, protocol, streams_per_proc, n_clusters, index,
+                    os.path.join(log_dir, f"{tag}-clients-{index}.log"),
+                ),
+                name=f"bench-clients-{index}",
+                daemon=True,
+            )
+            process.start()
+            clients.append((process, parent))
+        clients_started = time.monotonic()
+        all_received(("EDS", version0), timeout=connect_timeout)
+        connected = time.monotonic()
+        reconnects_connecting = sum(reconnects.values())
+        time.sleep(settle)
+        cpu_a, _ = server.stats()
+        time.sleep(idle_seconds)
+        cpu_b, status = server.stats()
+        rss_connected = status["VmRSS"]
+        client_pids = [p.pid for p, _ in clients if p.pid is not None]
+
+        pushes: list[Push] = []
+        for i in range(warmup + changes):
+            clients_before = sum(_pid_cpu_seconds(pid) for pid in client_pids)
+            cpu_before, status_before = server.stats()
+            t0 = time.monotonic()
+            version = server.change(i)
+            t_changed = time.monotonic()
+            t_last = all_received(("EDS", version), timeout=120)
+            time.sleep(settle)  # let the ACKs of this push be processed: they are part of its cost
+            cpu_after, status = server.stats()
+            clients_after = sum(_pid_cpu_seconds(pid) for pid in client_pids)
+            if i < warmup:
+                continue
+            pushes.append(
+                Push(
+                    latencies=[t - t0 for t in received[("EDS", version)]],
+                    last_s=t_last - t0,
+                    trigger_s=t_changed - t0,
+                    cpu_s=cpu_after - cpu_before,
+                    clients_cpu_s=clients_after - clients_before,
+                    before=status_before,
+                    after=status,
+                )
+            )
+    finally:
+        # Clients first (their streams end cleanly), then the server.
+        for _, conn in clients:
+            with contextlib.suppress(Exception):
+                conn.send(("stop",))
+        for process, _ in clients:
+            process.join(10)
+        server.stop()
+        for process, _ in clients:
+            if process.is_alive():
+                process.terminate()  # SIGTERM to this pid only
+                process.join(2)
+            if process.is_alive():
+                process.kill()
+                process.join(2)
+    return Pushes(
+        started=started,
+        clients_started=clients_started,
+        connected=connected,
+        rss_empty=rss_empty,
+        rss_connected=rss_connected,
+        idle_cpu_per_s=(cpu_b - cpu_a) / idle_seconds,
+        reconnects_connecting=reconnects_connecting,
+        reconnects=reconnects,
+        pushes=pushes,
+        status=status,
+    )
+
+
 def run_push(
     kind: str,
     protocol: str,
@@ -478,156 +744,35 @@ def run_push(
 ) -> dict[str, Any]:
     """`gc`: the xDS server's garbage collection, 'python' (spillover serve's default) or 'tuned' (its
     `--gc tuned`); the floor always runs with Python's defaults."""
-    ctx = mp.get_context("spawn")
     tag = f"{kind}-{protocol}-{int(debounce * 1000)}ms"
-    server_log = os.path.join(log_dir, f"{tag}-server.log")
-    total_changes = warmup + changes
-    server_conn, child = ctx.Pipe()
-    server = ctx.Process(
-        target=server_main,
-        args=(child, kind, protocol, debounce, n_clusters, total_changes, server_log, gc),
-        name=f"bench-server-{kind}",
-        daemon=True,
+    server = PushServer(
+        kind, protocol, n_clusters, warmup + changes, os.path.join(log_dir, f"{tag}-server.log"),
+        debounce=debounce, gc=gc,
     )
-    clients: list[tuple[Any, Connection]] = []
-    received: dict[tuple[str, str], list[float]] = {}
-    reporters: dict[tuple[str, str], int] = {}
-    started = time.monotonic()
-
-    def pump(timeout: float) -> list[Any]:
-        """Collect client reports; return messages from the server."""
-        from_server = []
-        for ready in wait([server_conn, *(c for _, c in clients)], timeout):
-            try:
-                message: Any = ready.recv()  # type: ignore[union-attr,call-arg]
-            except EOFError as error:
-                raise BenchError(f"a benchmark process died ({kind}/{protocol})") from error
-            if ready is server_conn:
-                from_server.append(message)
-            elif message[0] == "got":
-                _, _, short, version, times = message
-                received.setdefault((short, version), []).extend(times)
-                reporters[(short, version)] = reporters.get((short, version), 0) + 1
-            elif message[0] == "error":
-                raise BenchError(f"client process {message[1]} failed: {message[2]}")
-        return from_server
-
-    def server_reply(op: str, timeout: float = 60.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in pump(0.5):
-                if message[0] == op:
-                    return message
-            if not server.is_alive():
-                raise BenchError(f"the {kind} server process exited with {server.exitcode}")
-        raise BenchError(f"no {op!r} from the server within {timeout}s")
-
-    def all_received(key: tuple[str, str], timeout: float) -> float:
-        deadline = time.monotonic() + timeout
-        while reporters.get(key, 0) < procs:
-            if time.monotonic() > deadline:
-                got = len(received.get(key, []))
-                raise BenchError(
-                    f"{kind}/{protocol}: only {got} of {procs * streams_per_proc} streams got {key}"
-                )
-            for message in pump(0.2):
-                if message[0] != "stats":
-                    raise BenchError(f"unexpected server message {message!r}")
-        return max(received[key])
-
-    gc_seconds = [0.0]
-
-    def stats() -> tuple[float, dict[str, int]]:
-        server_conn.send(("stats",))
-        _, cpu, status, gc_seconds[0], _ = server_reply("stats")
-        return cpu, status
-
-    try:
-        server.start()
-        _, port, version0, status_empty = server_reply("ready")
-        rss_empty = status_empty["VmRSS"]
-        for index in range(procs):
-            parent, child_end = ctx.Pipe()
-            process = ctx.Process(
-                target=client_main,
-                args=(
-                    child_end,
-                    port,
-                    protocol,
-                    streams_per_proc,
-                    n_clusters,
-                    index,
-                    os.path.join(log_dir, f"{tag}-clients-{index}.log"),
-                ),
-                name=f"bench-clients-{index}",
-                daemon=True,
-            )
-            process.start()
-            clients.append((process, parent))
-        connect_started = time.monotonic()
-        all_received(("EDS", version0), timeout=180)
-        connect_s = time.monotonic() - connect_started
-        time.sleep(settle)
-        cpu_a, status = stats()
-        time.sleep(1.0)
-        cpu_b, status = stats()
-        idle_cpu_per_s = cpu_b - cpu_a
-        rss_connected = status["VmRSS"]
-
-        latencies: list[float] = []
-        per_push: list[dict[str, float]] = []
-        client_pids = [p.pid for p, _ in clients if p.pid is not None]
-        for i in range(total_changes):
-            clients_before = sum(_pid_cpu_seconds(pid) for pid in client_pids)
-            cpu_before, status_before = stats()
-            gc_before = gc_seconds[0]
-            t0 = time.monotonic()
-            server_conn.send(("change", i))
-            _, version = server_reply("changed")
-            t_changed = time.monotonic()
-            t_last = all_received(("EDS", version), timeout=120)
-            time.sleep(settle)  # let the ACKs of this push be processed: they are part of its cost
-            cpu_after, status = stats()
-            clients_after = sum(_pid_cpu_seconds(pid) for pid in client_pids)
-            if i < warmup:
-                continue
-            lat = [t - t0 for t in received[("EDS", version)]]
-            latencies.extend(lat)
-            per_push.append(
-                {
-                    "p50_s": _percentile(lat, 50),
-                    "p99_s": _percentile(lat, 99),
-                    "last_s": t_last - t0,
-                    "trigger_s": t_changed - t0,
-                    "cpu_s": cpu_after - cpu_before,
-                    "gc_s": gc_seconds[0] - gc_before,
-                    "clients_cpu_s": clients_after - clients_before,
-                    # With worker processes: the main process's part (building and shipping) and the
-                    # busiest worker's (a bound on the fan-out's wall time when each has a core).
-                    "main_cpu_s": (status["cpu_main_us"] - status_before["cpu_main_us"]) / 1e6,
-                    "busiest_worker_cpu_s": (status["cpu_busiest_worker_us"] - status_before["cpu_busiest_worker_us"]) / 1e6,
-                }
-            )
-        rss_after = status["VmRSS"]
-        hwm = status["VmHWM"]
-    finally:
-        # Clients first (their streams end cleanly), then the server.
-        for _, conn in clients:
-            with contextlib.suppress(Exception):
-                conn.send(("stop",))
-        for process, _ in clients:
-            process.join(5)
-        with contextlib.suppress(Exception):
-            server_conn.send(("stop",))
-        server.join(5)
-        for process in [p for p, _ in clients] + [server]:
-            if process.is_alive() and process.pid is not None:
-                process.terminate()  # SIGTERM to this pid only
-                process.join(2)
-            if process.is_alive() and process.pid is not None:
-                process.kill()
-                process.join(2)
-
+    seen = measure(
+        server, tag, protocol, procs, streams_per_proc, changes, warmup, n_clusters, settle, log_dir,
+        connect_timeout=180.0,
+    )
+    started, connect_s = seen.started, seen.connected - seen.clients_started
+    idle_cpu_per_s, rss_empty, rss_connected = seen.idle_cpu_per_s, seen.rss_empty, seen.rss_connected
+    rss_after, hwm = seen.status["VmRSS"], seen.status["VmHWM"]
+    latencies = seen.latencies
+    per_push = [
+        {
+            "p50_s": _percentile(push.latencies, 50),
+            "p99_s": _percentile(push.latencies, 99),
+            "last_s": push.last_s,
+            "trigger_s": push.trigger_s,
+            "cpu_s": push.cpu_s,
+            "gc_s": push.after["gc_s"] - push.before["gc_s"],
+            "clients_cpu_s": push.clients_cpu_s,
+            # With worker processes: the main process's part (building and shipping) and the
+            # busiest worker's (a bound on the fan-out's wall time when each has a core).
+            "main_cpu_s": (push.after["cpu_main_us"] - push.before["cpu_main_us"]) / 1e6,
+            "busiest_worker_cpu_s": (push.after["cpu_busiest_worker_us"] - push.before["cpu_busiest_worker_us"]) / 1e6,
+        }
+        for push in seen.pushes
+    ]
     cpu_per_push = [p["cpu_s"] for p in per_push]
     streams = procs * streams_per_proc
     log(

@@ -12,9 +12,12 @@ import hashlib
 import re
 
 __all__ = [
+    "COPY_REPLICAS_SERIES",
+    "DESTINATION_REACHABLE_SERIES",
     "ENVOY_CLUSTER_METRIC_PREFIX",
     "ENVOY_RATE_LIMITED_METRIC",
     "ENVOY_ROUTE_METRIC_PREFIX",
+    "EVALUATION_SERIES",
     "LB_TAG_REGEX",
     "LISTENER_NAME",
     "METADATA_NAMESPACE",
@@ -27,6 +30,7 @@ __all__ = [
     "MODEL_TAG",
     "MODEL_TIME_IN_STATE_SERIES",
     "MODEL_TRANSITIONS_SERIES",
+    "POLICY_ERRORS_SERIES",
     "PREFIX_HASH_HEADER",
     "PROFILE_TAG",
     "RATE_LIMIT_HEADER",
@@ -42,6 +46,14 @@ __all__ = [
     "UPSTREAM_SIDE_KEY",
     "UPSTREAM_SIDE_REMOTE",
     "VIRTUAL_HOST_NAME",
+    "XDS_ACKS_SERIES",
+    "XDS_CONNECTED_SERIES",
+    "XDS_NACKS_SERIES",
+    "XDS_PUSHES_SERIES",
+    "XDS_PUSH_LATENCY_SERIES",
+    "XDS_RESOURCES_SERIES",
+    "XDS_RESPONSES_SERIES",
+    "XDS_SYNC_SERIES",
     "bearer_secret_name",
     "is_local_cluster",
     "is_local_cluster_stat_name",
@@ -296,6 +308,21 @@ MODEL_METRIC_THRESHOLD_SERIES = "spillover_model_metric_threshold"
 MODEL_METRIC_ERRORS_SERIES = "spillover_metric_errors_total"
 COPY_REPLICAS_SERIES = "spillover_copy_replicas"  # label `kind`: desired, ready (the copy on a destination cluster)
 DESTINATION_REACHABLE_SERIES = "spillover_destination_reachable"
+
+# -- spillover's own control-plane series (its /metrics) that the dashboards read -------------------------
+# The xDS server's (server/metrics.py) and the policy provider's (controller/reporting.py); a series no
+# dashboard reads keeps its name next to its definition.
+
+XDS_CONNECTED_SERIES = "spillover_xds_connected_proxies"  # labels `group`, `mode`
+XDS_SYNC_SERIES = "spillover_xds_proxy_sync"  # labels `group`, `type`, `status`
+XDS_PUSHES_SERIES = "spillover_xds_pushes_total"  # label `group`
+XDS_PUSH_LATENCY_SERIES = "spillover_xds_push_latency_seconds"  # a histogram
+XDS_RESPONSES_SERIES = "spillover_xds_responses_total"  # label `type`
+XDS_ACKS_SERIES = "spillover_xds_acks_total"  # label `type`
+XDS_NACKS_SERIES = "spillover_xds_nacks_total"  # label `type`
+XDS_RESOURCES_SERIES = "spillover_xds_resources"  # labels `group`, `type`
+POLICY_ERRORS_SERIES = "spillover_policy_errors"  # label `file`
+EVALUATION_SERIES = "spillover_evaluation_seconds"  # a histogram
 
 
 # -- secrets ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from spillover.controller.destination.manager import DestinationManager
 from spillover.controller.model_metrics import ModelSeries
 from spillover.controller.removals import RemovalGuard, kept_from, readiness
 from spillover.decide import Decision, Evaluator, ModelMemory, status_document
+from spillover.names import EVALUATION_SERIES, POLICY_ERRORS_SERIES
 from spillover.policy import DesiredState, ModelDeployment
 from spillover.sources.oauth import ClientCredentials, TokenManager
 
@@ -47,7 +48,7 @@ class ReportsModels:
         raise NotImplementedError
 
     def _create_metrics(self) -> None:
-        self._errors = Gauge("spillover_policy_errors", "Current policy errors by file", ["file"], registry=self.registry)
+        self._errors = Gauge(POLICY_ERRORS_SERIES, "Current policy errors by file", ["file"], registry=self.registry)
         # Per model: state, share, time in state, each metric against its threshold, its copy
         # (controller/model_metrics.py), read from the evaluator's decisions: a follower's are the leader's.
         self.series = ModelSeries(
@@ -66,7 +67,7 @@ class ReportsModels:
             registry=self.registry,
         )
         self._evaluation_seconds = Histogram(
-            "spillover_evaluation_seconds", "One round: sampling every metric and deciding every model",
+            EVALUATION_SERIES, "One round: sampling every metric and deciding every model",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=self.registry,
         )
 

@@ -6,30 +6,28 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_b
 
 from spillover.dashboards import queries as q
 from spillover.dashboards.panels import (
+    RATE_WINDOW,
     Ids,
     Target,
     dashboard,
-    datasource_variable,
-    query_variable,
+    model_variable,
     row,
     stat_panel,
     state_timeline,
     time_series,
 )
-from spillover.names import MODEL_INFO_SERIES
 
 UID = "spillover-fleet"
-W = "$__rate_interval"
+W = RATE_WINDOW
 M = 'model=~"$model"'
 
 
 def build() -> dashboard_b.Dashboard:
     ids = Ids()
-    board = (
-        dashboard(UID, "spillover / fleet overview",
-                  "Every model's traffic, local against remote, rate limits, latency and overflow state")
-        .with_variable(datasource_variable())
-        .with_variable(query_variable("model", "Model", f"label_values({MODEL_INFO_SERIES}, model)", include_all=True))
+    board = dashboard(
+        UID, "spillover / fleet overview",
+        "Every model's traffic, local against remote, rate limits, latency and overflow state",
+        model_variable(include_all=True),
     )
     board = board.with_row(row(ids, "Now"))
     board = (

@@ -6,10 +6,11 @@ from grafana_foundation_sdk.builders import dashboard as dashboard_b
 
 from spillover.dashboards import queries as q
 from spillover.dashboards.panels import (
+    RATE_WINDOW,
     Ids,
     Target,
     dashboard,
-    datasource_variable,
+    model_variable,
     query_variable,
     row,
     stat_panel,
@@ -17,24 +18,23 @@ from spillover.dashboards.panels import (
     state_timeline,
     time_series,
 )
-from spillover.names import ENVOY_ROUTE_METRIC_PREFIX, MODEL_INFO_SERIES
+from spillover.names import ENVOY_ROUTE_METRIC_PREFIX
 
 UID = "spillover-model"
-W = "$__rate_interval"
+W = RATE_WINDOW
 M = 'model="$model"'
 MP = 'model="$model",profile=~"$profile"'
 
 
 def build() -> dashboard_b.Dashboard:
     ids = Ids()
-    board = (
-        dashboard(UID, "spillover / model",
-                  "One model: its state and why, local against remote, each profile's traffic, 429s and latency")
-        .with_variable(datasource_variable())
-        .with_variable(query_variable("model", "Model", f"label_values({MODEL_INFO_SERIES}, model)"))
-        .with_variable(query_variable(
+    board = dashboard(
+        UID, "spillover / model",
+        "One model: its state and why, local against remote, each profile's traffic, 429s and latency",
+        model_variable(),
+        query_variable(
             "profile", "Profile", f'label_values({ENVOY_ROUTE_METRIC_PREFIX}upstream_rq_total{{{M}}}, profile)',
-            include_all=True))
+            include_all=True),
     )
     board = board.with_row(row(ids, "Now"))
     board = (

@@ -19,13 +19,17 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dm
 
 from spillover.dashboards.queries import STATE_CODES
+from spillover.names import MODEL_INFO_SERIES
 from spillover.policy import OverflowState
 
 __all__ = [
     "DATASOURCE",
+    "RATE_WINDOW",
     "Ids",
     "Target",
+    "dashboard",
     "datasource_variable",
+    "model_variable",
     "query_variable",
     "row",
     "stat_panel",
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+RATE_WINDOW = "$__rate_interval"  # Grafana's window for rate(): at least 4 scrape intervals
 TAGS = ["spillover"]
 
 _STATE_COLORS = {
@@ -214,9 +219,15 @@ def query_variable(name: str, label: str, query: str, *, include_all: bool = Fal
     return variable
 
 
-def dashboard(uid: str, title: str, description: str) -> dashboard_b.Dashboard:
-    """The common frame: tags, refresh, time range, a link to the other spillover dashboards."""
-    return (
+def model_variable(*, include_all: bool = False) -> dashboard_b.QueryVariable:
+    """`model`: the models spillover reports (their info series)."""
+    return query_variable("model", "Model", f"label_values({MODEL_INFO_SERIES}, model)", include_all=include_all)
+
+
+def dashboard(uid: str, title: str, description: str, *variables: dashboard_b.QueryVariable) -> dashboard_b.Dashboard:
+    """The common frame: tags, refresh, time range, a link to the other spillover dashboards, and the
+    `datasource` variable every query uses, followed by `variables`."""
+    board = (
         dashboard_b.Dashboard(title)
         .uid(uid)
         .description(description)
@@ -233,4 +244,8 @@ def dashboard(uid: str, title: str, description: str) -> dashboard_b.Dashboard:
             .include_vars(True)
             .keep_time(True)
         )
+        .with_variable(datasource_variable())
     )
+    for variable in variables:
+        board = board.with_variable(variable)
+    return board

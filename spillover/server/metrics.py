@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from spillover import names
 from spillover.server.bounds import LogThrottle, printable
 from spillover.server.resources import PUSH_ORDER, SHORT_NAMES
 from spillover.server.streams import BaseStream, StreamEvents, SyncStatus
@@ -31,22 +32,22 @@ def type_label(type_url: str) -> str:
 class XdsMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.connected = Gauge(
-            "spillover_xds_connected_proxies", "Connected xDS streams", ["group", "mode"], registry=registry
+            names.XDS_CONNECTED_SERIES, "Connected xDS streams", ["group", "mode"], registry=registry
         )
         self.responses = Counter(
-            "spillover_xds_responses_total", "xDS responses sent", ["type"], registry=registry
+            names.XDS_RESPONSES_SERIES, "xDS responses sent", ["type"], registry=registry
         )
         self.pushes = Counter(
-            "spillover_xds_pushes_total", "Snapshots published to a node group", ["group"], registry=registry
+            names.XDS_PUSHES_SERIES, "Snapshots published to a node group", ["group"], registry=registry
         )
         self.push_latency = Histogram(
-            "spillover_xds_push_latency_seconds",
+            names.XDS_PUSH_LATENCY_SERIES,
             "From a snapshot's publish to its response being handed to a stream",
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=registry,
         )
-        self.acks = Counter("spillover_xds_acks_total", "ACKs received", ["type"], registry=registry)
-        self.nacks = Counter("spillover_xds_nacks_total", "NACKs received", ["type"], registry=registry)
+        self.acks = Counter(names.XDS_ACKS_SERIES, "ACKs received", ["type"], registry=registry)
+        self.nacks = Counter(names.XDS_NACKS_SERIES, "NACKs received", ["type"], registry=registry)
         self.stale = Counter(
             "spillover_xds_stale_nonce_total", "Requests ignored for a stale nonce", ["type"], registry=registry
         )
@@ -54,7 +55,7 @@ class XdsMetrics:
             "spillover_xds_ignored_requests_total", "Requests ignored as malformed", ["reason"], registry=registry
         )
         self.resources = Gauge(
-            "spillover_xds_resources", "Resources in the published snapshot", ["group", "type"], registry=registry
+            names.XDS_RESOURCES_SERIES, "Resources in the published snapshot", ["group", "type"], registry=registry
         )
         self.build_seconds = Histogram(
             "spillover_xds_snapshot_build_seconds",
@@ -157,7 +158,7 @@ class SyncStates(Collector):
     @staticmethod
     def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
-            "spillover_xds_proxy_sync", "Streams by sync state of each type", labels=["group", "type", "status"]
+            names.XDS_SYNC_SERIES, "Streams by sync state of each type", labels=["group", "type", "status"]
         )
 
     def describe(self) -> Iterable[Metric]:

@@ -6,7 +6,8 @@ already open keep theirs. The files are looked at no more than once per `check_i
 storm costs one `stat` per file per interval), and a new set is taken only when it is complete and
 consistent: the key must match the certificate and the CA must parse (checked with the standard `ssl`
 module), read twice to be sure no writer was halfway. Otherwise the last good set stays in use and the
-error is logged. Kubernetes Secret volumes swap a symlink atomically, which `stat` (following links) sees.
+error is logged; the same refused set is not read again (a change of the files is counted once, taken or
+refused, however often it is looked at). Kubernetes Secret volumes swap a symlink atomically, which `stat` (following links) sees.
 """
 
 from __future__ import annotations
@@ -49,18 +50,20 @@ class _Loaded:
     client_ca: bytes
 
 
-_Stamp = tuple[tuple[int, int, int, int] | None, ...]
+_Stamp = tuple[tuple[int, int, int, int, int] | None, ...]
 
 
 def _stamp(files: TlsFiles) -> _Stamp:
-    stamps: list[tuple[int, int, int, int] | None] = []
+    # ctime too: a file made readable (chmod) changes nothing else, and a refused set is looked at again
+    # only when its stamp changes.
+    stamps: list[tuple[int, int, int, int, int] | None] = []
     for path in (files.cert, files.key, files.client_ca):
         try:
             stat = os.stat(path)
         except OSError:
             stamps.append(None)
         else:
-            stamps.append((stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_dev))
+            stamps.append((stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino, stat.st_dev))
     return tuple(stamps)
 
 
@@ -108,6 +111,7 @@ class CertificateReloader:
         self._lock = threading.Lock()
         self._errors = LogThrottle(burst=3, period=60.0)
         self._stamp = _stamp(files)
+        self._refused: _Stamp | None = None
         # Fails at start: a server that cannot serve TLS must not come up at all.
         self._loaded = load_consistent(files)
         self._checked_at = clock()
@@ -131,11 +135,12 @@ class CertificateReloader:
                 return None
             self._checked_at = now
             stamp = _stamp(self.files)
-            if stamp == self._stamp:
+            if stamp == self._stamp or stamp == self._refused:
                 return None
             try:
                 loaded = load_consistent(self.files)
             except TlsError as error:
+                self._refused = stamp
                 self.last_error = str(error)
                 allowed, suppressed = self._errors.allow("reload")
                 if allowed:
@@ -143,7 +148,7 @@ class CertificateReloader:
                     log.error("xDS TLS: keeping the current certificate: %s%s", error, more)
                 self.on_reload(False)
                 return None
-            self._stamp, self._loaded = stamp, loaded
+            self._stamp, self._loaded, self._refused = stamp, loaded, None
             self.loaded_at = time.time()
             self.reloads += 1
             self.last_error = ""

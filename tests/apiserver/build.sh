@@ -20,6 +20,7 @@
 # go on PATH, then /usr/local/go/bin/go), K8S_BUILD_JOBS (go build -p, default: number of CPUs),
 # K8S_BUILD_TICK (seconds between progress lines during a compile, default 30), and Go's GOCACHE /
 # GOMODCACHE / GOPROXY as usual.
+# The Go environment (caches, GOFLAGS, finding Go) is scripts/go-env.sh, shared with benchmarks/gobuild.sh.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --force) force=1 ;;
         --pin) pin="${2:?--pin needs a version such as 1.37.2}"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         kube-apiserver|kubectl|etcd|helm) names+=("$1") ;;
         *) echo "build.sh: unknown argument $1 (binaries: ${all_names[*]})" >&2; exit 2 ;;
     esac
@@ -129,23 +130,12 @@ if [ -z "$pin" ]; then
     fi
 fi
 
-GO="${GO:-$(command -v go || true)}"
-[ -n "$GO" ] || { [ -x /usr/local/go/bin/go ] && GO=/usr/local/go/bin/go; }
-if [ -z "$GO" ] || ! "$GO" version >/dev/null 2>&1; then
-    echo "build.sh: Go >= 1.26 is needed to build ${stale[*]:-the k8s tools} (https://go.dev/dl/, or GO=/path/to/go)" >&2
-    exit 1
-fi
-export GOWORK=off GOTELEMETRY=off CGO_ENABLED=0
-unset GOOS GOARCH || true
-# The user's caches, unless they are unusable (no HOME, GOCACHE=off): then the cache directory.
-gocache="$("$GO" env GOCACHE 2>/dev/null || true)"
-case "$gocache" in ""|off) gocache="$cache/gocache" ;; esac
-gomodcache="$("$GO" env GOMODCACHE 2>/dev/null || true)"
-[ -n "$gomodcache" ] || gomodcache="$cache/gomod"
+# shellcheck source=../../scripts/go-env.sh
+. "$root/scripts/go-env.sh"
+go_env "$cache" build.sh "${stale[*]:-the k8s tools}"
 # GOTMPDIR: the big link of kube-apiserver writes its temporary files next to the binaries, not to a
-# possibly small tmpfs /tmp. -modcacherw keeps the module cache deletable with a plain `rm -rf`.
-export GOCACHE="$gocache" GOMODCACHE="$gomodcache" GOTMPDIR="$cache/tmp"
-export GOFLAGS="-mod=readonly -trimpath -modcacherw"
+# possibly small tmpfs /tmp.
+export GOTMPDIR="$cache/tmp"
 mkdir -p "$GOTMPDIR"
 go_version="$("$GO" env GOVERSION)"
 jobs="${K8S_BUILD_JOBS:-$(nproc)}"

@@ -151,14 +151,20 @@ def episode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Episode]:
         ]).start()
         prometheus.wait_for_series(f'spillover_model_info{{model="{LABEL}"}}', timeout=20)
         prometheus.wait_for_series(f'envoy_cluster_upstream_rq_total{{model="{LABEL}",side="local"}}', timeout=20)
+        server.wait_state(MODEL, "STANDBY")  # local ready: not FAILOVER while Envoy had not reported yet
         start = time.time()
         port = server.listen_port
 
-        # Calm: both profiles answer locally; the default profile's 20 rps limit answers some with 429.
+        # Calm: both profiles answer locally, one request at a time: the overflow metric is 2 in flight per
+        # local pod (value >= threshold breaches), so concurrent calm traffic on a slow machine, where each
+        # request lasts longer, would itself put the model in OVERFLOW.
         for _ in range(3):
-            send_batch(port, MODEL, 40, workers=4)
-            send_batch(port, MODEL, 20, workers=2, headers={"config-profile": "batch"})
+            send_batch(port, MODEL, 20, workers=1)
+            send_batch(port, MODEL, 10, workers=1, headers={"config-profile": "batch"})
             time.sleep(1)
+        calm = server.model(MODEL)
+        assert calm["state"] == "STANDBY" and state_since(calm) < start, (
+            f"the calm traffic moved the model out of STANDBY: {calm['status']}")
 
         # Slow requests keep the local pod busy past the threshold (2 in flight): OVERFLOW, half remote. They
         # use the profile without a rate limit, so that the 429s of the default profile do not end them.

@@ -95,6 +95,7 @@ CUSTOM: dict[str, Any] = {
     "prometheus": {"url": "http://prometheus.monitoring.svc:9090", "tokenSecret": "prom-token"},
     "controller": {
         "xdsPort": 18500,
+        "xdsWorkers": 3,
         "adminPort": 19500,
         "logLevel": "DEBUG",
         "evaluationInterval": 0.25,

@@ -154,10 +154,12 @@ def test_control_plane_args_parse_with_the_real_cli(
     # No --no-leader-election: None leaves it to a config's enableLeaderElection, else on.
     assert default.namespace == [] and default.prometheus_url is None and default.leader_election is None
     assert default.config is None and not [d for d in default_docs if d["metadata"]["name"] == "spillover-config"]
+    assert default.xds_workers == 1
 
     custom = build_parser().parse_args(container(custom_docs, "spillover")["args"])
     assert custom.log_level == "DEBUG" and custom.kubernetes
     assert custom.xds_address == ("0.0.0.0", 18500) and custom.admin_address == ("0.0.0.0", 19500)
+    assert custom.xds_workers == 3
     assert custom.listen == ("0.0.0.0", 10080), "the control plane's listener is the gateway's containerPort"
     assert custom.namespace == ["models-a", "models-b"]
     assert custom.prometheus_url == "http://prometheus.monitoring.svc:9090"
@@ -333,6 +335,7 @@ def test_invalid_values_fail_with_a_clear_message(helm_binary: Path, tmp_path: P
         ({"controller": {"config": 5}}, "at '/controller/config'"),
         ({"replica": 3}, "at '': additional properties 'replica' not allowed"),
         ({"controller": {"xdsPort": "18000x"}}, "at '/controller/xdsPort': got string, want integer"),
+        ({"controller": {"xdsWorkers": 0}}, "at '/controller/xdsWorkers': minimum: got 0, want 1"),
         ({"gateway": {"listenPort": 70000}}, "at '/gateway/listenPort'"),
         ({"watchNamespaces": ["Models"]}, "at '/watchNamespaces/0'"),
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),

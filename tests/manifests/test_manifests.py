@@ -151,6 +151,7 @@ def test_control_plane_args_parse_with_the_real_cli() -> None:
     container = find(all_docs(), "Deployment", "spillover")["spec"]["template"]["spec"]["containers"][0]
     args = parser.parse_args(container["args"])
     assert args.xds_address == ("0.0.0.0", 18000) and args.admin_address == ("0.0.0.0", 19000)
+    assert args.xds_workers == 1  # the streams served in the main process, as without the flag
 
 
 def _bootstrap_configmap() -> tuple[dict[str, Any], list[str]]:

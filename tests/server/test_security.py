@@ -325,3 +325,28 @@ async def _serial_is(port: int, certificates: Certificates, serial: int) -> bool
     return await served_serial(port, certificates) == serial
 
 
+
+
+def test_a_refused_set_of_certificate_files_is_counted_once_until_it_changes(certificates: Certificates) -> None:
+    """However often the files are looked at (every handshake, or the poll of the xDS workers' main process)."""
+    from spillover.server.tls import CertificateReloader
+    from tests.harness.pki import write_secret_volume
+
+    now = [0.0]
+    results: list[bool] = []
+    reloader = CertificateReloader(certificates.files, check_interval=1.0, on_reload=results.append, clock=lambda: now[0])
+
+    def look() -> Any:
+        now[0] += 1.0
+        return reloader.fetch()
+
+    broken = certificates.pki.issue("spillover-xds", dns=["localhost"], server=True)
+    other = certificates.pki.issue("spillover-xds", dns=["localhost"], server=True)
+    write_secret_volume(
+        certificates.server_dir, {"tls.crt": broken.cert_pem, "tls.key": other.key_pem, "ca.crt": certificates.pki.ca_pem}
+    )
+    assert [look() for _ in range(5)] == [None] * 5
+    assert results == [False] and "do not form a pair" in reloader.last_error
+    certificates.rotate_server()  # a good set: taken at the next look, once
+    assert look() is not None and look() is None
+    assert results == [False, True] and reloader.reloads == 1 and reloader.last_error == ""

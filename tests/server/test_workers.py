@@ -5,9 +5,12 @@ process's views read through the real admin endpoint."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -153,6 +156,16 @@ async def test_a_nack_on_a_worker_shows_in_the_main_process_views_and_metrics(po
     other = next(n for n, w in workers.items() if w == 0)
     admin, url = await admin_for(pool)
     try:
+        # Every stream's first ACK counted before the push: one still unread when the push goes out answers
+        # an old nonce, and is rightly counted as stale instead.
+        async with aiohttp.ClientSession() as session:
+
+            async def first_acks() -> float | None:
+                async with session.get(url + "/metrics") as answer:
+                    acks = sample(await answer.text(), "spillover_xds_acks_total", type="CDS")
+                return acks if acks == len(clients) else None
+
+            await async_wait_until(first_acks, timeout=20, message="every stream's first ACK in /metrics")
         pool.cache.set_snapshot(GROUP, clusters("a", "broken"))
         for node_id, client in clients.items():
             response = await client.recv(timeout=15)
@@ -188,6 +201,7 @@ async def test_a_nack_on_a_worker_shows_in_the_main_process_views_and_metrics(po
             except AssertionError as failure:  # what the main process last said, to tell a lost ACK from a late one
                 raise AssertionError(f"{failure}\n{seen[0] if seen else ''}") from None
             assert sample(text, "spillover_xds_nacks_total", type="CDS") == 1
+            assert sample(text, "spillover_xds_stale_nonce_total", type="CDS") == 0
             assert sample(text, "spillover_xds_proxy_sync", group=GROUP, type="CDS", status="NACKED") == 1
             assert sample(text, "spillover_xds_connected_proxies", group=GROUP, mode="sotw") == len(clients)
             # Every stream's first request and ACKs, counted by the worker that got it, summed here.
@@ -281,8 +295,11 @@ async def test_a_worker_that_dies_is_restarted_and_its_streams_leave_the_registr
     assert pool.proxies.replicas(GROUP) == len(survivors)
     for node_id in doomed:
         assert await clients[node_id].ended(timeout=15) == grpc.StatusCode.UNAVAILABLE
+    # A restart is counted once the new worker said it serves, a moment after its process exists.
     restarted = await async_wait_until(
-        lambda: len(pool.worker_pids()) == 2 and dead_pid not in pool.worker_pids() and pool.worker_pids(),
+        lambda: len(pool.worker_pids()) == 2 and dead_pid not in pool.worker_pids()
+        and pool.metrics_registry.get_sample_value("spillover_xds_worker_restarts_total") == 1
+        and pool.worker_pids(),
         timeout=20, message="the worker restarted",
     )
     assert not pid_alive(dead_pid)
@@ -403,4 +420,93 @@ async def test_a_group_is_forgotten_only_when_no_worker_serves_it() -> None:
         assert cache.get(GROUP) is None and len(pool.groups) == 0
     finally:
         await fleet.close()
+        await pool.stop(0)
+
+
+async def test_a_certificate_rotation_is_counted_once_whatever_the_number_of_workers(tmp_path: Path) -> None:
+    certificates = Certificates(tmp_path)
+    server = await SecureServer(certificates, workers=2).start()
+    assert isinstance(server.xds, WorkerPool)
+    pool = server.xds
+    server.publish(GROUP, [cluster_pb2.Cluster(name="a")])
+    fleet = Fleet(server.address, certificates.client("spiffe://test/envoy"))
+
+    async def reloads(result: str) -> float:
+        await pool.refresh_views()
+        return server.counter("spillover_xds_tls_reloads_total", result=result)
+
+    try:
+        for rotation in (1, 2):
+            certificates.rotate_server()
+            # Every worker takes the new files at its next handshake: a stream on each, opened after the
+            # rotation, spaced beyond the check interval (0.05 s) so that no handshake skips the look.
+            reached: set[int] = set()
+            for i in range(40):
+                await asyncio.sleep(0.06)
+                node_id = f"envoy-{rotation}-{i}"
+                await connect(fleet, node_id)
+                reached.add(workers_of(pool)[node_id])
+                if reached == {0, 1}:
+                    break
+            else:
+                raise AssertionError(f"40 connections all landed on worker {reached}")
+            # Both workers loaded the files; the change is one.
+            async def counted(rotation: int = rotation) -> bool:
+                return await reloads("ok") >= rotation
+
+            await async_wait_until(counted, timeout=10, message=f"rotation {rotation} counted")
+            assert await reloads("ok") == rotation
+            assert await reloads("error") == 0
+    finally:
+        await fleet.close()
+        await server.close()
+
+
+async def test_the_restart_delay_grows_while_a_worker_keeps_dying_and_resets_once_it_served_a_while(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, "spillover.server.workers")
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, clusters("a"))
+    healthy_after = 2.0
+    pool = WorkerPool(cache, 1, restart_backoff=(0.05, 0.3, 0.6), healthy_after=healthy_after)
+    await pool.start("127.0.0.1:0")
+    restarts = 0
+
+    def delays() -> list[float]:
+        found = (re.search(r"restarting it in ([0-9.]+)s$", r.getMessage()) for r in caplog.records)
+        return [float(match[1]) for match in found if match]
+
+    async def kill_and_wait() -> float:
+        """Kills the worker, waits for its restart; returns the delay the pool logged."""
+        nonlocal restarts
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        restarts += 1
+        await async_wait_until(
+            lambda: pool.metrics_registry.get_sample_value("spillover_xds_worker_restarts_total") == restarts
+            and len(pool.worker_pids()) == 1 and pid not in pool.worker_pids(),
+            timeout=30, message=f"restart {restarts}",
+        )
+        delay = delays()[-1]
+        assert time.monotonic() - killed_at >= delay  # it did wait (at least) that long
+        return delay
+
+    try:
+        # Killed as soon as it serves again: each death in a row waits longer, up to the last delay.
+        assert [await kill_and_wait() for _ in range(4)] == [0.05, 0.3, 0.6, 0.6]
+        # A worker that served the healthy period before dying is restarted quickly again...
+        await asyncio.sleep(healthy_after)
+        assert await kill_and_wait() == 0.05
+        # ...and one that dies at once after that starts growing again.
+        assert await kill_and_wait() == 0.3
+        # The restarted worker serves.
+        client = AdsClient(f"127.0.0.1:{pool.port}", "sotw")
+        try:
+            client.send(node=node("envoy-after", GROUP), type_url=CLUSTER)
+            assert (await client.recv(timeout=15)).version_info == clusters("a").version(CLUSTER)
+        finally:
+            await client.close()
+    finally:
         await pool.stop(0)

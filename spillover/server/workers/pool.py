@@ -10,11 +10,15 @@ one for the whole server.
   rate-limit divisor), Envoy admin addresses for the metric sources, the providers' observers.
 - The bounds that count: streams per identity (IdentityStreams) and node groups at once (GroupTracker,
   with its grace period) are decided here; workers ask before admitting.
-- Metrics: pushes, snapshot sizes, groups and connected streams are counted here; the workers' own
+- Metrics: pushes, snapshot sizes, groups and connected streams are counted here, and so are the reloads
+  of the certificate files: this process looks at the files every check interval as each worker does at
+  its handshakes, so that one change counts once, not once per worker that took it. The workers' own
   counters (responses, ACKs, NACKs, refusals, ...) are summed from their reports, asked for with the
   stream states right before /metrics or a debug view is read (`refresh_views`).
 - A worker that dies is restarted on the same port; its streams leave the registry at once (their
-  Envoys reconnect, to any worker). `stop` stops every worker and waits for each, by pid.
+  Envoys reconnect, to any worker). Each death in a row waits longer before the restart; a worker that
+  served for `healthy_after` seconds before it died starts the sequence again. `stop` stops every worker
+  and waits for each, by pid.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import pickle
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +47,7 @@ from spillover.server.service import (
     group_by_cluster,
     is_loopback,
 )
-from spillover.server.tls import load_consistent
+from spillover.server.tls import CertificateReloader
 from spillover.server.workers.views import RemoteStream, WorkerFamilies, resources_of
 from spillover.server.workers.wire import Channel, ShippedSnapshot, StreamInfo, encode, worker_metrics
 
@@ -53,6 +57,9 @@ log = logging.getLogger("spillover.server.workers")
 
 # A worker that keeps dying is restarted at most this often; the failures are logged each time.
 _RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+# A worker that served this long before it died was not crash-looping: its next restart is quick again
+# (otherwise five crashes over a week would leave every later restart at the longest delay).
+_HEALTHY_AFTER_S = 60.0
 _START_TIMEOUT_S = 30.0
 _DUMP_TIMEOUT_S = 10.0
 
@@ -73,7 +80,9 @@ class _Worker:
     # The generation of each group's snapshot the worker holds (the changes of the next one suffice).
     shipped: dict[str, int] = field(default_factory=dict)
     waiting: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    # Deaths in a row (each one served less than the healthy period): the index into the back-off.
     restarts: int = 0
+    serving_since: float | None = None  # monotonic, when it last said it serves
 
     @property
     def pid(self) -> int | None:
@@ -91,15 +100,21 @@ class WorkerPool(XdsServer):
         registry: CollectorRegistry | None = None,
         warm_timeout: float = 5.0,
         options: XdsOptions | None = None,
+        restart_backoff: Sequence[float] = _RESTART_BACKOFF_S,
+        healthy_after: float = _HEALTHY_AFTER_S,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if not restart_backoff or min(restart_backoff) < 0 or healthy_after < 0:
+            raise ValueError("restart_backoff must be delays >= 0 (at least one) and healthy_after >= 0")
         super().__init__(cache, group_of, registry, warm_timeout, options)
         try:
             pickle.dumps((group_of, self.options))
         except Exception as error:
             raise ValueError(f"the node grouping and xDS options must be picklable for worker processes: {error}") from None
         self.worker_count = workers
+        self.restart_backoff = tuple(restart_backoff)
+        self.healthy_after = healthy_after
         self._workers = [_Worker(index) for index in range(workers)]
         # The workers' counters replace this process's (which would stay at 0: no stream is served here).
         for metric in worker_metrics(self.metrics):
@@ -131,7 +146,11 @@ class WorkerPool(XdsServer):
                 "configuration and secret. Give a server certificate and client CA (mTLS), or opt in to plain text."
             )
         if options.tls is not None:
-            load_consistent(options.tls)  # TlsError here, before any worker starts
+            # TlsError here, before any worker starts.
+            self.tls = CertificateReloader(
+                options.tls, options.tls_check_interval,
+                on_reload=lambda ok: self.metrics.tls_reloads.labels("ok" if ok else "error").inc(),
+            )
         self._stopping = False
         try:
             port = await self._spawn(self._workers[0], address)
@@ -144,6 +163,8 @@ class WorkerPool(XdsServer):
         self.groups.resume()
         loop = asyncio.get_running_loop()
         self._supervisors = [loop.create_task(self._supervise(worker)) for worker in self._workers]
+        if self.tls is not None:
+            self._supervisors.append(loop.create_task(self._watch_tls(self.tls)))
         log.info("xDS server: %d worker processes on %s (pids %s)", len(self._workers), self._address,
                  ", ".join(str(pid) for pid in self.worker_pids()))
         return port
@@ -180,6 +201,7 @@ class WorkerPool(XdsServer):
             detail = first[1] if first is not None and first[0] == "failed" else "it exited"
             raise WorkerError(f"xDS worker {worker.index} could not serve on {address}: {detail}")
         worker.reader = asyncio.get_running_loop().create_task(self._read(worker, channel))
+        worker.serving_since = time.monotonic()
         self.workers_up.set(len(self.worker_pids()))
         return int(first[1])
 
@@ -190,11 +212,16 @@ class WorkerPool(XdsServer):
             code = await process.wait()
             if self._stopping:
                 return
-            log.error("xDS worker %d (pid %s) exited with %s; its %d streams reconnect; restarting it",
-                      worker.index, process.pid, code, len(worker.streams))
-            self._drop(worker)
-            delay = _RESTART_BACKOFF_S[min(worker.restarts, len(_RESTART_BACKOFF_S) - 1)]
+            served = time.monotonic() - worker.serving_since if worker.serving_since is not None else 0.0
+            if served >= self.healthy_after:
+                worker.restarts = 0
+            backoff = self.restart_backoff
+            delay = backoff[min(worker.restarts, len(backoff) - 1)]
             worker.restarts += 1
+            log.error("xDS worker %d (pid %s) exited with %s after serving %.1fs; its %d streams reconnect; "
+                      "restarting it in %gs", worker.index, process.pid, code, served, len(worker.streams), delay)
+            self._drop(worker)
+            worker.serving_since = None
             while not self._stopping:
                 await asyncio.sleep(delay)
                 if self._stopping:
@@ -206,7 +233,16 @@ class WorkerPool(XdsServer):
                     break
                 except (WorkerError, OSError) as error:
                     log.error("restarting xDS worker %d failed: %s", worker.index, error)
-                    delay = _RESTART_BACKOFF_S[-1]
+                    delay = self.restart_backoff[-1]
+
+    async def _watch_tls(self, tls: CertificateReloader) -> None:
+        """Counts the changes of the certificate files (the workers serve them, each from its own look)."""
+        while not self._stopping:
+            await asyncio.sleep(tls.check_interval)
+            try:
+                tls.fetch()
+            except Exception:  # the count is lost, not the server
+                log.exception("xDS TLS: looking at the certificate files failed")
 
     def _drop(self, worker: _Worker) -> None:
         """A worker is gone: its streams leave the registry, its identities' streams are given back."""

@@ -44,10 +44,11 @@ MAX_FRAME = 1 << 30
 
 def worker_metrics(metrics: XdsMetrics) -> tuple[MetricWrapperBase, ...]:
     """The metrics a worker counts itself (its streams' events); the main process sums them over the
-    workers. The others (pushes, snapshot sizes, groups, connected streams) are the main process's own."""
+    workers. The others (pushes, snapshot sizes, groups, connected streams, certificate reloads) are the main
+    process's own: every worker reloads the same certificate files, a sum would count one change N times."""
     return (
         metrics.responses, metrics.push_latency, metrics.acks, metrics.nacks, metrics.stale, metrics.ignored,
-        metrics.refused, metrics.refused_secrets, metrics.request_bytes, metrics.tls_reloads,
+        metrics.refused, metrics.refused_secrets, metrics.request_bytes,
     )
 
 

@@ -33,6 +33,7 @@ from spillover.policy.validate import (
     check_duplicates,
 )
 from spillover.sources.files.reader import FileJob, Parsed, refused, start_job
+from spillover.sources.findings import kept_note, log_new_findings
 
 log = logging.getLogger("spillover.policy")
 
@@ -282,18 +283,10 @@ class DirectorySource:
 
     @staticmethod
     def _log(state: DesiredState, previous: DesiredState | None) -> None:
-        old_errors = set(previous.errors) if previous else set()
-        for e in state.errors:
-            if e not in old_errors:
-                log.warning("invalid policy: %s", e)
-        old_warnings = set(previous.warnings) if previous else set()
-        for w in state.warnings:
-            if w not in old_warnings:
-                log.warning("policy warning: %s", w)
+        log_new_findings(log, state, previous)
         log.info(
             "policies v%d: %d model(s), %d error(s)%s",
-            state.version, len(state.models), len(state.errors),
-            f", kept last good config of {', '.join(sorted(state.stale))}" if state.stale else "",
+            state.version, len(state.models), len(state.errors), kept_note(state),
         )
 
     async def watch(self) -> AsyncIterator[DesiredState]:

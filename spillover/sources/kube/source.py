@@ -36,6 +36,7 @@ from kubernetes.client import ApiClient
 from spillover.policy import ModelDeployment
 from spillover.policy.defaults import NO_DEFAULTS, PolicyDefaults
 from spillover.policy.state import DesiredState
+from spillover.sources.findings import kept_note, log_new_findings
 from spillover.sources.kube.discovery import resource_served
 from spillover.sources.kube.informer import Informer, wait_all_synced
 from spillover.sources.kube.kinds import (
@@ -313,18 +314,10 @@ class KubernetesPolicySource:
 
     @staticmethod
     def _log(state: KubeDesiredState, previous: KubeDesiredState | None) -> None:
-        old_errors = set(previous.errors) if previous else set()
-        for e in state.errors:
-            if e not in old_errors:
-                log.warning("invalid policy: %s", e)
-        old_warnings = set(previous.warnings) if previous else set()
-        for w in state.warnings:
-            if w not in old_warnings:
-                log.warning("policy warning: %s", w)
+        log_new_findings(log, state, previous)
         log.info(
             "kubernetes policies v%d: %d model(s), %d ModelDeployment(s), %d error(s)%s",
-            state.version, len(state.models), len(state.objects), len(state.errors),
-            f", kept last good config of {', '.join(sorted(state.stale))}" if state.stale else "",
+            state.version, len(state.models), len(state.objects), len(state.errors), kept_note(state),
         )
 
     async def run(self, callback: Callback) -> None:

@@ -35,6 +35,13 @@ def many(count: int) -> bytes:
     return "---\n".join(text.replace("NNNNN", f"{i:05d}") for i in range(count)).encode()
 
 
+def replace(path: Path, content: bytes) -> None:
+    """`path` holds `content` at once (a rename), never a partly written file."""
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_bytes(content)
+    os.replace(staged, path)
+
+
 def rps(source: DirectorySource, model: str) -> float | None:
     return source.state.models[model].spec.routing.effective_profiles()["default"].requests_per_second
 
@@ -88,8 +95,10 @@ def test_a_file_slower_than_its_deadline_does_not_hold_up_the_others(tmp_path: P
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # A big rewrite of bulk.yaml (about 0.5 s of parsing) and a small change of a.yaml, polled at once.
-    (tmp_path / "bulk.yaml").write_bytes(many(1000))
-    (tmp_path / "a.yaml").write_text(yaml.safe_dump(doc("alpha", rps=5)))
+    # Each replaced whole, as a deploy does: a poll between write_bytes' truncation and its write would
+    # rightly read an empty bulk.yaml, with no models.
+    replace(tmp_path / "bulk.yaml", many(1000))
+    replace(tmp_path / "a.yaml", yaml.safe_dump(doc("alpha", rps=5)).encode())
     seen_pending = False
     while "bulk-00999" not in source.state.models:
         assert time.monotonic() < deadline, source.state.errors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -153,6 +154,20 @@ def test_directory_add_modify_invalid_delete(tmp_path: Path) -> None:
 
     (tmp_path / "a.yaml").unlink()
     poll_until(src, lambda s: set(s.models) == {"bbb"})
+
+
+def test_an_error_is_logged_once_while_it_lasts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "spillover.policy")
+    write(tmp_path / "a.yaml", text(doc("aaa")))
+    src = DirectorySource(tmp_path)
+    src.poll()
+    write(tmp_path / "a.yaml", text(invalid("aaa")))
+    poll_until(src, lambda s: bool(s.errors))
+    write(tmp_path / "b.yaml", text(doc("bbb")))  # a rebuild while the error lasts
+    poll_until(src, lambda s: "bbb" in s.models)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if m.startswith("invalid policy: ")]) == 1
+    assert messages[-1].endswith("2 model(s), 1 error(s), kept last good config of aaa"), messages
 
 
 def test_same_size_rewrite_within_the_same_mtime_is_seen(tmp_path: Path) -> None:
