@@ -195,7 +195,7 @@ async def test_the_policy_provider_builds_what_its_resources_translate(tmp_path:
 
     for i in range(6):
         write(tmp_path / f"m{i}.yaml", model_deployment(f"model-{i}", [f"10.0.0.{i + 1}:8000"], rps=10.0 + i))
-    provider = PolicyProvider(tmp_path, Listener("127.0.0.1", 10000), poll_interval=0.01)
+    provider = PolicyProvider(tmp_path, Listener("127.0.0.1", 24010), poll_interval=0.01)
 
     def same(snapshot: Snapshot, view: GroupView) -> None:
         full = Snapshot.from_messages(provider.resources(view))
