@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from benchmarks import machine, peer, peer_report
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=8)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--protocols", nargs="+", choices=("sotw", "delta"), default=["delta", "sotw"])
+    parser.add_argument(
+        "--gc-tuned", action="store_true",
+        help="also spillover with `--gc tuned` (spillover/server/gc_tuning.py), alternated with the others",
+    )
     parser.add_argument("--name", default="peer-1000", help="results/<name>.md and .json")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.peer_focus" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
@@ -34,10 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         loads.append(os.getloadavg()[0])
         print(f"{line}  load {loads[-1]:.1f}", flush=True)
 
-    results = {"command": command, "mode": "focused", "machine": machine.describe()}
+    results: dict[str, Any] = {"command": command, "mode": "focused", "machine": machine.describe()}
     start = os.getloadavg()[0]
     size = peer.Size(args.procs, args.streams_per_proc, args.changes, args.repetitions)
-    results["peer"] = peer.run([size], protocols=tuple(args.protocols), log=log)
+    results["peer"] = peer.run(
+        [size], protocols=tuple(args.protocols), log=log,
+        servers=peer.ALL_SERVERS if args.gc_tuned else peer.SERVERS,
+    )
     results["load_average"] = {"start": start, "end": os.getloadavg()[0], "per_run": loads}
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:
         f.write(peer_report.peer_markdown(results))
