@@ -286,15 +286,10 @@ class BaseStream:
     def sent_resources(self) -> dict[str, list[Resource]]:
         return {type_url: list(state.sent.values()) for type_url, state in self.types.items()}
 
-    def _push_types(self) -> list[str]:
-        # The stream's types: known ones in make-before-break order, then anything else it subscribed
-        # to. Run on every push and every ACK of every stream, so the usual case (only known types) is
-        # one short list, not a generator and a sort.
-        types = self.types
-        ordered = [t for t in PUSH_ORDER if t in types]
-        if len(ordered) < len(types):
-            ordered += sorted(t for t in types if t not in PUSH_ORDER)
-        return ordered
+    def _push_types(self) -> Iterable[str]:
+        # Known types in make-before-break order, then anything else the client subscribed to.
+        yield from PUSH_ORDER
+        yield from sorted(t for t in self.types if t not in PUSH_ORDER)
 
     def _referrers_pending(self, snapshot: Snapshot) -> bool:
         """Listeners or routes are about to change or are not acknowledged yet, so clusters stay."""

@@ -201,7 +201,7 @@ class DeltaStream(BaseStream):
             )
             return header.SerializeToString() + b"".join(r.delta_entry for r in updates)
 
-        key = ("delta", type_url, tuple([r.name for r in updates]), tuple(removed))
+        key = ("delta", type_url, tuple(r.name for r in updates), tuple(removed))
         shared = snapshot.shared_response(key, build)
         nonce, payload = shared.nonce, shared.payload
         if nonce == state.nonce:
