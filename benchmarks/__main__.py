@@ -3,7 +3,8 @@
 `python -m benchmarks --only push [--protocol delta] [--gc tuned] [--procs 4 --streams-per-proc 250]`: only
 the push fan-out (a few minutes), written to results/push-only.{md,json} unless --output says otherwise.
 `python -m benchmarks --only peer|scale`: the go-control-plane peer comparison or the scale figures, written
-to results/peer.* or results/scale.*."""
+to results/peer.* or results/scale.*. `python -m benchmarks --only incremental`: one model changing in a
+10,000-model fleet, full against incremental translation (results/incremental.*; benchmarks/incremental.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks import build, datapath, destination, logic, machine, peer_report, push, reaction, report
+from benchmarks import (
+    build,
+    datapath,
+    destination,
+    incremental,
+    logic,
+    machine,
+    peer_report,
+    push,
+    reaction,
+    report,
+)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -92,11 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the data-path benchmark (wrk through Envoy: plain, spillover's config, an ext_proc hop)",
     )
     parser.add_argument(
-        "--only", choices=("push", *peer_report.PARTS),
+        "--only", choices=("push", "incremental", *peer_report.PARTS),
         help="run only this part: push (written as push-only.md/.json, not latest), the go-control-plane peer "
         "comparison (results/peer.*) or the 10,000-stream scale figures (results/scale.*)",
     )
     parser.add_argument("--skip-peer", action="store_true", help="skip the go-control-plane peer comparison")
+    parser.add_argument(
+        "--skip-incremental", action="store_true", help="skip the one-model change in a 10,000-model fleet"
+    )
     parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000-stream scale figures")
     parser.add_argument("--protocol", choices=("sotw", "delta"), help="push scenarios of this protocol only")
     parser.add_argument("--no-debounce-scenarios", action="store_true", help="skip the push scenarios with a debounce")
@@ -116,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     only_push = args.only == "push"
     if only_push:
         args.skip_reaction = args.skip_destination = args.skip_datapath = True
-        args.skip_peer = args.skip_scale = True
+        args.skip_peer = args.skip_scale = args.skip_incremental = True
     command = "python -m benchmarks" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    if args.only == "incremental":
+        models, repetitions = (1_000, 3) if args.quick else (10_000, 7)
+        return 0 if incremental.write(models, repetitions, args.output, command) else 1
     if args.only and not only_push:
         return 0 if peer_report.run_parts([args.only], args.quick, args.output, command) else 1
     started = time.monotonic()
@@ -140,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         results["snapshot_build"] = build.snapshot_build(config["build_sizes"], args.quick)
         say(f"  serialization ({config['serialization_clusters']} clusters, upb vs betterproto2) ...")
         results["serialization"] = build.serialization(config["serialization_clusters"], args.quick)
+
+        if not args.skip_incremental:
+            # Written to results/incremental.{md,json} of its own (its figures are not latest.md's table).
+            models, repetitions = (1_000, 3) if args.quick else (10_000, 7)
+            incremental.write(models, repetitions, args.output, command, log=say)
 
         say(f"  per-stream protocol logic without transport ({config['logic_streams']} streams) ...")
         results["stream_logic"] = logic.run(

@@ -34,8 +34,12 @@ BUILD = os.path.join(ROOT, "benchmarks", "peer_go", "build.sh")
 GO_CONTROL_PLANE = "go-control-plane"
 SPILLOVER = "spillover"
 FLOOR = "floor"
+# spillover with `spillover serve --gc tuned` (spillover/server/gc_tuning.py): not in the default run,
+# which compares the default server; `run(servers=ALL_SERVERS)` adds it.
+SPILLOVER_GC_TUNED = "spillover gc-tuned"
 SERVERS = (GO_CONTROL_PLANE, SPILLOVER, FLOOR)
-PUSH_KIND = {SPILLOVER: "xds", FLOOR: "floor"}
+ALL_SERVERS = (GO_CONTROL_PLANE, SPILLOVER, SPILLOVER_GC_TUNED, FLOOR)
+PUSH_KIND = {SPILLOVER: "xds", SPILLOVER_GC_TUNED: "xds", FLOOR: "floor"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,10 @@ class PushServer(push.PushServer):
     """spillover or the floor, by their names here: benchmarks/push.py's server process."""
 
     def __init__(self, name: str, protocol: str, n_clusters: int, changes: int, log_path: str) -> None:
-        super().__init__(PUSH_KIND[name], protocol, n_clusters, changes, log_path, name=name)
+        super().__init__(
+            PUSH_KIND[name], protocol, n_clusters, changes, log_path, name=name,
+            gc="tuned" if name == SPILLOVER_GC_TUNED else "python",
+        )
 
 
 def write_resources(path: str, n_clusters: int, changes: int) -> None:
@@ -262,9 +269,9 @@ def measure(
 FIGURES = ("p50_s", "p99_s", "cpu_per_push_s", "rss_per_stream_bytes")
 
 
-def order_of(repetition: int) -> tuple[str, ...]:
+def order_of(repetition: int, servers: Sequence[str] = SERVERS) -> tuple[str, ...]:
     """A B C, then C B A: each server runs first and last equally often."""
-    return SERVERS if repetition % 2 == 0 else tuple(reversed(SERVERS))
+    return tuple(servers) if repetition % 2 == 0 else tuple(reversed(servers))
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -287,7 +294,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "connect_s_median": statistics.median(r["connect_s"] for r in server_runs),
                 "reconnects": sum(r["reconnects_total"] for r in server_runs),
             }
-        for name, base in ((SPILLOVER, GO_CONTROL_PLANE), (FLOOR, GO_CONTROL_PLANE), (SPILLOVER, FLOOR)):
+        for name, base in RATIO_PAIRS:
             if name in row["servers"] and base in row["servers"]:
                 row["ratios"][f"{name}/{base}"] = {
                     k: _ratio(row["servers"][name][f"{k}_median"], row["servers"][base][f"{k}_median"])
@@ -295,6 +302,15 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
         out.append(row)
     return out
+
+
+RATIO_PAIRS = (
+    (SPILLOVER, GO_CONTROL_PLANE),
+    (FLOOR, GO_CONTROL_PLANE),
+    (SPILLOVER, FLOOR),
+    (SPILLOVER_GC_TUNED, GO_CONTROL_PLANE),
+    (SPILLOVER_GC_TUNED, SPILLOVER),
+)
 
 
 def _ratio(value: float, base: float) -> float | None:
@@ -309,6 +325,7 @@ def run(
     settle: float = 0.3,
     log_dir: str | None = None,
     log: Callable[[str], None] = print,
+    servers: Sequence[str] = SERVERS,
 ) -> dict[str, Any]:
     raise_fd_limit()
     log_dir = log_dir or tempfile.mkdtemp(prefix="spillover-peer-")
@@ -318,7 +335,7 @@ def run(
     for protocol in protocols:
         for size in sizes:
             for repetition in range(size.repetitions):
-                for name in order_of(repetition):
+                for name in order_of(repetition, servers):
                     total = warmup + size.changes
                     tag = f"{name}-{protocol}-{size.streams}"
                     server: push.Server = (
@@ -348,6 +365,7 @@ def run(
     return {
         "sizes": [s.__dict__ | {"streams": s.streams} for s in sizes],
         "protocols": list(protocols),
+        "servers": list(servers),
         "clusters": n_clusters,
         "warmup": warmup,
         "settle_s": settle,

@@ -17,6 +17,8 @@ RATIOS = (
     f"{peer.SPILLOVER}/{peer.GO_CONTROL_PLANE}",
     f"{peer.FLOOR}/{peer.GO_CONTROL_PLANE}",
     f"{peer.SPILLOVER}/{peer.FLOOR}",
+    f"{peer.SPILLOVER_GC_TUNED}/{peer.GO_CONTROL_PLANE}",
+    f"{peer.SPILLOVER_GC_TUNED}/{peer.SPILLOVER}",
 )
 
 
@@ -67,7 +69,14 @@ def peer_markdown(results: dict[str, Any]) -> str:
         f"changed per push, after {data['warmup']} warm-up pushes. Servers: {data['peer']}; spillover "
         "(push.py's server, whatever `spillover/server` is in the tree); the floor (a bare grpc.aio server "
         "streaming pre-encoded bytes, no xDS logic). Each repetition runs the three in turn with fresh "
-        "processes, the order reversed every repetition (A B C, C B A). Sizes: " + sizes + ".",
+        "processes, the order reversed every repetition (A B C, C B A)."
+        + (
+            f" `{peer.SPILLOVER_GC_TUNED}`: the same spillover server with `spillover serve --gc tuned`'s collector "
+            "settings (spillover/server/gc_tuning.py; opt-in, the default is Python's)."
+            if peer.SPILLOVER_GC_TUNED in data.get("servers", ())
+            else ""
+        )
+        + " Sizes: " + sizes + ".",
         "",
         "Convergence: from the trigger until a stream has the new EDS version, over every stream of every "
         f"push (nearest rank). CPU per push: the server's getrusage, all threads, including {data['settle_s']:g} s "
@@ -89,7 +98,7 @@ def peer_markdown(results: dict[str, Any]) -> str:
             "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for row in sorted(rows, key=lambda r: r["streams"]):
-            for name in peer.SERVERS:
+            for name in peer.ALL_SERVERS:
                 figures = row["servers"].get(name)
                 if figures is None:
                     continue

@@ -11,9 +11,10 @@ spreads evenly over the cores (xDS workers), which is what it projects, not what
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import peer, push
@@ -36,7 +37,10 @@ def run(
     project_cores: int = ISTIOD_VCPUS,
     log_dir: str | None = None,
     log: Callable[[str], None] = print,
+    kind: str = "xds",
 ) -> dict[str, Any]:
+    """`kind`: push.py's server kind, "xds" (one process) or "workersN" (N xDS worker processes, whose
+    CPU time and memory count with the main process's)."""
     if streams % procs:
         raise ValueError(f"streams ({streams}) must be a multiple of the client processes ({procs})")
     hard = peer.raise_fd_limit()
@@ -45,15 +49,16 @@ def run(
         raise push.BenchError(f"RLIMIT_NOFILE hard limit {hard} is below {streams + 256} for {streams} streams")
     log_dir = log_dir or tempfile.mkdtemp(prefix="spillover-scale-")
     started = time.monotonic()
-    server = peer.PushServer(
-        peer.SPILLOVER, "delta", n_clusters, warmup + changes, os.path.join(log_dir, "scale-server.log")
+    server = push.PushServer(
+        kind, "delta", n_clusters, warmup + changes, os.path.join(log_dir, f"scale-{kind}-server.log"),
+        name=peer.SPILLOVER if kind == "xds" else kind,
     )
     result = peer.measure(
         server, "delta", procs, streams // procs, changes, warmup, n_clusters, settle, log_dir,
         idle_seconds=idle_seconds, connect_timeout=900.0,
     )
     log(
-        f"    delta {streams} streams: connected in {result['connect_s']:.0f}s "
+        f"    delta {streams} streams ({kind}): connected in {result['connect_s']:.0f}s "
         f"({result['reconnects_connecting']} reconnects), rss/stream {result['rss_per_stream_bytes'] / 1024:.1f} KiB, "
         f"idle {result['idle_cpu_per_s'] * 100:.1f}% of a core, p50 {result['p50_s'] * 1000:.0f} ms "
         f"p99 {result['p99_s'] * 1000:.0f} ms last {result['last_median_s'] * 1000:.0f} ms, "
@@ -87,3 +92,45 @@ def project(measured: dict[str, Any], streams: int, cores: int) -> dict[str, flo
         "idle_cores": per_stream_idle_cpu * streams,
         "rss_bytes": measured["rss_empty_bytes"] + measured["rss_per_stream_bytes"] * streams,
     }
+
+
+def compare(
+    kinds: Sequence[str] = ("workers1", "workers2"),
+    repetitions: int = 2,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> dict[str, Any]:
+    """The scale run for each server kind in turn, the order reversed every repetition (A B, B A): one
+    process against xDS worker processes at the same fleet, medians and minimums over the repetitions."""
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    for repetition in range(repetitions):
+        for kind in kinds if repetition % 2 == 0 else tuple(reversed(kinds)):
+            try:
+                result = run(log=log, kind=kind, **options)
+            except push.BenchError as error:
+                log(f"    FAILED {kind}: {error}")
+                runs.append({"kind": kind, "repetition": repetition, "error": str(error)})
+                continue
+            runs.append({"kind": kind, "repetition": repetition, "load_1min": os.getloadavg()[0], **result})
+    summary = {}
+    for kind in kinds:
+        measured = [r["measured"] for r in runs if r["kind"] == kind and "error" not in r]
+        if not measured:
+            continue
+        summary[kind] = {
+            "repetitions": len(measured),
+            **{
+                f"{key}_{how}": fn(m[key] for m in measured)
+                for key in COMPARED
+                for how, fn in (("median", statistics.median), ("min", min))
+            },
+            "reconnects_after_connect": sum(m["reconnects_total"] - m["reconnects_connecting"] for m in measured),
+        }
+    return {"kinds": list(kinds), "runs": runs, "summary": summary, "elapsed_s": time.monotonic() - started}
+
+
+COMPARED = (
+    "p50_s", "p99_s", "last_median_s", "last_max_s", "cpu_per_push_s", "connect_s", "rss_per_stream_bytes",
+    "rss_connected_bytes", "idle_cpu_per_s",
+)

@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from spillover.decide import Decision, ModelMemory
 from spillover.policy import DesiredState, PolicyError
+from spillover.server.cache import Snapshot
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class Provider(Protocol):
         /readyz (warnings, or why not ready)."""
 
     async def run(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotProvider(Protocol):
+    """A provider that builds the group's snapshot itself, from the group's previous one: what changed
+    since then is all it translates (the policy provider, see controller/encoding.py)."""
+
+    def snapshot(self, group: GroupView, previous: Snapshot | None) -> Snapshot: ...
 
 
 class Companion(Protocol):

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from spillover.controller.admin import AdminServer
 from spillover.controller.admin_auth import AdminOptions
-from spillover.controller.contracts import Companion, GroupView, Provider
+from spillover.controller.contracts import Companion, GroupView, Provider, SnapshotProvider
 from spillover.controller.persist import GroupReplicas
 from spillover.server.bounds import printable
 from spillover.server.cache import Snapshot, SnapshotCache
@@ -96,6 +96,9 @@ class ControlPlane:
         if self.count_of is not None:
             connected = max(connected, self.count_of(group, connected))
         view = GroupView(name=group, replicas=self.group_replicas.replicas(group, connected))
+        if isinstance(self.provider, SnapshotProvider):
+            # Built from the group's published snapshot: only what changed since is translated.
+            return self.provider.snapshot(view, self.cache.get(group))
         return Snapshot.from_messages(self.provider.resources(view))
 
     def resized(self, group: str) -> None:

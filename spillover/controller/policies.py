@@ -35,14 +35,16 @@ from spillover.controller.contracts import (
     StatusSink,
 )
 from spillover.controller.destination.manager import DestinationManager
+from spillover.controller.encoding import SnapshotBuilder
 from spillover.controller.following import FollowsTheFleet
 from spillover.controller.removals import RemovalGuard, takeovers
 from spillover.decide import Evaluator
 from spillover.decide.copies import CopyRoute
 from spillover.decide.evaluator import Evaluation
 from spillover.decide.latency_weights import latency_weights
-from spillover.plan import needs_token, plan_gateway, uses_least_latency
+from spillover.plan import Planner, needs_token, plan_gateway, uses_least_latency
 from spillover.policy import DesiredState, ModelDeployment
+from spillover.server.cache import Snapshot
 from spillover.sources.files.policies import DirectorySource
 from spillover.sources.metrics.envoy import EnvoySource
 from spillover.sources.metrics.health import ClusterHealth, HealthReader, local_ready, remote_healthy
@@ -113,6 +115,9 @@ class PolicyProvider(FollowsTheFleet):
         self._published: PublishedDecisions | None = None
         self.notices: deque[tuple[float, str]] = deque(maxlen=50)  # recent policy events worth telling
         self.state: DesiredState = self.source.poll() or self.source.state
+        # One planner and one cache of encoded models for every group (nothing per group is kept here).
+        self.planner = Planner()
+        self.snapshots = SnapshotBuilder()
         self._incoming = self.state  # the source's latest state (self.state adds held models to it)
         self.registry = registry or CollectorRegistry()
         self._create_metrics()
@@ -341,6 +346,16 @@ class PolicyProvider(FollowsTheFleet):
         )
         return translate(gateway).messages()
 
+    def snapshot(self, group: GroupView, previous: Snapshot | None = None) -> Snapshot:
+        """The group's snapshot, byte for byte `resources`' but built from `previous` (the group's last one):
+        only the models whose IR changed are translated (see controller/encoding.py)."""
+        decisions, weights = self._applied()
+        gateway = self.planner.plan(
+            group.name, self.listener, self.state.models.values(), decisions, group.replicas, self._tokens(), weights,
+            self._copy_routes,
+        )
+        return self.snapshots.snapshot(gateway, previous)
+
     async def run(self) -> None:
         self.tokens.want(list(self._credentials().values()))
         loop = asyncio.get_running_loop()
@@ -427,6 +442,7 @@ class PolicyProvider(FollowsTheFleet):
         if state.same_content(served):
             return
         self.state = state
+        self.snapshots.pieces.retain({md.model for md in state.models.values()})
         self._report(state)
         if self.destinations is not None:
             self.destinations.set_state(state)

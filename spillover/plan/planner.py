@@ -8,6 +8,7 @@ copy of a model with a destination cluster is reached (its Service's address: th
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping
 
 from spillover import ir, names
@@ -207,3 +208,75 @@ def plan_gateway(
         route = (copy_routes or {}).get(md.model)
         planned.append(model_ir(md, decision, replicas, tokens.get(md.model), weights, route))
     return ir.Gateway(name=group, listener=listener, models=tuple(planned))
+
+
+class Planner:
+    """`plan_gateway` that gives the same IR object for a model whose inputs did not change.
+
+    Later stages compare a model's IR with what they rendered last time by identity first (one check
+    instead of a walk through the value), so an unchanged model costs them nothing. One planner serves
+    every group: entries are per Envoy count (groups of the same size share them) and model; the counts
+    planned least recently are dropped beyond `counts`, and a count's entries for models gone are dropped when
+    they outnumber the models planned."""
+
+    def __init__(self, counts: int = 8) -> None:
+        self.counts = counts
+        self._memo: dict[int, dict[str, tuple[tuple[object, ...], ir.Model]]] = {}
+        self._order: tuple[list[ModelDeployment], list[ModelDeployment]] = ([], [])
+
+    def _sorted(self, models: Iterable[ModelDeployment]) -> list[ModelDeployment]:
+        given = list(models)
+        last, ordered = self._order
+        if len(given) != len(last) or not all(map(operator.is_, given, last)):
+            ordered = sorted(given, key=lambda m: m.model)
+            self._order = (given, ordered)
+        return ordered
+
+    def plan(
+        self,
+        group: str,
+        listener: ir.Listener,
+        models: Iterable[ModelDeployment],
+        decisions: Mapping[str, Decision],
+        replicas: int,
+        tokens: Mapping[str, str | None],
+        latency_weights: Mapping[str, Mapping[str, int]] | None = None,
+        copy_routes: Mapping[str, CopyRoute] | None = None,
+    ) -> ir.Gateway:
+        replicas = max(1, replicas)
+        ordered = self._sorted(models)
+        memo = self._memo.pop(replicas, None)
+        if memo is None:
+            memo = {}
+        elif len(memo) > 2 * len(ordered) + 64:
+            planned_names = {md.model for md in ordered}
+            memo = {name: entry for name, entry in memo.items() if name in planned_names}
+        self._memo[replicas] = memo  # the most recent count last
+        while len(self._memo) > self.counts:
+            del self._memo[next(iter(self._memo))]
+        weights_of = latency_weights or {}
+        routes = copy_routes or {}
+        planned = []
+        for md in ordered:
+            name = md.model
+            decision, token = decisions.get(name), tokens.get(name)
+            weights, route = weights_of.get(name), routes.get(name)
+            known = memo.get(name)
+            if known is not None:
+                inputs = known[0]
+                # Identity first: the evaluator keeps a Decision that did not change, the provider its maps.
+                if (
+                    inputs[0] is md
+                    and (inputs[1] is decision or inputs[1] == decision)
+                    and inputs[2] == token
+                    and (inputs[3] is weights or inputs[3] == weights)
+                    and (inputs[4] is route or inputs[4] == route)
+                ):
+                    planned.append(known[1])
+                    continue
+            model = model_ir(md, decision or Decision(OverflowState.STANDBY, 0), replicas, token, weights, route)
+            if known is not None and known[1] == model:
+                model = known[1]  # the same value: the same object, for the stages after
+            memo[name] = ((md, decision, token, weights, route), model)
+            planned.append(model)
+        return ir.Gateway(name=group, listener=listener, models=tuple(planned))

@@ -8,6 +8,7 @@ import itertools
 import logging
 import secrets
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -65,6 +66,11 @@ class Snapshot:
     _referenced_secrets: frozenset[str] | None = field(default=None, repr=False)
     _visible_secrets: Mapping[str, Resource] | None = field(default=None, repr=False)
     _secrets_version: str | None = field(default=None, repr=False)
+    # Whatever the builder of the snapshot keeps to build the next one of its group from this one (see
+    # `from_encoded`); the cache never looks at it, and it goes with the snapshot.
+    basis: object = field(default=None, repr=False)
+    # What changed since one earlier snapshot (a weak reference to it), as its builder knew.
+    _diff: tuple[weakref.ref[Snapshot], Mapping[str, frozenset[str]]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_resources(cls, resources: Iterable[Resource], types: Iterable[str] = PUSH_ORDER) -> Snapshot:
@@ -80,6 +86,48 @@ class Snapshot:
         }
         versions = {type_url: type_version(named.values()) for type_url, named in frozen.items()}
         return cls(resources=MappingProxyType(frozen), versions=MappingProxyType(versions))
+
+    @classmethod
+    def from_encoded(
+        cls,
+        resources: Mapping[str, Mapping[str, Resource]],
+        *,
+        referenced_secrets: frozenset[str] | None = None,
+        basis: object = None,
+        types: Iterable[str] = PUSH_ORDER,
+        build_seconds: float = 0.0,
+        previous: Snapshot | None = None,
+        versions: Mapping[str, str] | None = None,
+        changes: Mapping[str, frozenset[str]] | None = None,
+    ) -> Snapshot:
+        """A snapshot of resources a builder keeps itself, by type and name, sorted by name (the builder of
+        a group's next snapshot reuses the previous one's, changing only what changed). `referenced_secrets`:
+        which of the secrets the other resources refer to, when the builder knows (else found on demand).
+        `previous`: a snapshot whose maps this one may share; the version of a shared map is not recomputed,
+        and `changes` (names changed per type, secrets aside) are this one's changes since `previous`.
+        `versions`: of the types the builder already knows (`type_version`'s value)."""
+        by_type: dict[str, Mapping[str, Resource]] = {type_url: _EMPTY for type_url in types}
+        by_type.update(resources)
+        known = dict(versions or {})
+        for type_url, named in by_type.items():
+            if type_url in known:
+                continue
+            if previous is not None and previous.resources.get(type_url) is named:
+                known[type_url] = previous.versions[type_url]
+            else:
+                known[type_url] = type_version(named.values())
+        if referenced_secrets is not None:
+            referenced_secrets = referenced_secrets.intersection(by_type.get(SECRET, _EMPTY).keys())
+        snapshot = cls(
+            resources=MappingProxyType(by_type),
+            versions=MappingProxyType(known),
+            build_seconds=build_seconds,
+            basis=basis,
+            _referenced_secrets=referenced_secrets,
+        )
+        if previous is not None and changes is not None:
+            snapshot._diff = (weakref.ref(previous), MappingProxyType(dict(changes)))
+        return snapshot
 
     @classmethod
     def from_messages(cls, messages: Iterable[Message], types: Iterable[str] = PUSH_ORDER) -> Snapshot:
@@ -137,8 +185,17 @@ class Snapshot:
 
     def changes_since(self, previous: Snapshot) -> dict[str, frozenset[str]]:
         changes = {}
+        known: Mapping[str, frozenset[str]] = {}
+        if self._diff is not None and self._diff[0]() is previous:
+            known = self._diff[1]
         for type_url in set(self.resources) | set(previous.resources):
             now, before = self.get(type_url), previous.get(type_url)
+            if type_url in known and type_url != SECRET:
+                changes[type_url] = known[type_url]  # as the builder found it: no walk over every name
+                continue
+            if now is before and type_url != SECRET:
+                changes[type_url] = frozenset()  # the same map (a builder reused it): nothing changed
+                continue
             changed = {n for n, r in now.items() if (b := before.get(n)) is not r and (b is None or b.version != r.version)}
             changed.update(n for n in before if n not in now)
             if type_url == SECRET:

@@ -67,10 +67,13 @@ def _varint(value: int) -> bytes:
 _SHORT_LENGTHS = tuple(bytes([n]) for n in range(128))
 
 
-def _length_delimited(tag: bytes, payload: bytes) -> bytes:
+def _size(size: int) -> bytes:
     # Snapshot builds encode a handful of fields per resource: the one-byte length is the common case.
-    size = len(payload)
-    return tag + (_SHORT_LENGTHS[size] if size < 128 else _varint(size)) + payload
+    return _SHORT_LENGTHS[size] if size < 128 else _varint(size)
+
+
+def _length_delimited(tag: bytes, payload: bytes) -> bytes:
+    return tag + _size(len(payload)) + payload
 
 
 def _tag(message_class: type[Message], name: str) -> bytes:
@@ -110,8 +113,44 @@ class Resource:
     name: str
     version: str
     body: bytes  # deterministic serialization of the message itself
-    sotw_entry: bytes = field(repr=False)  # DiscoveryResponse.resources entry (tag, length, Any)
-    delta_entry: bytes = field(repr=False)  # DeltaDiscoveryResponse.resources entry
+    # The DiscoveryResponse.resources entry (tag, length, Any) and the DeltaDiscoveryResponse one: built on
+    # first use (`sotw_entry`, `delta_entry`), so a resource pays for the protocol its streams speak, and a
+    # snapshot build does not copy a table of every model's routes three times.
+    _sotw: bytes | None = field(default=None, repr=False, compare=False)
+    _delta: bytes | None = field(default=None, repr=False, compare=False)
+    # This resource's term in its type's version (see `type_version`).
+    mix: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        term = hashlib.blake2b(f"{self.name}\0{self.version}".encode(), digest_size=8).digest()
+        object.__setattr__(self, "mix", int.from_bytes(term, "little"))
+
+    @property
+    def sotw_entry(self) -> bytes:
+        entry = self._sotw
+        if entry is None:
+            body = self.body
+            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(len(body))
+            entry = b"".join((_SOTW_RESOURCES, _size(len(any_head) + len(body)), any_head, body))
+            object.__setattr__(self, "_sotw", entry)
+        return entry
+
+    @property
+    def delta_entry(self) -> bytes:
+        entry = self._delta
+        if entry is None:
+            body = self.body
+            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(len(body))
+            any_size = len(any_head) + len(body)
+            head = (
+                _length_delimited(_RESOURCE_NAME, self.name.encode())
+                + _length_delimited(_RESOURCE_VERSION, self.version.encode())
+                + _RESOURCE_BODY
+                + _size(any_size)
+            )
+            entry = b"".join((_DELTA_RESOURCES, _size(len(head) + any_size), head, any_head, body))
+            object.__setattr__(self, "_delta", entry)
+        return entry
 
     @classmethod
     def from_message(cls, message: Message, name: str | None = None) -> Resource:
@@ -120,28 +159,18 @@ class Resource:
         return cls.from_bytes(type_url, name or resource_name(message), body)
 
     @classmethod
-    def from_bytes(cls, type_url: str, name: str, body: bytes) -> Resource:
-        version = hashlib.blake2b(body, digest_size=8).hexdigest()
+    def from_bytes(cls, type_url: str, name: str, body: bytes, version: str | None = None) -> Resource:
+        """`version`: a digest the caller already has of what `body` was made from (by default, of `body`:
+        hashing a table of many megabytes for each change is what the caller avoids)."""
+        if version is None:
+            version = hashlib.blake2b(body, digest_size=8).hexdigest()
         # Node groups often get identical resources (the same models everywhere): one copy of the
         # bytes serves them all, so memory grows with distinct resources, not with groups.
         key = (type_url, name, version)
         known = _LIVE.get(key)
         if known is not None and known.body == body:
             return known
-        any_bytes = _type_url_field(type_url) + _length_delimited(_ANY_VALUE, body)
-        resource_bytes = (
-            _length_delimited(_RESOURCE_NAME, name.encode())
-            + _length_delimited(_RESOURCE_VERSION, version.encode())
-            + _length_delimited(_RESOURCE_BODY, any_bytes)
-        )
-        resource = cls(
-            type_url=type_url,
-            name=name,
-            version=version,
-            body=body,
-            sotw_entry=_length_delimited(_SOTW_RESOURCES, any_bytes),
-            delta_entry=_length_delimited(_DELTA_RESOURCES, resource_bytes),
-        )
+        resource = cls(type_url=type_url, name=name, version=version, body=body)
         _LIVE[key] = resource
         return resource
 
@@ -157,11 +186,19 @@ _LIVE: weakref.WeakValueDictionary[tuple[str, str, str], Resource] = weakref.Wea
 
 
 def type_version(resources: Iterable[Resource]) -> str:
-    """A version for a whole type: stable across restarts, so a reconnecting Envoy causes no churn."""
-    digest = hashlib.blake2b(digest_size=8)
-    for resource in sorted(resources, key=lambda r: r.name):
-        digest.update(resource.name.encode())
-        digest.update(b"\0")
-        digest.update(resource.version.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    """A version for a whole type: stable across restarts, so a reconnecting Envoy causes no churn.
+
+    Made of the sum of the resources' terms (a digest of name and version each, computed once per
+    resource), so it takes no sort and no hashing of every resource, and a builder that knows what
+    changed can update the sum instead (`version_of_sum`)."""
+    total = count = 0
+    for resource in resources:
+        total += resource.mix
+        count += 1
+    return version_of_sum(total, count)
+
+
+def version_of_sum(total: int, count: int) -> str:
+    """`type_version` of `count` resources whose `mix` terms add up to `total`."""
+    summary = (total & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little") + count.to_bytes(8, "little")
+    return hashlib.blake2b(summary, digest_size=8).hexdigest()

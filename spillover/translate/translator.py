@@ -103,36 +103,66 @@ def _check_model(model: Model) -> dict[str, Profile]:
     return profiles
 
 
-def translate(gateway: Gateway) -> Resources:
-    """Translate one gateway's IR into Envoy resources; raises ValueError on what it can't render."""
+@dataclass
+class ModelResources:
+    """What one model contributes: its routes (in table order) and its clusters, endpoints and secrets."""
+
+    routes: list[route_components_pb2.Route]
+    clusters: dict[str, cluster_pb2.Cluster]
+    endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment]
+    secrets: dict[str, secret_pb2.Secret]
+
+
+def translate_model(model: Model) -> ModelResources:
+    """One model's resources; they depend on nothing but the model (names are prefixed by its name), which is
+    what lets spillover.translate.encoded translate only the models that changed."""
+    profiles = _check_model(model)
+    result = ModelResources([], {}, {}, {})
+    clusters, endpoints = result.clusters, result.endpoints
+    default = profiles[model.default_profile]
+    # Named profiles first (most specific match wins in route order), the default last.
+    ordered = [profiles[n] for n in sorted(profiles) if n != default.name] + [default]
+    for profile in ordered:
+        serving = serving_for(effective_strategy(model, profile, default), profile.params)
+        cluster_name = local_cluster_name(model.name, serving.lb.tag)
+        if cluster_name not in clusters:
+            clusters[cluster_name] = local_cluster(cluster_name, serving.lb, model)
+            endpoints[cluster_name] = load_assignment(cluster_name, model, serving.lb)
+            if model.failover:
+                clusters.update(aggregate_clusters(model, cluster_name, serving.lb.tag))
+        targets = failover_targets(model.name, serving.lb.tag) if model.failover else None
+        result.routes.append(model_route(model, profile, serving, cluster_name, profile is not default, targets))
+    if model.remote is not None:
+        clusters[remote_cluster_name(model.name)] = remote_cluster(model, model.remote)
+        add_bearer_secret(result.secrets, model.remote)
+    return result
+
+
+def check_gateway(gateway: Gateway) -> None:
     if not gateway.name:
         raise ValueError("a gateway needs a name")
-    routes: list[route_components_pb2.Route] = slow_path_routes()
-    clusters: dict[str, cluster_pb2.Cluster] = {}
-    endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
-    secrets: dict[str, secret_pb2.Secret] = {}
     names = [m.name for m in gateway.models]
     if len(set(names)) != len(names):
         raise ValueError(f"gateway {gateway.name!r}: model names must be unique, got {sorted(names)}")
 
+
+def translate(gateway: Gateway) -> Resources:
+    """Translate one gateway's IR into Envoy resources; raises ValueError on what it can't render."""
+    check_gateway(gateway)
+    routes: list[route_components_pb2.Route] = slow_path_routes()
+    clusters: dict[str, cluster_pb2.Cluster] = {}
+    endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+    secrets: dict[str, secret_pb2.Secret] = {}
     for model in sorted(gateway.models, key=lambda m: m.name):
-        profiles = _check_model(model)
-        default = profiles[model.default_profile]
-        # Named profiles first (most specific match wins in route order), the default last.
-        ordered = [profiles[n] for n in sorted(profiles) if n != default.name] + [default]
-        for profile in ordered:
-            serving = serving_for(effective_strategy(model, profile, default), profile.params)
-            cluster_name = local_cluster_name(model.name, serving.lb.tag)
-            if cluster_name not in clusters:
-                clusters[cluster_name] = local_cluster(cluster_name, serving.lb, model)
-                endpoints[cluster_name] = load_assignment(cluster_name, model, serving.lb)
-                if model.failover:
-                    clusters.update(aggregate_clusters(model, cluster_name, serving.lb.tag))
-            targets = failover_targets(model.name, serving.lb.tag) if model.failover else None
-            routes.append(model_route(model, profile, serving, cluster_name, profile is not default, targets))
-        if model.remote is not None:
-            clusters[remote_cluster_name(model.name)] = remote_cluster(model, model.remote)
-            add_bearer_secret(secrets, model.remote)
+        own = translate_model(model)
+        routes.extend(own.routes)
+        clusters.update(own.clusters)
+        endpoints.update(own.endpoints)
+        for name, secret in own.secrets.items():
+            existing = secrets.get(name)
+            if existing is not None and existing != secret:
+                raise ValueError(f"secret {name!r} is given two different token values")
+            secrets[name] = secret
     routes.extend(not_found_routes())
 
     return Resources(

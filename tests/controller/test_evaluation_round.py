@@ -45,7 +45,7 @@ def policy(directory: Path) -> Path:
 
 async def test_a_round_does_not_wait_for_a_slow_source(tmp_path: Path, prometheus: SlowPrometheus) -> None:
     provider = PolicyProvider(
-        policy(tmp_path / "policies"), ir.Listener("127.0.0.1", 10000), evaluation_interval=0.2,
+        policy(tmp_path / "policies"), ir.Listener("127.0.0.1", 24010), evaluation_interval=0.2,
         prometheus=PrometheusSource(prometheus.url, timeout=5.0),
     )
     try:

@@ -73,7 +73,7 @@ async def test_per_model_series_follow_the_decisions_and_go_with_the_model(
     write_policy(policies, MODEL)
     clock = FakeClock(1_000_000.0)
     provider = PolicyProvider(
-        policies, ir.Listener("127.0.0.1", 10000), evaluation_interval=0.05, clock=clock,
+        policies, ir.Listener("127.0.0.1", 24010), evaluation_interval=0.05, clock=clock,
         prometheus=PrometheusSource(prometheus.url, timeout=5.0), poll_interval=0.05, removal_grace=0.0,
     )
     running = asyncio.get_running_loop().create_task(provider.run())

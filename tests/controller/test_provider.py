@@ -41,11 +41,11 @@ def state_with(workload: dict[str, Any] | None, *extra: dict[str, Any]) -> KubeD
 def test_a_kubernetes_state_is_a_policy_source_and_no_ready_replica_means_failover() -> None:
     source = FixedSource(state_with({"status": {"readyReplicas": 0}}))
     assert isinstance(source, PolicySource)
-    provider = PolicyProvider(source, ir.Listener(address="127.0.0.1", port=10000))
+    provider = PolicyProvider(source, ir.Listener(address="127.0.0.1", port=24010))
     decision = provider.evaluator.decision("llama-3-8b")
     assert decision is not None and decision.state.value == "FAILOVER" and decision.remote_share == 100
 
-    ready = PolicyProvider(FixedSource(state_with({"status": {"readyReplicas": 2}})), ir.Listener("127.0.0.1", 10000))
+    ready = PolicyProvider(FixedSource(state_with({"status": {"readyReplicas": 2}})), ir.Listener("127.0.0.1", 24010))
     decision = ready.evaluator.decision("llama-3-8b")
     assert decision is not None and decision.state.value == "STANDBY"
 
@@ -54,7 +54,7 @@ async def test_status_sinks_get_statuses_and_errors_after_each_evaluation() -> N
     broken = md("broken", model="other")
     broken["spec"]["routing"] = {"lockedRoutingStrategy": "fastest"}
     state = state_with({"status": {"readyReplicas": 1}}, broken)
-    provider = PolicyProvider(FixedSource(state), ir.Listener("127.0.0.1", 10000))
+    provider = PolicyProvider(FixedSource(state), ir.Listener("127.0.0.1", 24010))
     reports: list[StatusReport] = []
     provider.status_sinks.append(reports.append)
 
@@ -82,14 +82,14 @@ def test_a_destination_without_the_kubernetes_side_never_gets_traffic() -> None:
              offloadingConfig={"destination": {"kubeconfigSecretRef": {"name": "cluster-b"}}})
     doc["spec"] = {k: v for k, v in doc["spec"].items() if v is not None}
     state = build_kube_state(ClusterView([doc], workloads={("Deployment", "ml", "llama"): {"status": {}}})).state
-    provider = PolicyProvider(FixedSource(state), ir.Listener("127.0.0.1", 10000))
+    provider = PolicyProvider(FixedSource(state), ir.Listener("127.0.0.1", 24010))
     decision = provider.evaluator.decision("llama-3-8b")
     assert decision is not None and decision.remote_share == 0 and decision.state.value == "STANDBY"
     assert provider.statuses()["llama-3-8b"].get("destination") is None
     # Even when nothing local is ready: no share goes to a copy that is not there.
     state = build_kube_state(ClusterView([doc], workloads={("Deployment", "ml", "llama"): {"status": {
         "readyReplicas": 0}}})).state
-    provider = PolicyProvider(FixedSource(state), ir.Listener("127.0.0.1", 10000))
+    provider = PolicyProvider(FixedSource(state), ir.Listener("127.0.0.1", 24010))
     decision = provider.evaluator.decision("llama-3-8b")
     assert decision is not None and decision.remote_share == 0
     assert "a destination is managed only in Kubernetes mode" in decision.reason

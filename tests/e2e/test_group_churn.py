@@ -36,6 +36,7 @@ GRACE_S = 3.0
 TRIALS = 7
 # Envoy's admin is polled this often for the new config: the resolution of the latency measured.
 RESOLUTION_S = 0.005
+BUILDS = "spillover_xds_snapshot_build_seconds_count"
 MODELS = ("llama", "qwen", "mistral")
 
 
@@ -68,9 +69,15 @@ class Pusher:
         self.policy_dir, self.pod, self.server, self.envoy = policy_dir, pod, server, envoy
         self.version = 1
         self.rps = 100
+        self.builds_of_last_push = 0
+
+    def builds(self) -> int:
+        """Snapshots spillover built for the last push (one per node group it still keeps)."""
+        return self.builds_of_last_push
 
     def push(self) -> float:
         """Seconds from spillover seeing the change to the Envoy having applied it."""
+        built = self.server.metric(BUILDS)
         updates = _route_updates(self.envoy)
         self.rps += 1
         write(self.policy_dir / "llama.yaml", model_deployment("llama", [self.pod.address], rps=self.rps))
@@ -81,6 +88,7 @@ class Pusher:
             time.sleep(RESOLUTION_S)
         seen = time.time()
         wait_until(lambda: _has_line(self.server, self.version), timeout=10, message="detection logged")
+        self.builds_of_last_push = round(self.server.metric(BUILDS) - built)
         return seen - _detected_at(self.server, self.version)
 
     def median(self, trials: int = TRIALS) -> float:
@@ -159,6 +167,7 @@ def test_2000_groups_created_and_dropped_leave_memory_and_push_latency_as_before
     pusher.median(3)  # warm up (first pushes allocate what every later push reuses)
 
     before_latency = pusher.median()
+    before_builds = pusher.builds()
     before_rss = _rss_kib(pid)
     series_before = len(server.get("/metrics").text.splitlines())
 
@@ -182,6 +191,7 @@ def test_2000_groups_created_and_dropped_leave_memory_and_push_latency_as_before
         wait_until(lambda: server.metric("spillover_xds_groups") == 1, timeout=GRACE_S + 60, interval=0.2,
                    message="the churned groups forgotten")
         figures["latency_after"] = pusher.median()
+        figures["builds_after"] = pusher.builds()
         figures["rss_after"] = _rss_kib(pid)
         figures["series_after"] = len(server.get("/metrics").text.splitlines())
         return figures
@@ -198,7 +208,12 @@ def test_2000_groups_created_and_dropped_leave_memory_and_push_latency_as_before
             f"{figures['latency_with'] * 1000:.0f} ms with them (one push), {figures['latency_after'] * 1000:.0f} ms after"
         )
         assert figures["series_after"] == series_before
-        assert figures["latency_after"] <= before_latency * 1.10 + 2 * RESOLUTION_S, (before_latency, figures)
+        # What made pushes 20-30x slower: a build for every group ever seen (2,001 here). The builds of a push
+        # stay those of the one group left (a debounce may split a push in two); the latency itself only
+        # within what a loaded machine's noise allows (a timed check of 1.1x failed on the suite's loaded
+        # runs: 53 ms after against 39 ms before).
+        assert 1 <= figures["builds_after"] <= 2 * max(before_builds, 1), (before_builds, figures)
+        assert figures["latency_after"] <= before_latency * 2 + 0.05, (before_latency, figures)
     assert first["latency_with"] > 10 * before_latency, "the measurement does not see the cost of the groups"
     # No growth from one wave to the next (groups that were never freed grew it with every wave); the first
     # wave's rise of the allocator's high-water mark is bounded.

@@ -488,6 +488,8 @@ def test_envoy_concurrency_overflows_without_prometheus(
         share = remote_percent(batch)
         assert abs(share - 40) <= SHARE_TOLERANCE, batch
         assert server.model(model)["state"] == "OVERFLOW"
+        # The slow requests spill too: each has a 40 % chance, and a loaded machine sends few meanwhile.
+        wait_until(lambda: load.answers[REMOTE] > 0, timeout=15, message=f"no slow request went remote: {load.answers}")
     finally:
         load.stop()
     released = time.monotonic()

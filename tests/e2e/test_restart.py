@@ -134,7 +134,9 @@ def _after_the_restart(
     restarted = time.monotonic()
     model = again.model(MODEL)
     assert (model["state"], model["remote_share"]) == ("OVERFLOW", 40), model
-    wait_until(lambda: synced(again, {"edge-1"}), timeout=10, message="edge-1 never reconnected")
+    # Synced once it acknowledged what it asked for so far: its routes may be asked for a moment later.
+    wait_until(lambda: synced(again, {"edge-1"}) and rate_limit(again, "edge-1"), timeout=10,
+               message="edge-1 never reconnected and got its routes")
     assert rate_limit(again, "edge-1") == [RPS // 2]
     time.sleep(1.0)
     os.kill(two.pid or 0, signal.SIGCONT)

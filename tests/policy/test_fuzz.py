@@ -78,6 +78,6 @@ def test_every_valid_document_plans_and_translates(
     share = 100 if state == OverflowState.FAILOVER else 0 if state != OverflowState.OVERFLOW else share
     decisions = {md.model: Decision(state, share)}
     tokens = {md.model: "fuzz-token" if token else None}
-    gateway = plan_gateway("edge", ir.Listener("127.0.0.1", 10000), [md], decisions, replicas, tokens)
+    gateway = plan_gateway("edge", ir.Listener("127.0.0.1", 24010), [md], decisions, replicas, tokens)
     first = translate(gateway).serialized()
     assert translate(gateway).serialized() == first  # byte-stable

@@ -75,5 +75,5 @@ def test_node_bounds(node: base_pb2.Node, rule: str, resource: bool) -> None:
 
 
 def test_a_real_sized_node_passes() -> None:
-    metadata = struct_pb2.Struct(fields={"spillover.admin_port": struct_pb2.Value(number_value=9901)})
+    metadata = struct_pb2.Struct(fields={"spillover.admin_port": struct_pb2.Value(number_value=24901)})
     check_node(_node(id="spillover-gateway-7d9f-abcde", cluster="spillover-gateway", metadata=metadata), StreamLimits())

@@ -276,7 +276,7 @@ async def test_eds_is_resent_after_a_cds_change_so_the_cluster_can_warm(server: 
 
 
 async def test_one_push_is_ordered_and_clusters_are_removed_only_in_a_later_push(server: Server) -> None:
-    listener = http_listener("main", "127.0.0.1", 10000, route_config="main")
+    listener = http_listener("main", "127.0.0.1", 24010, route_config="main")
     server.publish(cluster("old"), cla("old"), listener, weighted_route("main", {"old": 1}))
     client = server.client()
     # Envoy's order: clusters, their endpoints, then listeners and routes.
@@ -323,7 +323,7 @@ async def test_routes_are_not_held_forever_by_a_cluster_that_never_warms() -> No
     port = await xds.start("127.0.0.1:0")
     harness = Server(cache, xds, f"127.0.0.1:{port}")
     try:
-        listener = http_listener("main", "127.0.0.1", 10000, route_config="main")
+        listener = http_listener("main", "127.0.0.1", 24010, route_config="main")
         harness.publish(cluster("a"), cla("a"), listener, weighted_route("main", {"a": 1}))
         client = harness.client()
         client.send(node=node(), type_url=CLUSTER)

@@ -237,7 +237,7 @@ async def test_only_admitted_streams_count(start: Start, certificates: Certifica
     server = await start()
     server.publish("edge", edge_resources())
     gateway = server.client()
-    gateway.send(node=node("edge-1", "edge", **{"spillover.admin_port": 9901}), type_url=CLUSTER)
+    gateway.send(node=node("edge-1", "edge", **{"spillover.admin_port": 24901}), type_url=CLUSTER)
     await gateway.recv()
     before = (server.xds.proxies.replicas("edge"), server.xds.proxies.admin_urls())
     attackers = []
@@ -251,7 +251,7 @@ async def test_only_admitted_streams_count(start: Start, certificates: Certifica
     codes = await asyncio.gather(*(a.ended() for a in attackers))
     assert set(codes) == {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAVAILABLE}
     assert (server.xds.proxies.replicas("edge"), server.xds.proxies.admin_urls()) == before == (
-        1, ["http://127.0.0.1:9901"]
+        1, ["http://127.0.0.1:24901"]
     )
     assert server.refused("group_not_admitted") == 16
 

@@ -30,7 +30,7 @@ def _xds_cluster(bootstrap: dict) -> dict:
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-@pytest.mark.parametrize("xds_address", ["127.0.0.1:18000", "spillover.system.svc:18000", "[::1]:18000"])
+@pytest.mark.parametrize("xds_address", ["127.0.0.1:24018", "spillover.system.svc:24018", "[::1]:24018"])
 def test_ads_bootstrap_passes_envoy_validate(tmp_path: Path, delta: bool, xds_address: str) -> None:
     bootstrap = build_bootstrap("node-1", "edge", xds_address, delta=delta, xds_connect_timeout_s=0.25)
     result = Envoy.validate(bootstrap, tmp_path)
@@ -56,37 +56,37 @@ def test_ads_bootstrap_passes_envoy_validate(tmp_path: Path, delta: bool, xds_ad
 
 def test_validate_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
     # Guards the test above: if validate accepted anything, "passes validate" would prove nothing.
-    bootstrap = build_bootstrap("node-1", "edge", "127.0.0.1:18000")
+    bootstrap = build_bootstrap("node-1", "edge", "127.0.0.1:24018")
     bootstrap["dynamic_resources"]["ads_config"]["api_type"] = "CARRIER_PIGEON"
     result = Envoy.validate(bootstrap, tmp_path)
     assert result.returncode != 0
 
 
 def test_cluster_type_follows_host_kind() -> None:
-    ip = _xds_cluster(build_bootstrap("n1", "c", "10.0.0.7:18000"))
+    ip = _xds_cluster(build_bootstrap("n1", "c", "10.0.0.7:24018"))
     assert ip["type"] == "STATIC"
     assert ip["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
-        "socket_address": {"address": "10.0.0.7", "port_value": 18000}
+        "socket_address": {"address": "10.0.0.7", "port_value": 24018}
     }
     dns = _xds_cluster(build_bootstrap("n1", "c", "spillover.svc.cluster.local:443"))
     assert dns["type"] == "STRICT_DNS"
-    v6 = _xds_cluster(build_bootstrap("n1", "c", "[fd00::1]:18000"))
+    v6 = _xds_cluster(build_bootstrap("n1", "c", "[fd00::1]:24018"))
     assert v6["type"] == "STATIC"
     assert v6["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
-        "socket_address": {"address": "fd00::1", "port_value": 18000}
+        "socket_address": {"address": "fd00::1", "port_value": 24018}
     }
 
 
 def test_admin_and_node() -> None:
     bootstrap = build_bootstrap(
-        "pod-a", "edge-fleet", "127.0.0.1:1", admin_port=19000, admin_address="0.0.0.0"
+        "pod-a", "edge-fleet", "127.0.0.1:1", admin_port=24019, admin_address="0.0.0.0"
     )
     assert bootstrap["node"] == {
         "id": "pod-a",
         "cluster": "edge-fleet",
-        "metadata": {"spillover.admin_port": 19000},
+        "metadata": {"spillover.admin_port": 24019},
     }
-    assert bootstrap["admin"] == {"address": {"socket_address": {"address": "0.0.0.0", "port_value": 19000}}}
+    assert bootstrap["admin"] == {"address": {"socket_address": {"address": "0.0.0.0", "port_value": 24019}}}
 
 
 @pytest.mark.parametrize(
@@ -95,18 +95,18 @@ def test_admin_and_node() -> None:
         "",
         "localhost",
         "localhost:",
-        ":18000",
+        ":24018",
         "localhost:0",
         "localhost:65536",
         "localhost:http",
         "localhost:-1",
-        "::1:18000",
-        "[::1]18000",
-        "[not-v6]:18000",
-        " localhost:18000",
-        "local host:18000",
+        "::1:24018",
+        "[::1]24018",
+        "[not-v6]:24018",
+        " localhost:24018",
+        "local host:24018",
         None,
-        18000,
+        24018,
     ],
 )
 def test_bad_xds_address_is_refused_by_name(xds_address: object) -> None:
@@ -128,7 +128,7 @@ def test_bad_xds_address_is_refused_by_name(xds_address: object) -> None:
     ],
 )
 def test_other_bad_arguments_are_refused_by_name(kwargs: dict, field: str) -> None:
-    args = {"node_id": "n1", "cluster": "c", "xds_address": "127.0.0.1:18000", **kwargs}
+    args = {"node_id": "n1", "cluster": "c", "xds_address": "127.0.0.1:24018", **kwargs}
     with pytest.raises(ValueError, match=field):
         build_bootstrap(**args)
 
@@ -153,7 +153,7 @@ def test_connect_timeout_is_protobuf_duration_text(seconds: float, text: str) ->
 
 
 def test_yaml_is_stable_and_round_trips() -> None:
-    args: dict[str, Any] = {"node_id": "n1", "cluster": "c", "xds_address": "xds.example:18000", "delta": True}
+    args: dict[str, Any] = {"node_id": "n1", "cluster": "c", "xds_address": "xds.example:24018", "delta": True}
     first = render_bootstrap_yaml(**args)
     assert first == render_bootstrap_yaml(**args)
     assert yaml.safe_load(first) == build_bootstrap(**args)
@@ -164,8 +164,8 @@ def test_yaml_is_stable_and_round_trips() -> None:
 
 def test_yaml_quotes_words_envoy_reads_as_booleans(tmp_path: Path) -> None:
     # Envoy's yaml-cpp reads a bare `n` or `y` as a boolean and then refuses it for node.id.
-    bootstrap = build_bootstrap("n", "y", "127.0.0.1:18000")
-    text = render_bootstrap_yaml("n", "y", "127.0.0.1:18000")
+    bootstrap = build_bootstrap("n", "y", "127.0.0.1:24018")
+    text = render_bootstrap_yaml("n", "y", "127.0.0.1:24018")
     assert 'id: "n"' in text and 'cluster: "y"' in text
     result = Envoy.validate(bootstrap, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -197,7 +197,7 @@ def test_mtls_bootstrap_passes_envoy_validate(tmp_path: Path) -> None:
     (tmp_path / "sds").mkdir()
     for name, document in build_xds_tls_sds(tls).items():
         (tmp_path / "sds" / name).write_text(dump_yaml(document))
-    bootstrap = build_bootstrap("n1", "edge", "spillover-xds.system.svc:18000", tls=tls)
+    bootstrap = build_bootstrap("n1", "edge", "spillover-xds.system.svc:24018", tls=tls)
     result = Envoy.validate(bootstrap, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     socket = _xds_cluster(bootstrap)["transport_socket"]["typed_config"]
@@ -216,7 +216,7 @@ def test_mtls_bootstrap_passes_envoy_validate(tmp_path: Path) -> None:
 
 def test_mtls_bootstrap_validation_fails_without_its_sds_files(tmp_path: Path) -> None:
     # Guards the test above: the SDS files are really read.
-    bootstrap = build_bootstrap("n1", "edge", "127.0.0.1:18000", tls=_tls(tmp_path))
+    bootstrap = build_bootstrap("n1", "edge", "127.0.0.1:24018", tls=_tls(tmp_path))
     assert Envoy.validate(bootstrap, tmp_path).returncode != 0
 
 
@@ -242,7 +242,7 @@ def test_bootstrap_command_writes_the_bootstrap_and_its_sds_files(tmp_path: Path
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "spillover", "bootstrap", "--node-id", "gw", "--cluster", "edge",
-        "--xds-address", "spillover-xds.system.svc:18000", "--xds-tls-dir", "/etc/spillover/xds-tls",
+        "--xds-address", "spillover-xds.system.svc:24018", "--xds-tls-dir", "/etc/spillover/xds-tls",
         "--xds-sds-dir", "/etc/envoy", "--output-dir", str(out),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -250,7 +250,7 @@ def test_bootstrap_command_writes_the_bootstrap_and_its_sds_files(tmp_path: Path
     assert sorted(p.name for p in out.iterdir()) == sorted(["bootstrap.yaml", *SDS_FILES.values()])
     bootstrap = yaml.safe_load((out / "bootstrap.yaml").read_text())
     tls = XdsTls("/etc/spillover/xds-tls", "/etc/envoy", "spillover-xds.system.svc")
-    assert bootstrap == build_bootstrap("gw", "edge", "spillover-xds.system.svc:18000", tls=tls)
+    assert bootstrap == build_bootstrap("gw", "edge", "spillover-xds.system.svc:24018", tls=tls)
     for name, document in build_xds_tls_sds(tls).items():
         assert yaml.safe_load((out / name).read_text()) == document
     refused = subprocess.run([*command[:-6], "--xds-server-name", "x"], capture_output=True, text=True, timeout=60)

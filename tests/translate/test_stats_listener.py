@@ -49,7 +49,7 @@ def test_only_prometheus_stats_are_served_on_the_stats_port(
     assert ask(admin_port, "GET", "/ready")[0] == 200
 
 
-@pytest.mark.parametrize(("stats_port", "admin_port"), [(9901, 9901), (9902, 0), (70000, 9901)])
+@pytest.mark.parametrize(("stats_port", "admin_port"), [(24901, 24901), (24902, 0), (70000, 24901)])
 def test_a_stats_port_needs_a_port_of_its_own(stats_port: int, admin_port: int) -> None:
     with pytest.raises(ValueError, match="stats_port"):
-        build_bootstrap("n", "c", "127.0.0.1:18000", admin_port=admin_port, stats_port=stats_port)
+        build_bootstrap("n", "c", "127.0.0.1:24018", admin_port=admin_port, stats_port=stats_port)

@@ -116,7 +116,7 @@ def test_a_model_named_like_another_models_cluster_is_not_taken_for_it() -> None
 
 
 def test_the_bootstrap_carries_the_tags_and_keeps_envoys_own() -> None:
-    config = build_bootstrap("n", "c", "127.0.0.1:18000")["stats_config"]
+    config = build_bootstrap("n", "c", "127.0.0.1:24018")["stats_config"]
     assert config == stats_config()
     assert [t["tag_name"] for t in config["stats_tags"]] == ["model", "profile", "side"]
     # Envoy's default tags (envoy_cluster_name, envoy_response_code_class, ...) stay on.

@@ -221,4 +221,4 @@ def _mutable(state: TypeState) -> dict[str, Resource]:
 
 def _placeholder(type_url: str, name: str, version: str) -> Resource:
     """Stands for a resource the client says it has at a version this server doesn't hold."""
-    return Resource(type_url=type_url, name=name, version=version, body=b"", sotw_entry=b"", delta_entry=b"")
+    return Resource(type_url=type_url, name=name, version=version, body=b"", _sotw=b"", _delta=b"")

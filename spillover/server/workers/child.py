@@ -189,9 +189,9 @@ class WorkerXdsServer(XdsServer):
             for name in removed:
                 named.pop(name, None)
             added = False
-            for name, body in upserts:
+            for name, body, version in upserts:
                 added = added or name not in named
-                named[name] = Resource.from_bytes(type_url, name, body)
+                named[name] = Resource.from_bytes(type_url, name, body, version)
             # Names stay sorted; a changed resource keeps its place, so only new names need a sort.
             frozen[type_url] = MappingProxyType(dict(sorted(named.items())) if added or before is None else named)
         snapshot = _ShippedSnapshot(
@@ -200,7 +200,7 @@ class WorkerXdsServer(XdsServer):
             build_seconds=shipped.build_seconds,
         )
         if shipped.follows is not None and previous is not None:
-            names = {type_url: {name for name, _ in upserts} for type_url, upserts in shipped.upserts.items()}
+            names = {type_url: {name for name, _, _ in upserts} for type_url, upserts in shipped.upserts.items()}
             for type_url, removed in shipped.removed.items():
                 names.setdefault(type_url, set()).update(removed)
             snapshot.follows = previous

@@ -304,13 +304,13 @@ class WorkerPool(XdsServer):
 
     def _frame(self, group: str, snapshot: Snapshot, full: bool) -> bytes:
         types = tuple(snapshot.resources)
-        upserts: dict[str, list[tuple[str, bytes]]] = {}
+        upserts: dict[str, list[tuple[str, bytes, str]]] = {}
         removed: dict[str, list[str]] = {}
         changes = snapshot.changes
         if full or changes is None:
             follows = None
             for type_url, named in snapshot.resources.items():
-                upserts[type_url] = [(name, resource.body) for name, resource in named.items()]
+                upserts[type_url] = [(name, resource.body, resource.version) for name, resource in named.items()]
         else:
             follows = snapshot.previous_generation
             for type_url, names in changes.items():
@@ -320,7 +320,7 @@ class WorkerPool(XdsServer):
                     if resource is None:
                         removed.setdefault(type_url, []).append(name)
                     else:
-                        upserts.setdefault(type_url, []).append((name, resource.body))
+                        upserts.setdefault(type_url, []).append((name, resource.body, resource.version))
         versions = {type_url: snapshot.versions.get(type_url, "") for type_url in types}
         shipped = ShippedSnapshot(
             generation=snapshot.generation, follows=follows, versions=versions, upserts=upserts, removed=removed,

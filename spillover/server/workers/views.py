@@ -121,7 +121,7 @@ def resources_of(sent: dict[str, list[tuple[str, str, bytes]]]) -> dict[str, lis
 
 def _known(type_url: str, name: str, version: str) -> Resource:
     # A resource the client said it has at a version no snapshot holds (Delta reconnect).
-    return Resource(type_url=type_url, name=name, version=version, body=b"", sotw_entry=b"", delta_entry=b"")
+    return Resource(type_url=type_url, name=name, version=version, body=b"", _sotw=b"", _delta=b"")
 
 
 def describe_with_worker(described: dict[str, Any], worker: int) -> dict[str, Any]:

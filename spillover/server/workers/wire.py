@@ -80,7 +80,9 @@ class ShippedSnapshot:
     generation: int
     follows: int | None
     versions: dict[str, str]
-    upserts: dict[str, list[tuple[str, bytes]]]  # type -> (name, body)
+    # type -> (name, body, version): the version as the main process has it (a route table's is made of its
+    # models' digests: hashing megabytes again in every worker is what it spares)
+    upserts: dict[str, list[tuple[str, bytes, str]]]
     removed: dict[str, list[str]]
     types: tuple[str, ...]
     build_seconds: float

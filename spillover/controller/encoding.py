@@ -1,0 +1,360 @@
+"""Snapshots that cost what changed: a model's resources are translated and serialized when its IR changes,
+and a group's next snapshot is its previous one with the changed models' resources swapped in.
+
+Two things are kept, neither of them a copy per group:
+
+- `PieceCache`, one for every group: per model name, the last few IR values seen (groups whose Envoy
+  counts differ have different rate-limit shares, hence different IR) with their encoded resources as
+  `Resource`s. A model whose IR is the same object as before (the planner returns it when nothing it
+  depends on changed) or an equal value costs a lookup; only new values are translated.
+- The group's previous snapshot, which carries in `Snapshot.basis` which pieces it was made of. The next
+  one copies its maps and replaces the entries of the pieces that differ; the route table is re-joined
+  from the models' encoded routes (bytes, no re-encoding) only when some model's routes changed.
+
+A group that is forgotten drops its snapshot and with it its basis; the cache drops the models that
+leave the policies (`retain`). The result is byte for byte the full translation's (`translate`), which
+tests/controller/test_encoding.py checks after every kind of change.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import time
+import weakref
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from spillover import ir
+from spillover.names import LISTENER_NAME, ROUTE_CONFIG_NAME
+from spillover.server.cache import Snapshot
+from spillover.server.references import secret_references
+from spillover.server.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    ROUTE,
+    SECRET,
+    Resource,
+    version_of_sum,
+)
+from spillover.translate.encoded import RouteTable, encode_listener, encode_model
+from spillover.translate.translator import check_gateway
+
+__all__ = ["Piece", "PieceCache", "SnapshotBuilder"]
+
+# The IR values kept per model name: one per distinct Envoy count among the groups, in practice.
+VARIANTS = 4
+# Per-model resource types (the listener and the route table are per gateway).
+_MODEL_TYPES = (CLUSTER, ENDPOINT, SECRET)
+
+
+@dataclass(eq=False, slots=True)
+class Piece:
+    """One model's IR value and its resources, encoded."""
+
+    model: ir.Model
+    routes: bytes
+    route_digest: bytes
+    clusters: tuple[Resource, ...]
+    endpoints: tuple[Resource, ...]
+    secrets: tuple[Resource, ...]
+    # The secret names its own resources refer to (of its own secrets and its remote's).
+    references: frozenset[str]
+
+    def of_type(self, type_url: str) -> tuple[Resource, ...]:
+        if type_url == CLUSTER:
+            return self.clusters
+        if type_url == ENDPOINT:
+            return self.endpoints
+        return self.secrets
+
+
+def _piece(model: ir.Model) -> Piece:
+    encoded = encode_model(model)
+    clusters = tuple(Resource.from_bytes(CLUSTER, name, body) for name, body in encoded.clusters)
+    endpoints = tuple(Resource.from_bytes(ENDPOINT, name, body) for name, body in encoded.endpoints)
+    secrets = tuple(Resource.from_bytes(SECRET, name, body) for name, body in encoded.secrets)
+    candidates = {name for name, _ in encoded.secrets}
+    if model.remote is not None and model.remote.bearer_token_secret_name:
+        candidates.add(model.remote.bearer_token_secret_name)
+    references = secret_references((*clusters, *endpoints), candidates) if candidates else frozenset()
+    return Piece(model, encoded.routes, encoded.route_digest, clusters, endpoints, secrets, references)
+
+
+class PieceCache:
+    """Encoded models by IR value, shared by every group; at most `variants` values per model name."""
+
+    def __init__(self, variants: int = VARIANTS) -> None:
+        self.variants = variants
+        self._by_name: dict[str, list[Piece]] = {}
+        self.encoded = 0  # models translated so far (what the tests and benchmarks count)
+
+    def piece(self, model: ir.Model) -> Piece:
+        entries = self._by_name.get(model.name)
+        if entries is not None:
+            for index, known in enumerate(entries):
+                if known.model is model or known.model == model:
+                    if index:
+                        entries.insert(0, entries.pop(index))
+                    return known
+        piece = _piece(model)  # a ValueError leaves nothing behind
+        self.encoded += 1
+        if entries is None:
+            self._by_name[model.name] = [piece]
+        else:
+            entries.insert(0, piece)
+            del entries[self.variants :]
+        return piece
+
+    def retain(self, names: Collection[str]) -> None:
+        """Forget the models not named (gone from the policies)."""
+        for name in [n for n in self._by_name if n not in names]:
+            del self._by_name[name]
+
+    def __len__(self) -> int:
+        return sum(len(entries) for entries in self._by_name.values())
+
+
+@dataclass(eq=False, slots=True)
+class _Basis:
+    """What a snapshot was built from, for building the group's next one."""
+
+    builder: SnapshotBuilder
+    listener: ir.Listener
+    pieces: tuple[Piece, ...]
+    routes: Resource
+    models: tuple[ir.Model, ...]  # the gateway's, as given
+    # How many pieces hold each secret name, and refer to each: a name shared by two models stays while
+    # one of them still has it.
+    holders: dict[str, int]
+    references: dict[str, int]
+    sums: dict[str, tuple[int, int]]  # per model type: the sum of the resources' `mix` terms, and their count
+
+
+def _sorted(named: Mapping[str, Resource]) -> Mapping[str, Resource]:
+    return MappingProxyType({name: named[name] for name in sorted(named)})
+
+
+def _add(named: dict[str, Resource], resource: Resource, type_url: str) -> None:
+    existing = named.get(resource.name)
+    if existing is not None and existing is not resource and existing.body != resource.body:
+        if type_url == SECRET:
+            raise ValueError(f"secret {resource.name!r} is given two different token values")
+        raise ValueError(f"two models render a {type_url.rsplit('.', 1)[-1]} named {resource.name!r}")
+    named[resource.name] = resource
+
+
+def _copy(named: Mapping[str, Resource]) -> dict[str, Resource]:
+    # A proxy's copy() is its dict's: a C-level copy, not a walk through the mapping protocol.
+    return named.copy() if isinstance(named, MappingProxyType) else dict(named)
+
+
+def _count(counts: dict[str, int], names: Iterable[str], step: int) -> None:
+    for name in names:
+        left = counts.get(name, 0) + step
+        if left:
+            counts[name] = left
+        else:
+            del counts[name]
+
+
+class SnapshotBuilder:
+    """Builds a group's snapshot from its gateway IR: from the group's previous snapshot when given, else
+    from the last one this builder built (another group's: any snapshot with a basis will do)."""
+
+    def __init__(self, pieces: PieceCache | None = None) -> None:
+        self.pieces = pieces if pieces is not None else PieceCache()
+        self._table = RouteTable()
+        self._listeners: dict[ir.Listener, Resource] = {}
+        # The last snapshot built, whatever its group: a group seen for the first time is built from it
+        # (most groups serve the same models). Weak: it is the groups' to keep, not the builder's.
+        self._last: weakref.ref[Snapshot] | None = None
+
+    def _listener(self, listener: ir.Listener) -> Resource:
+        resource = self._listeners.get(listener)
+        if resource is None:
+            if len(self._listeners) >= 16:
+                self._listeners.clear()
+            resource = Resource.from_bytes(LISTENER, LISTENER_NAME, encode_listener(listener))
+            self._listeners[listener] = resource
+        return resource
+
+    def _route_table(self, pieces: Sequence[Piece]) -> Resource:
+        return Resource.from_bytes(
+            ROUTE,
+            ROUTE_CONFIG_NAME,
+            self._table.join([p.routes for p in pieces]),
+            version=self._table.version(p.route_digest for p in pieces),
+        )
+
+    def snapshot(self, gateway: ir.Gateway, previous: Snapshot | None = None) -> Snapshot:
+        """Raises ValueError on what the translation refuses, as `translate` does."""
+        started = time.perf_counter()
+        if previous is None and self._last is not None:
+            previous = self._last()
+        basis = previous.basis if previous is not None else None
+        if not (isinstance(basis, _Basis) and basis.builder is self and previous is not None):
+            snapshot = self._first(gateway, self._pieces(gateway))
+        else:
+            snapshot = self._next(gateway, previous, basis)
+        snapshot.build_seconds = time.perf_counter() - started
+        self._last = weakref.ref(snapshot)
+        return snapshot
+
+    def _pieces(self, gateway: ir.Gateway) -> tuple[Piece, ...]:
+        models = gateway.models
+        if not gateway.name or any(a.name >= b.name for a, b in itertools.pairwise(models)):
+            check_gateway(gateway)  # the same refusals as translate's
+            models = tuple(sorted(models, key=lambda m: m.name))
+        return tuple(self.pieces.piece(m) for m in models)
+
+    def _first(self, gateway: ir.Gateway, pieces: tuple[Piece, ...]) -> Snapshot:
+        by_type: dict[str, Mapping[str, Resource]] = {}
+        sums = {}
+        for type_url in (CLUSTER, ENDPOINT):
+            named: dict[str, Resource] = {}
+            for piece in pieces:
+                for resource in piece.of_type(type_url):
+                    _add(named, resource, type_url)
+            by_type[type_url] = _sorted(named)
+            sums[type_url] = (sum(r.mix for r in named.values()), len(named))
+        secrets: dict[str, Resource] = {}
+        holders: dict[str, int] = {}
+        references: dict[str, int] = {}
+        for piece in pieces:
+            for resource in piece.secrets:
+                _add(secrets, resource, SECRET)
+            _count(holders, (r.name for r in piece.secrets), 1)
+            _count(references, piece.references, 1)
+        by_type[SECRET] = _sorted(secrets)
+        listener = self._listener(gateway.listener)
+        routes = self._route_table(pieces)
+        by_type[LISTENER] = MappingProxyType({LISTENER_NAME: listener})
+        by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes})
+        basis = _Basis(self, gateway.listener, pieces, routes, gateway.models, holders, references, sums)
+        return self._snapshot(by_type, basis)
+
+    def _changed(self, gateway: ir.Gateway, basis: _Basis) -> tuple[tuple[Piece, ...], list[Piece], list[Piece]]:
+        """The gateway's pieces, and those of the basis that are gone and those that replace them."""
+        before, models = basis.pieces, gateway.models
+        if gateway.name and len(before) == len(models):
+            # The planner gives the same IR object for a model that did not change: one identity check each.
+            changed = [] if models is basis.models else list(
+                itertools.compress(range(len(models)), map(operator.is_not, (p.model for p in before), models))
+            )
+            if all(before[i].model.name == models[i].name for i in changed):
+                # Same names at the same places as in the basis, which was sorted: so is this.
+                replaced = list(before)
+                for i in changed:
+                    replaced[i] = self.pieces.piece(models[i])
+                removed = [before[i] for i in changed if replaced[i] is not before[i]]
+                added = [replaced[i] for i in changed if replaced[i] is not before[i]]
+                return tuple(replaced), removed, added
+        pieces = self._pieces(gateway)
+        now = {p.model.name: p for p in pieces}
+        then = {p.model.name: p for p in before}
+        removed = [p for name, p in then.items() if now.get(name) is not p]
+        added = [p for name, p in now.items() if then.get(name) is not p]
+        return pieces, removed, added
+
+    def _next(self, gateway: ir.Gateway, previous: Snapshot, basis: _Basis) -> Snapshot:
+        pieces, removed, added = self._changed(gateway, basis)
+        by_type: dict[str, Mapping[str, Resource]] = {}
+        changes: dict[str, frozenset[str]] = {}
+        sums = dict(basis.sums)
+        for type_url in (CLUSTER, ENDPOINT):
+            out = [r for p in removed for r in p.of_type(type_url)]
+            into = [r for p in added for r in p.of_type(type_url)]
+            current = previous.get(type_url)
+            gone, names = {r.name for r in out}, {r.name for r in into}
+            if gone == names and all(current.get(r.name) is r for r in into):
+                # None (a decision moves only routes), or the same resources again (`Resource.from_bytes`
+                # gives the one object for the same bytes): the map is kept as it is.
+                by_type[type_url] = current
+                changes[type_url] = frozenset()
+                continue
+            named = _copy(current)
+            for name in gone - names:
+                del named[name]
+            seen: set[str] = set()
+            for resource in into:
+                if resource.name in gone and resource.name not in seen:
+                    named[resource.name] = resource  # replaced where it was: the order stays sorted
+                else:
+                    _add(named, resource, type_url)
+                seen.add(resource.name)
+            # Other names than before (a model added, removed, a strategy changed): sorted again.
+            by_type[type_url] = MappingProxyType(named) if gone == names else _sorted(named)
+            total, _ = sums[type_url]
+            sums[type_url] = (total - sum(r.mix for r in out) + sum(r.mix for r in into), len(named))
+            kept = {r.name for r in out if (b := named.get(r.name)) is not None and b.version == r.version}
+            changes[type_url] = frozenset((gone | names) - kept)
+        holders, references = basis.holders, basis.references
+        if any(p.secrets or p.references for p in (*removed, *added)):
+            holders, references = dict(holders), dict(references)
+            secrets = _copy(previous.get(SECRET))
+            for piece in removed:
+                _count(holders, (r.name for r in piece.secrets), -1)
+                _count(references, piece.references, -1)
+            for name in {r.name for p in removed for r in p.secrets}:
+                if name not in holders:
+                    del secrets[name]
+            seen = set()
+            for piece in added:
+                for resource in piece.secrets:
+                    if resource.name in holders or resource.name in seen:
+                        _add(secrets, resource, SECRET)  # another model gives this name too: the same token?
+                    else:
+                        secrets[resource.name] = resource
+                    seen.add(resource.name)
+                _count(holders, (r.name for r in piece.secrets), 1)
+                _count(references, piece.references, 1)
+            by_type[SECRET] = _sorted(secrets)
+        else:
+            by_type[SECRET] = previous.get(SECRET)
+        if gateway.listener == basis.listener:
+            by_type[LISTENER] = previous.get(LISTENER)
+            changes[LISTENER] = frozenset()
+        else:
+            by_type[LISTENER] = MappingProxyType({LISTENER_NAME: self._listener(gateway.listener)})
+            changes[LISTENER] = frozenset({LISTENER_NAME})
+        routes = basis.routes
+        if len(removed) != len(added) or any(
+            old.model.name != new.model.name or old.route_digest != new.route_digest
+            for old, new in zip(removed, added, strict=True)
+        ):
+            routes = self._route_table(pieces)
+        if routes is basis.routes:
+            by_type[ROUTE] = previous.get(ROUTE)
+            changes[ROUTE] = frozenset()
+        else:
+            by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes})
+            changes[ROUTE] = frozenset({ROUTE_CONFIG_NAME}) if routes.version != basis.routes.version else frozenset()
+        basis = _Basis(self, gateway.listener, pieces, routes, gateway.models, holders, references, sums)
+        return self._snapshot(by_type, basis, previous, changes)
+
+    def _snapshot(
+        self,
+        by_type: dict[str, Mapping[str, Resource]],
+        basis: _Basis,
+        previous: Snapshot | None = None,
+        changes: Mapping[str, frozenset[str]] | None = None,
+    ) -> Snapshot:
+        secrets = by_type[SECRET]
+        referenced = frozenset(n for n in secrets if n in basis.references)
+        if len(referenced) < len(secrets):
+            # A secret its own model does not refer to: whether anything else does is looked up the slow way.
+            others = (r for type_url, named in by_type.items() if type_url != SECRET for r in named.values())
+            referenced |= secret_references(others, [n for n in secrets if n not in referenced])
+        versions = {t: version_of_sum(total, count) for t, (total, count) in basis.sums.items()}
+        return Snapshot.from_encoded(
+            {t: by_type[t] for t in PUSH_ORDER},
+            referenced_secrets=referenced,
+            basis=basis,
+            previous=previous,
+            versions=versions,
+            changes=changes,
+        )
