@@ -9,7 +9,8 @@ Two things are kept, neither of them a copy per group:
   depends on changed) or an equal value costs a lookup; only new values are translated.
 - The group's previous snapshot, which carries in `Snapshot.basis` which pieces it was made of. The next
   one copies its maps and replaces the entries of the pieces that differ; the route table is re-joined
-  from the models' encoded routes (bytes, no re-encoding) only when some model's routes changed.
+  from the models' encoded routes (bytes, no re-encoding) only when some model's routes changed, and
+  then from runs of models of which only the changed ones' are joined anew (`_Routes`).
 
 A group that is forgotten drops its snapshot and with it its basis; the cache drops the models that
 leave the policies (`retain`). The result is byte for byte the full translation's (`translate`), which
