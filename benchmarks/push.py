@@ -122,6 +122,8 @@ async def _server(
     from benchmarks import fixtures
     from spillover.server.cache import Snapshot, SnapshotCache
     from spillover.server.resources import CLUSTER, ENDPOINT, Resource
+    from spillover.server.resources import delta_payload as join_delta
+    from spillover.server.resources import sotw_payload as join_sotw
 
     resources = [Resource.from_message(m) for m in fixtures.messages(n_clusters)]
     snapshot = Snapshot.from_resources(resources)
@@ -178,7 +180,7 @@ async def _server(
             header = discovery_pb2.DiscoveryResponse(
                 version_info=snap.version(type_url), type_url=type_url, nonce=nonce
             )
-            return header.SerializeToString() + b"".join(r.sotw_entry for r in snap.get(type_url).values())
+            return join_sotw(header.SerializeToString(), snap.get(type_url).values())
 
         def delta_payload(
             snap: Snapshot, type_url: str, nonce: str, only: list[Resource] | None = None
@@ -187,7 +189,7 @@ async def _server(
                 system_version_info=snap.version(type_url), type_url=type_url, nonce=nonce
             )
             entries = only if only is not None else snap.get(type_url).values()
-            return header.SerializeToString() + b"".join(r.delta_entry for r in entries)
+            return join_delta(header.SerializeToString(), entries)
 
         current: dict[str, bytes] = {}
         if protocol == "sotw":

@@ -9,7 +9,8 @@ Two things are kept, neither of them a copy per group:
   depends on changed) or an equal value costs a lookup; only new values are translated.
 - The group's previous snapshot, which carries in `Snapshot.basis` which pieces it was made of. The next
   one copies its maps and replaces the entries of the pieces that differ; the route table is re-joined
-  from the models' encoded routes (bytes, no re-encoding) only when some model's routes changed.
+  from the models' encoded routes (bytes, no re-encoding) only when some model's routes changed, and
+  then from runs of models of which only the changed ones' are joined anew (`_Routes`).
 
 A group that is forgotten drops its snapshot and with it its basis; the cache drops the models that
 leave the policies (`retain`). The result is byte for byte the full translation's (`translate`), which
@@ -40,7 +41,7 @@ from spillover.server.resources import (
     Resource,
     version_of_sum,
 )
-from spillover.translate.encoded import RouteTable, encode_listener, encode_model
+from spillover.translate.encoded import RouteTable, encode_listener, encode_model, route_term
 from spillover.translate.translator import check_gateway
 
 __all__ = ["Piece", "PieceCache", "SnapshotBuilder"]
@@ -49,6 +50,10 @@ __all__ = ["Piece", "PieceCache", "SnapshotBuilder"]
 VARIANTS = 4
 # Per-model resource types (the listener and the route table are per gateway).
 _MODEL_TYPES = (CLUSTER, ENDPOINT, SECRET)
+# The route table is kept as runs of this many models' encoded routes: a model whose routes change costs
+# its run's join (~100 KiB at 10,000 models) and one join of the runs (the table's one copy), never a
+# pass over every model.
+RUN = 64
 
 
 @dataclass(eq=False, slots=True)
@@ -58,6 +63,7 @@ class Piece:
     model: ir.Model
     routes: bytes
     route_digest: bytes
+    route_term: int  # `route_term(route_digest)`: its share of the route table's version
     clusters: tuple[Resource, ...]
     endpoints: tuple[Resource, ...]
     secrets: tuple[Resource, ...]
@@ -81,7 +87,10 @@ def _piece(model: ir.Model) -> Piece:
     if model.remote is not None and model.remote.bearer_token_secret_name:
         candidates.add(model.remote.bearer_token_secret_name)
     references = secret_references((*clusters, *endpoints), candidates) if candidates else frozenset()
-    return Piece(model, encoded.routes, encoded.route_digest, clusters, endpoints, secrets, references)
+    return Piece(
+        model, encoded.routes, encoded.route_digest, route_term(encoded.route_digest), clusters, endpoints, secrets,
+        references,
+    )
 
 
 class PieceCache:
@@ -118,6 +127,16 @@ class PieceCache:
         return sum(len(entries) for entries in self._by_name.values())
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class _Routes:
+    """The route table and what it was joined from: the pieces' routes in runs of `run` pieces."""
+
+    resource: Resource
+    run: int
+    runs: tuple[bytes, ...]  # the concatenated routes of pieces[i * run : (i + 1) * run]
+    sums: tuple[int, ...]  # the sum of those pieces' `route_term`s
+
+
 @dataclass(eq=False, slots=True)
 class _Basis:
     """What a snapshot was built from, for building the group's next one."""
@@ -125,8 +144,10 @@ class _Basis:
     builder: SnapshotBuilder
     listener: ir.Listener
     pieces: tuple[Piece, ...]
-    routes: Resource
-    models: tuple[ir.Model, ...]  # the gateway's, as given
+    routes: _Routes
+    # The IR values the pieces were looked up with, in the pieces' order (the gateway's models when they
+    # came sorted): a model given again as the same object has the same piece.
+    models: tuple[ir.Model, ...]
     # How many pieces hold each secret name, and refer to each: a name shared by two models stays while
     # one of them still has it.
     holders: dict[str, int]
@@ -165,8 +186,11 @@ class SnapshotBuilder:
     """Builds a group's snapshot from its gateway IR: from the group's previous snapshot when given, else
     from the last one this builder built (another group's: any snapshot with a basis will do)."""
 
-    def __init__(self, pieces: PieceCache | None = None) -> None:
+    def __init__(self, pieces: PieceCache | None = None, run: int = RUN) -> None:
+        if run < 1:
+            raise ValueError("run must be >= 1")
         self.pieces = pieces if pieces is not None else PieceCache()
+        self.run = run
         self._table = RouteTable()
         self._listeners: dict[ir.Listener, Resource] = {}
         # The last snapshot built, whatever its group: a group seen for the first time is built from it
@@ -182,13 +206,24 @@ class SnapshotBuilder:
             self._listeners[listener] = resource
         return resource
 
-    def _route_table(self, pieces: Sequence[Piece]) -> Resource:
-        return Resource.from_bytes(
-            ROUTE,
-            ROUTE_CONFIG_NAME,
-            self._table.join([p.routes for p in pieces]),
-            version=self._table.version(p.route_digest for p in pieces),
+    def _route_table(self, pieces: Sequence[Piece], previous: _Routes | None = None, dirty: Iterable[int] = ()) -> _Routes:
+        """From `previous` (of pieces with the same names in the same places) with the pieces at `dirty`
+        changed, else from every piece."""
+        run = self.run
+        if previous is not None and previous.run == run:
+            runs, sums = list(previous.runs), list(previous.sums)
+            for r in sorted({i // run for i in dirty}):
+                part = pieces[r * run : (r + 1) * run]
+                runs[r] = b"".join([p.routes for p in part])
+                sums[r] = sum(p.route_term for p in part)
+        else:
+            starts = range(0, len(pieces), run)
+            runs = [b"".join([p.routes for p in pieces[s : s + run]]) for s in starts]
+            sums = [sum(p.route_term for p in pieces[s : s + run]) for s in starts]
+        resource = Resource.from_bytes(
+            ROUTE, ROUTE_CONFIG_NAME, self._table.join(runs), version=self._table.version(sum(sums), len(pieces))
         )
+        return _Routes(resource, run, tuple(runs), tuple(sums))
 
     def snapshot(self, gateway: ir.Gateway, previous: Snapshot | None = None) -> Snapshot:
         """Raises ValueError on what the translation refuses, as `translate` does."""
@@ -197,21 +232,22 @@ class SnapshotBuilder:
             previous = self._last()
         basis = previous.basis if previous is not None else None
         if not (isinstance(basis, _Basis) and basis.builder is self and previous is not None):
-            snapshot = self._first(gateway, self._pieces(gateway))
+            snapshot = self._first(gateway, *self._pieces(gateway))
         else:
             snapshot = self._next(gateway, previous, basis)
         snapshot.build_seconds = time.perf_counter() - started
         self._last = weakref.ref(snapshot)
         return snapshot
 
-    def _pieces(self, gateway: ir.Gateway) -> tuple[Piece, ...]:
+    def _pieces(self, gateway: ir.Gateway) -> tuple[tuple[ir.Model, ...], tuple[Piece, ...]]:
+        """The gateway's models sorted by name, and their pieces."""
         models = gateway.models
         if not gateway.name or any(a.name >= b.name for a, b in itertools.pairwise(models)):
             check_gateway(gateway)  # the same refusals as translate's
             models = tuple(sorted(models, key=lambda m: m.name))
-        return tuple(self.pieces.piece(m) for m in models)
+        return models, tuple(self.pieces.piece(m) for m in models)
 
-    def _first(self, gateway: ir.Gateway, pieces: tuple[Piece, ...]) -> Snapshot:
+    def _first(self, gateway: ir.Gateway, models: tuple[ir.Model, ...], pieces: tuple[Piece, ...]) -> Snapshot:
         by_type: dict[str, Mapping[str, Resource]] = {}
         sums = {}
         for type_url in (CLUSTER, ENDPOINT):
@@ -233,35 +269,38 @@ class SnapshotBuilder:
         listener = self._listener(gateway.listener)
         routes = self._route_table(pieces)
         by_type[LISTENER] = MappingProxyType({LISTENER_NAME: listener})
-        by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes})
-        basis = _Basis(self, gateway.listener, pieces, routes, gateway.models, holders, references, sums)
+        by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
+        basis = _Basis(self, gateway.listener, pieces, routes, models, holders, references, sums)
         return self._snapshot(by_type, basis)
 
-    def _changed(self, gateway: ir.Gateway, basis: _Basis) -> tuple[tuple[Piece, ...], list[Piece], list[Piece]]:
-        """The gateway's pieces, and those of the basis that are gone and those that replace them."""
+    def _changed(
+        self, gateway: ir.Gateway, basis: _Basis
+    ) -> tuple[tuple[ir.Model, ...], tuple[Piece, ...], list[Piece], list[Piece], list[int] | None]:
+        """The gateway's models sorted and their pieces, the pieces of the basis that are gone and those that
+        replace them, and where they are when the names are those of the basis in the same places."""
         before, models = basis.pieces, gateway.models
         if gateway.name and len(before) == len(models):
-            # The planner gives the same IR object for a model that did not change: one identity check each.
+            # The planner gives the same IR object for a model that did not change: one identity check each
+            # (of two tuples, in C).
             changed = [] if models is basis.models else list(
-                itertools.compress(range(len(models)), map(operator.is_not, (p.model for p in before), models))
+                itertools.compress(range(len(models)), map(operator.is_not, basis.models, models))
             )
             if all(before[i].model.name == models[i].name for i in changed):
                 # Same names at the same places as in the basis, which was sorted: so is this.
                 replaced = list(before)
                 for i in changed:
                     replaced[i] = self.pieces.piece(models[i])
-                removed = [before[i] for i in changed if replaced[i] is not before[i]]
-                added = [replaced[i] for i in changed if replaced[i] is not before[i]]
-                return tuple(replaced), removed, added
-        pieces = self._pieces(gateway)
+                at = [i for i in changed if replaced[i] is not before[i]]
+                return models, tuple(replaced), [before[i] for i in at], [replaced[i] for i in at], at
+        models, pieces = self._pieces(gateway)
         now = {p.model.name: p for p in pieces}
         then = {p.model.name: p for p in before}
         removed = [p for name, p in then.items() if now.get(name) is not p]
         added = [p for name, p in now.items() if then.get(name) is not p]
-        return pieces, removed, added
+        return models, pieces, removed, added, None
 
     def _next(self, gateway: ir.Gateway, previous: Snapshot, basis: _Basis) -> Snapshot:
-        pieces, removed, added = self._changed(gateway, basis)
+        models, pieces, removed, added, at = self._changed(gateway, basis)
         by_type: dict[str, Mapping[str, Resource]] = {}
         changes: dict[str, frozenset[str]] = {}
         sums = dict(basis.sums)
@@ -293,7 +332,12 @@ class SnapshotBuilder:
             kept = {r.name for r in out if (b := named.get(r.name)) is not None and b.version == r.version}
             changes[type_url] = frozenset((gone | names) - kept)
         holders, references = basis.holders, basis.references
-        if any(p.secrets or p.references for p in (*removed, *added)):
+        same_secrets = len(removed) == len(added) and all(
+            old.references == new.references and len(old.secrets) == len(new.secrets)
+            and all(map(operator.is_, old.secrets, new.secrets))
+            for old, new in zip(removed, added, strict=True)
+        )
+        if not same_secrets and any(p.secrets or p.references for p in (*removed, *added)):
             holders, references = dict(holders), dict(references)
             secrets = _copy(previous.get(SECRET))
             for piece in removed:
@@ -322,18 +366,23 @@ class SnapshotBuilder:
             by_type[LISTENER] = MappingProxyType({LISTENER_NAME: self._listener(gateway.listener)})
             changes[LISTENER] = frozenset({LISTENER_NAME})
         routes = basis.routes
-        if len(removed) != len(added) or any(
+        if at is not None:
+            dirty = [i for i in at if pieces[i].route_digest != basis.pieces[i].route_digest]
+            if dirty:
+                routes = self._route_table(pieces, basis.routes, dirty)
+        elif len(removed) != len(added) or any(
             old.model.name != new.model.name or old.route_digest != new.route_digest
             for old, new in zip(removed, added, strict=True)
         ):
-            routes = self._route_table(pieces)
+            routes = self._route_table(pieces)  # other names, or in other places: every run again
         if routes is basis.routes:
             by_type[ROUTE] = previous.get(ROUTE)
             changes[ROUTE] = frozenset()
         else:
-            by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes})
-            changes[ROUTE] = frozenset({ROUTE_CONFIG_NAME}) if routes.version != basis.routes.version else frozenset()
-        basis = _Basis(self, gateway.listener, pieces, routes, gateway.models, holders, references, sums)
+            by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
+            changed_routes = routes.resource.version != basis.routes.resource.version
+            changes[ROUTE] = frozenset({ROUTE_CONFIG_NAME}) if changed_routes else frozenset()
+        basis = _Basis(self, gateway.listener, pieces, routes, models, holders, references, sums)
         return self._snapshot(by_type, basis, previous, changes)
 
     def _snapshot(
@@ -344,7 +393,15 @@ class SnapshotBuilder:
         changes: Mapping[str, frozenset[str]] | None = None,
     ) -> Snapshot:
         secrets = by_type[SECRET]
-        referenced = frozenset(n for n in secrets if n in basis.references)
+        before = previous.basis if previous is not None else None
+        if (
+            previous is not None and isinstance(before, _Basis) and secrets is previous.get(SECRET)
+            and basis.references is before.references and len(previous.referenced_secrets()) == len(secrets)
+        ):
+            # The same secrets, each referenced by its own model as before: no walk over them.
+            referenced = previous.referenced_secrets()
+        else:
+            referenced = frozenset(n for n in secrets if n in basis.references)
         if len(referenced) < len(secrets):
             # A secret its own model does not refer to: whether anything else does is looked up the slow way.
             others = (r for type_url, named in by_type.items() if type_url != SECRET for r in named.values())

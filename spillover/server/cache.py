@@ -116,8 +116,13 @@ class Snapshot:
                 known[type_url] = previous.versions[type_url]
             else:
                 known[type_url] = type_version(named.values())
-        if referenced_secrets is not None:
-            referenced_secrets = referenced_secrets.intersection(by_type.get(SECRET, _EMPTY).keys())
+        secrets = by_type.get(SECRET, _EMPTY)
+        if referenced_secrets is not None and not (
+            previous is not None and referenced_secrets is previous._referenced_secrets
+            and secrets is previous.resources.get(SECRET)
+        ):
+            # (Unless it is the previous snapshot's own for the same secrets: already within them.)
+            referenced_secrets = referenced_secrets.intersection(secrets.keys())
         snapshot = cls(
             resources=MappingProxyType(by_type),
             versions=MappingProxyType(known),

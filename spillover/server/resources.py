@@ -113,9 +113,11 @@ class Resource:
     name: str
     version: str
     body: bytes  # deterministic serialization of the message itself
-    # The DiscoveryResponse.resources entry (tag, length, Any) and the DeltaDiscoveryResponse one: built on
-    # first use (`sotw_entry`, `delta_entry`), so a resource pays for the protocol its streams speak, and a
-    # snapshot build does not copy a table of every model's routes three times.
+    # What goes before `body` in its DiscoveryResponse.resources entry (tag, length, the Any's type URL and
+    # the value's tag and length) and in its DeltaDiscoveryResponse one: built on first use, so a resource
+    # pays for the protocol its streams speak. A response is the join of its header and, per resource, the
+    # head and the body: the body is copied once, into the response, and never kept twice (a table of
+    # every model's routes is megabytes).
     _sotw: bytes | None = field(default=None, repr=False, compare=False)
     _delta: bytes | None = field(default=None, repr=False, compare=False)
     # This resource's term in its type's version (see `type_version`).
@@ -126,31 +128,40 @@ class Resource:
         object.__setattr__(self, "mix", int.from_bytes(term, "little"))
 
     @property
-    def sotw_entry(self) -> bytes:
-        entry = self._sotw
-        if entry is None:
-            body = self.body
-            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(len(body))
-            entry = b"".join((_SOTW_RESOURCES, _size(len(any_head) + len(body)), any_head, body))
-            object.__setattr__(self, "_sotw", entry)
-        return entry
+    def sotw_head(self) -> bytes:
+        head = self._sotw
+        if head is None:
+            size = len(self.body)
+            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(size)
+            head = _SOTW_RESOURCES + _size(len(any_head) + size) + any_head
+            object.__setattr__(self, "_sotw", head)
+        return head
 
     @property
-    def delta_entry(self) -> bytes:
-        entry = self._delta
-        if entry is None:
-            body = self.body
-            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(len(body))
-            any_size = len(any_head) + len(body)
-            head = (
+    def delta_head(self) -> bytes:
+        head = self._delta
+        if head is None:
+            size = len(self.body)
+            any_head = _type_url_field(self.type_url) + _ANY_VALUE + _size(size)
+            any_size = len(any_head) + size
+            fields = (
                 _length_delimited(_RESOURCE_NAME, self.name.encode())
                 + _length_delimited(_RESOURCE_VERSION, self.version.encode())
                 + _RESOURCE_BODY
                 + _size(any_size)
             )
-            entry = b"".join((_DELTA_RESOURCES, _size(len(head) + any_size), head, any_head, body))
-            object.__setattr__(self, "_delta", entry)
-        return entry
+            head = _DELTA_RESOURCES + _size(len(fields) + any_size) + fields + any_head
+            object.__setattr__(self, "_delta", head)
+        return head
+
+    @property
+    def sotw_entry(self) -> bytes:
+        """The whole DiscoveryResponse.resources entry (a copy of the body: see `sotw_payload`)."""
+        return self.sotw_head + self.body
+
+    @property
+    def delta_entry(self) -> bytes:
+        return self.delta_head + self.body
 
     @classmethod
     def from_message(cls, message: Message, name: str | None = None) -> Resource:
@@ -179,6 +190,22 @@ class Resource:
         if message_class is None:
             raise KeyError(f"no message class registered for {self.type_url}")
         return message_class.FromString(self.body)
+
+
+def sotw_payload(header: bytes, resources: Iterable[Resource]) -> bytes:
+    """A DiscoveryResponse: its encoded `header` (no resources) and the resources, each body copied once."""
+    parts = [header]
+    for resource in resources:
+        parts += (resource.sotw_head, resource.body)
+    return b"".join(parts)
+
+
+def delta_payload(header: bytes, resources: Iterable[Resource]) -> bytes:
+    """A DeltaDiscoveryResponse, as `sotw_payload`."""
+    parts = [header]
+    for resource in resources:
+        parts += (resource.delta_head, resource.body)
+    return b"".join(parts)
 
 
 # Every Resource some snapshot or stream still holds, by (type, name, version): gone with its last holder.

@@ -26,9 +26,10 @@ from spillover.translate.listener import build_listener
 from spillover.translate.routes import not_found_routes, route_configuration, slow_path_routes
 from spillover.translate.translator import translate_model
 
-__all__ = ["EncodedModel", "RouteTable", "encode_listener", "encode_model"]
+__all__ = ["EncodedModel", "RouteTable", "encode_listener", "encode_model", "route_term"]
 
 _DIGEST_SIZE = 16
+_TERM_MASK = (1 << (8 * _DIGEST_SIZE)) - 1
 
 
 def _varint(value: int) -> bytes:
@@ -106,6 +107,11 @@ def encode_listener(listener: Listener) -> bytes:
     return _encode(build_listener(Gateway(name="-", listener=listener)))
 
 
+def route_term(digest: bytes) -> int:
+    """A model's term in the route table's version (`RouteTable.version`), from its `route_digest`."""
+    return int.from_bytes(digest, "little")
+
+
 class RouteTable:
     """The RouteConfiguration's fixed parts (its name, the virtual host, the slow-path and 404 routes),
     encoded once; `join` puts the models' entries between them."""
@@ -123,15 +129,21 @@ class RouteTable:
 
     def join(self, routes: Sequence[bytes]) -> bytes:
         """The RouteConfiguration's bytes from the models' `EncodedModel.routes`, in model order:
-        `SerializeToString(deterministic=True)` of the whole table."""
+        `SerializeToString(deterministic=True)` of the whole table. An element may be the concatenation
+        of several models' entries (a repeated field's entries concatenate), so a caller can keep the
+        models' routes in runs of many and redo only the run of a changed model: then this one copy of
+        the table is the only work proportional to the whole fleet."""
         size = len(self._host_head) + len(self._host_tail) + sum(map(len, routes))
         parts = [self._config_head, _VIRTUAL_HOSTS_TAG, _varint(size), self._host_head, *routes]
         parts += (self._host_tail, self._config_tail)
         return b"".join(parts)
 
-    def version(self, digests: Iterable[bytes]) -> str:
-        """A version of the joined table made of the models' `route_digest`s: it changes exactly when
-        some model's routes do, without hashing megabytes for one model's change."""
+    def version(self, total: int, count: int) -> str:
+        """A version of the table joined from `count` models whose `route_term`s add up to `total`. A sum
+        (as `type_version` is) so that a builder that keeps sums per run of models adds a few numbers
+        instead of hashing every model's digest, let alone megabytes, for one model's change; and the same
+        whatever the runs. The order of the models needs no term: it is their names' (each model's routes
+        match its name)."""
         digest = hashlib.blake2b(self._fixed_digest, digest_size=8)
-        digest.update(b"".join(digests))
+        digest.update((total & _TERM_MASK).to_bytes(_DIGEST_SIZE, "little") + count.to_bytes(8, "little"))
         return digest.hexdigest()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spillover.controller.encoding import PieceCache, SnapshotBuilder
+from spillover.controller.encoding import RUN, PieceCache, SnapshotBuilder
 from spillover.ir import Gateway, Listener, Model, RemoteBackend, TrafficSplit
 from spillover.server.cache import Snapshot
 from spillover.server.resources import PUSH_ORDER, ROUTE, SECRET
@@ -53,9 +53,12 @@ def _assert_same(built: Snapshot, gateway: Gateway, previous: Snapshot | None = 
         assert built.changes_since(previous) == _without_hint(built).changes_since(previous)
 
 
+@pytest.mark.parametrize("run", [3, RUN])
 @pytest.mark.parametrize("kind", CHANGES)
-def test_each_kind_of_change_gives_the_full_translation(kind: str) -> None:
-    builder = SnapshotBuilder()
+def test_each_kind_of_change_gives_the_full_translation(kind: str, run: int) -> None:
+    # Runs of 3 models: the route table is joined from 14 runs, of which a change redoes one (or all,
+    # when a model comes or goes); its version is the same as a builder's of the default runs.
+    builder = SnapshotBuilder(run=run)
     gateway = fleet(40)
     snapshot = builder.snapshot(gateway)
     _assert_same(snapshot, gateway)
@@ -88,6 +91,23 @@ def test_a_decision_flip_changes_only_the_route_table() -> None:
     for type_url in PUSH_ORDER:
         if type_url != ROUTE:
             assert second.get(type_url) is first.get(type_url)
+
+
+def test_the_route_table_is_joined_anew_only_in_the_run_of_the_changed_model() -> None:
+    builder = SnapshotBuilder(run=4)
+    gateway = fleet(30)
+    first = builder.snapshot(gateway)
+    runs = first.basis.routes.runs  # type: ignore[attr-defined]
+    assert len(runs) == 8
+    gateway = change(gateway, "decision", 13)  # in the run of models 12-15
+    second = builder.snapshot(gateway, first)
+    again = second.basis.routes.runs  # type: ignore[attr-defined]
+    assert [a is b for a, b in zip(runs, again, strict=True)] == [True, True, True, False, True, True, True, True]
+    assert again[3] != runs[3]
+    # The table joined from the runs is the whole message's deterministic serialization.
+    table = translate(gateway).routes["spillover_routes"]
+    assert second.get(ROUTE)["spillover_routes"].body == table.SerializeToString(deterministic=True)
+    assert second.get(ROUTE)["spillover_routes"].version != first.get(ROUTE)["spillover_routes"].version
 
 
 def test_groups_of_different_sizes_share_the_cache_and_get_their_own_shares() -> None:
@@ -170,7 +190,7 @@ _STEP = st.tuples(
 @given(st.lists(_STEP, min_size=1, max_size=12))
 def test_any_sequence_of_changes_in_several_groups_gives_the_full_translation(steps: list[tuple[int, str, int]]) -> None:
     pieces = PieceCache(variants=2)  # small, so that values are evicted and encoded again
-    builder = SnapshotBuilder(pieces)
+    builder = SnapshotBuilder(pieces, run=5)  # the route table in runs of 5 models: 3 per group
     gateways = [fleet(12, f"group-{g}", replicas=g + 1) for g in range(3)]
     snapshots = [builder.snapshot(g) for g in gateways]
     for generation, (group, kind, index) in enumerate(steps, start=1):

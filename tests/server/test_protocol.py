@@ -13,7 +13,15 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from spillover.server.cache import Snapshot, SnapshotCache
-from spillover.server.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource
+from spillover.server.resources import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Resource,
+    delta_payload,
+    sotw_payload,
+)
 from spillover.server.service import XdsServer
 from spillover.server.streams import TypeState
 from tests.harness.ads import AdsClient, node
@@ -101,6 +109,25 @@ def test_shared_entries_decode_to_the_same_messages_as_protobuf_builds_them() ->
     assert delta.resources[0].name == "a"
     assert delta.resources[0].version == resource.version
     assert cluster_pb2.Cluster.FromString(delta.resources[0].resource.value) == cluster("a")
+
+
+def test_responses_joined_from_heads_and_bodies_are_what_protobuf_serializes() -> None:
+    # A body over 127 bytes (two-byte lengths) and a small one. (Not the same bytes: the header's fields come
+    # first, where protobuf writes them in field-number order; parsers take either.)
+    messages = [cluster("a"), cluster("b" * 300)]
+    resources = [Resource.from_message(m) for m in messages]
+    header = discovery_pb2.DiscoveryResponse(version_info="v1", type_url=CLUSTER, nonce="n")
+    expected = discovery_pb2.DiscoveryResponse(version_info="v1", type_url=CLUSTER, nonce="n")
+    for message in messages:
+        expected.resources.add().Pack(message)
+    assert discovery_pb2.DiscoveryResponse.FromString(sotw_payload(header.SerializeToString(), resources)) == expected
+    delta_header = discovery_pb2.DeltaDiscoveryResponse(system_version_info="v1", type_url=CLUSTER, nonce="n")
+    delta = discovery_pb2.DeltaDiscoveryResponse(system_version_info="v1", type_url=CLUSTER, nonce="n")
+    for message, resource in zip(messages, resources, strict=True):
+        entry = delta.resources.add(name=resource.name, version=resource.version)
+        entry.resource.Pack(message)
+    payload = delta_payload(delta_header.SerializeToString(), resources)
+    assert discovery_pb2.DeltaDiscoveryResponse.FromString(payload) == delta
 
 
 def test_versions_are_content_hashes_stable_across_builds() -> None:

@@ -9,7 +9,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from spillover.server.bounds import LimitExceeded
 from spillover.server.cache import Snapshot, new_nonce
-from spillover.server.resources import CLUSTER, ENDPOINT, SECRET, Resource
+from spillover.server.resources import CLUSTER, ENDPOINT, SECRET, Resource, delta_payload
 from spillover.server.streams.base import (
     REFERRING_TYPES,
     SHARED_SUBSCRIPTIONS,
@@ -199,7 +199,7 @@ class DeltaStream(BaseStream):
             header = discovery_pb2.DeltaDiscoveryResponse(
                 system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=removed
             )
-            return header.SerializeToString() + b"".join(r.delta_entry for r in updates)
+            return delta_payload(header.SerializeToString(), updates)
 
         key = ("delta", type_url, tuple(r.name for r in updates), tuple(removed))
         shared = snapshot.shared_response(key, build)

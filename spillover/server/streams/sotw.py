@@ -8,7 +8,7 @@ from sys import intern
 from envoy.service.discovery.v3 import discovery_pb2
 
 from spillover.server.cache import Snapshot, new_nonce
-from spillover.server.resources import CLUSTER, ENDPOINT, SECRET, Resource, type_version
+from spillover.server.resources import CLUSTER, ENDPOINT, SECRET, Resource, sotw_payload, type_version
 from spillover.server.streams.base import (
     REFERRING_TYPES,
     SHARED_SUBSCRIPTIONS,
@@ -152,7 +152,7 @@ class SotwStream(BaseStream):
 
         def build(nonce: str) -> bytes:
             header = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
-            return header.SerializeToString() + b"".join(r.sotw_entry for r in resources)
+            return sotw_payload(header.SerializeToString(), resources)
 
         if kept:
             nonce = new_nonce()
