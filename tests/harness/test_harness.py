@@ -92,6 +92,14 @@ def test_free_port_is_bindable_on_loopback() -> None:
         sock.bind(("127.0.0.1", port))
 
 
+def test_free_port_never_hands_out_a_port_twice_in_a_row_of_calls() -> None:
+    # A server's xDS and admin ports are taken one after the other before it binds either: the kernel's
+    # random pick once gave both the same port (CI-like run, "address already in use"). 2,000 picks in a
+    # ~28,000-port range repeat dozens of times by chance alone, so this fails without the guard.
+    ports = [free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
+
+
 # -- upstreams --------------------------------------------------------------------------------------
 
 
