@@ -23,6 +23,8 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from spillover.wire import varint
+
 TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER = TYPE_PREFIX + cluster_pb2.Cluster.DESCRIPTOR.full_name
 ENDPOINT = TYPE_PREFIX + endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name
@@ -52,24 +54,12 @@ def short_type(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1])
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
 _SHORT_LENGTHS = tuple(bytes([n]) for n in range(128))
 
 
 def _size(size: int) -> bytes:
     # Snapshot builds encode a handful of fields per resource: the one-byte length is the common case.
-    return _SHORT_LENGTHS[size] if size < 128 else _varint(size)
+    return _SHORT_LENGTHS[size] if size < 128 else varint(size)
 
 
 def _length_delimited(tag: bytes, payload: bytes) -> bytes:
@@ -78,7 +68,7 @@ def _length_delimited(tag: bytes, payload: bytes) -> bytes:
 
 def _tag(message_class: type[Message], name: str) -> bytes:
     # Field numbers come from the descriptors, so a proto change can't silently desync the encoding.
-    return _varint((int(message_class.DESCRIPTOR.fields_by_name[name].number) << 3) | 2)
+    return varint((int(message_class.DESCRIPTOR.fields_by_name[name].number) << 3) | 2)
 
 
 _ANY_TYPE_URL = _tag(any_pb2.Any, "type_url")

@@ -25,6 +25,7 @@ from spillover.ir import Gateway, Listener, Model
 from spillover.translate.listener import build_listener
 from spillover.translate.routes import not_found_routes, route_configuration, slow_path_routes
 from spillover.translate.translator import translate_model
+from spillover.wire import varint
 
 __all__ = ["EncodedModel", "RouteTable", "encode_listener", "encode_model", "route_term"]
 
@@ -32,20 +33,8 @@ _DIGEST_SIZE = 16
 _TERM_MASK = (1 << (8 * _DIGEST_SIZE)) - 1
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
 def _tag(message_class: type[Message], name: str) -> bytes:
-    return _varint((int(message_class.DESCRIPTOR.fields_by_name[name].number) << 3) | 2)
+    return varint((int(message_class.DESCRIPTOR.fields_by_name[name].number) << 3) | 2)
 
 
 _ROUTES_TAG = _tag(route_components_pb2.VirtualHost, "routes")
@@ -60,7 +49,7 @@ def _route_entries(routes: Iterable[route_components_pb2.Route]) -> bytes:
     parts: list[bytes] = []
     for route in routes:
         body = _encode(route)
-        parts += (_ROUTES_TAG, _varint(len(body)), body)
+        parts += (_ROUTES_TAG, varint(len(body)), body)
     return b"".join(parts)
 
 
@@ -134,7 +123,7 @@ class RouteTable:
         models' routes in runs of many and redo only the run of a changed model: then this one copy of
         the table is the only work proportional to the whole fleet."""
         size = len(self._host_head) + len(self._host_tail) + sum(map(len, routes))
-        parts = [self._config_head, _VIRTUAL_HOSTS_TAG, _varint(size), self._host_head, *routes]
+        parts = [self._config_head, _VIRTUAL_HOSTS_TAG, varint(size), self._host_head, *routes]
         parts += (self._host_tail, self._config_tail)
         return b"".join(parts)
 
