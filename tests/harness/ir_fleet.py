@@ -2,6 +2,8 @@
 
 Model `i` is a mix by `i % 10`: local only, with rate-limited profiles, a remote with a bearer token,
 failover, a prefix-cache profile; so every resource kind and route shape is in any fleet of 10 or more.
+Every other failover model (`i % 20 == 15`) has a token too: its aggregates carry the credential
+placeholder filters, a variant of the failover chain that the tokenless ones don't have.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def fleet_model(i: int, replicas: int = 1, name: str | None = None) -> Model:
     split = TrafficSplit()
     failover = False
     if kind in (2, 3, 5, 8):
-        token = kind in (2, 8)
+        token = kind in (2, 8) or i % 20 == 15
         remote = RemoteBackend(
             host=f"api-{i}.example.com",
             port=443,
