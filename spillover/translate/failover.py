@@ -52,11 +52,21 @@ from spillover.names import (
 )
 from spillover.translate import lua
 from spillover.translate.clusters import credential_filter, upstream_codec
-from spillover.translate.common import http1_options, lua_filter, pack, u32
+from spillover.translate.common import (
+    CLIENT_HOST_KEY,
+    CLIENT_HOST_NAMESPACE,
+    CLIENT_ORIGINAL_HOST_KEY,
+    http1_options,
+    lua_filter,
+    pack,
+    u32,
+)
 
-__all__ = ["aggregate_clusters", "failover_targets"]
+__all__ = ["aggregate_clusters", "failover_targets", "host_only"]
 
 REMOTE_SIDE_FILTER = "spillover.remote_side"
+CLIENT_HOST_RESTORE_FILTER = "spillover.client_host_restore"
+SIDE_HEADER_REMOVAL_FILTER = "spillover.no_side_header"
 NO_AUTHORIZATION_FILTER = "spillover.no_authorization"
 # The Authorization of a request whose client sent none, between the aggregates' first filter and the
 # last: it keeps the credential injector off local attempts and never leaves Envoy.
@@ -69,6 +79,13 @@ MAX_RETRIES_IN_FLIGHT = 1024
 def failover_targets(model: str, tag: str) -> tuple[str, str]:
     """(local-first, remote-first): the aggregates over the model's local cluster of LB tag `tag`."""
     return local_first_cluster_name(model, tag), remote_first_cluster_name(model, tag)
+
+
+def host_only(remote: RemoteBackend) -> bool:
+    """The remote's requests differ from the client's in their host at most: no path prefix, headers
+    or token. Its failover routes then rewrite the host natively (auto_host_rewrite) and its
+    aggregates run no Lua on the remote's attempts."""
+    return not remote.path_prefix.rstrip("/") and not remote.headers and not remote.bearer_token_secret_name
 
 
 def _mutation(*mutations: mutation_rules_pb2.HeaderMutation) -> hcm_pb2.HttpFilter:
@@ -174,7 +191,46 @@ def _skip_when(
     return hcm_pb2.HttpFilter(name=name, typed_config=pack(wrapped))
 
 
+def _host_only_filters(remote: RemoteBackend) -> list[hcm_pb2.HttpFilter]:
+    """The remote's attempts get its host from Envoy (route auto_host_rewrite, endpoint hostname),
+    whether the connection pool is ready before the upstream filters run or after. That rewrite (and
+    the x-envoy-original-host it sets) stays in the header map for a local attempt after it: the
+    local attempt that finds the remote's host there runs lua.client_host, which puts back what the
+    route saved before the first attempt. No other attempt runs a Lua."""
+    if not remote.host_rewrite:
+        # Nothing to apply, nothing to undo.
+        return []
+    restore = lua_filter(
+        CLIENT_HOST_RESTORE_FILTER,
+        default_source_code=base_pb2.DataSource(
+            inline_string=lua.client_host(CLIENT_HOST_NAMESPACE, CLIENT_HOST_KEY, CLIENT_ORIGINAL_HOST_KEY)
+        ),
+    )
+    remote_host = _predicate(
+        "envoy.matching.inputs.request_headers",
+        http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=":authority"),
+        string_pb2.StringMatcher(exact=remote.host_rewrite),
+    )
+    # Skipped unless the attempt is local and carries the remote's host. The restore comes before the
+    # side header's removal below, which would make a remote attempt look local to its matcher.
+    not_a_local_retry = matcher_pb2.Matcher.MatcherList.Predicate(
+        or_matcher=matcher_pb2.Matcher.MatcherList.Predicate.PredicateList(
+            predicate=[_remote_attempt(), _not(remote_host)]
+        )
+    )
+    no_side = _mutation(mutation_rules_pb2.HeaderMutation(remove=UPSTREAM_SIDE_HEADER))
+    return [
+        _side_header(token=False),
+        _skip_when(CLIENT_HOST_RESTORE_FILTER, restore, not_a_local_retry),
+        # The side header is for the matchers only: it never reaches the remote.
+        _skip_when(SIDE_HEADER_REMOVAL_FILTER, no_side, _not(_remote_attempt())),
+        upstream_codec(),
+    ]
+
+
 def _upstream_filters(model: Model, remote: RemoteBackend) -> list[hcm_pb2.HttpFilter]:
+    if host_only(remote):
+        return _host_only_filters(remote)
     prefix = remote.path_prefix.rstrip("/")
     if prefix and not prefix.startswith("/"):
         raise ValueError(f"model {model.name!r}: path_prefix must start with '/', got {remote.path_prefix!r}")

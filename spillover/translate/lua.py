@@ -7,6 +7,7 @@ __all__ = [
     "PREFIX_HASH",
     "PREFIX_HASH_NAME",
     "UPSTREAM_STATE",
+    "client_host",
     "lua_string",
     "path_prefix",
     "remote_side",
@@ -116,6 +117,37 @@ def path_prefix(prefix: str) -> str:
 
 # Dynamic metadata namespace where the upstream filters keep what the client sent, across attempts.
 UPSTREAM_STATE = "spillover.upstream"
+
+
+def client_host(namespace: str, host_key: str, original_host_key: str) -> str:
+    """Upstream filter of a failover aggregate whose remote changes only the host (no path prefix,
+    headers or token): Envoy rewrites :authority natively on the remote's attempts (route
+    `auto_host_rewrite`, the remote endpoint's `hostname`), and that rewrite, with the
+    x-envoy-original-host it sets, stays in the header map the attempts share. The aggregates run
+    this script only on a local attempt that finds the remote's host there (match_delegate, see
+    failover.py), i.e. a retry after a remote attempt: it puts back what the client sent, saved by
+    the route before the first attempt."""
+    state = lua_string(UPSTREAM_STATE)
+    original = lua_string("x-envoy-original-host")
+    return "\n".join(
+        [
+            "function envoy_on_request(handle)",
+            "  local headers = handle:headers()",
+            f"  local saved = handle:streamInfo():dynamicMetadata():get({state}) or {{}}",
+            f"  local authority = saved[{lua_string(host_key)}]",
+            "  if authority ~= nil then",
+            '    headers:replace(":authority", authority)',
+            "  end",
+            f"  local original = saved[{lua_string(original_host_key)}]",
+            "  if original == nil then",
+            f"    headers:remove({original})",
+            "  else",
+            f"    headers:replace({original}, original)",
+            "  end",
+            "end",
+            "",
+        ]
+    )
 
 
 def remote_side(
