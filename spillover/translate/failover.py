@@ -8,18 +8,30 @@ interval, whether spillover is running or not. Retries of a failed attempt go to
 (`retry_priority: previous_priorities`, see routes).
 
 Envoy runs the upstream HTTP filters of the route's cluster, which is the aggregate, not those of the
-member that was chosen. So the remote's request changes (path prefix, host, headers, the OAuth2 token)
-are upstream filters of the aggregates, applied per attempt and only when the chosen host is the remote
-one: the remote's endpoint carries `spillover.upstream: remote` metadata, a header_mutation filter copies
-it into a header for the attempt (the routes drop a client's copy), a Lua filter applies or undoes the
-remote's changes (see `lua.remote_side`), and with a token, the credential injector adds it where the Lua
-removed the client's Authorization, i.e. on the remote's attempts only.
+member that was chosen. So the remote's request changes are applied per attempt, only when the chosen
+host is the remote one: the remote's endpoint carries `spillover.upstream: remote` metadata, and a
+header_mutation filter copies it into a header for the attempt (the routes drop a client's copy) that
+the matchers below read. The attempts of one request share one request header map, so whatever a
+remote attempt changed must be undone for a local attempt after it.
 
-Most attempts are local ones that no remote attempt came before: their request is already as the client
-sent it. The Lua sits in a `match_delegate` wrapper that skips it for such an attempt (the side header
-absent, nothing saved in dynamic metadata), so it costs native filters and matcher evaluations only.
-A local attempt after a remote one still runs the Lua, which undoes the remote's changes (the attempts
-share one request header map).
+A remote that needs only its host (no path prefix, headers or token, `host_only`), the common case, gets
+it from Envoy itself: the route has `auto_host_rewrite` and the remote's endpoint a `hostname` (local
+endpoints have none, so their attempts keep the host they find). Envoy applies it when the connection
+pool is ready, which may be before the upstream filters run (a warm pool) or after, and it stays in the
+header map, with the x-envoy-original-host it sets (a remote after a remote overwrites that with the
+remote's host). So the route saves the client's :authority and x-envoy-original-host in dynamic metadata
+before the first attempt (`common.client_host_config`), and the aggregates run a Lua
+(`lua.client_host`) only on a local attempt that finds the remote's host, putting the client's back. A
+remote attempt runs header_mutation filters and matchers only; so does a local attempt no remote
+attempt preceded. The remote now sees x-envoy-original-host (the client's host), as the remote routes
+without failover (host_rewrite_literal) always did.
+
+Any other remote runs `lua.remote_side`: a remote attempt saves the client's headers in dynamic metadata
+and applies the remote's path prefix, host and headers; with a token, the credential injector adds it
+where the Lua removed the client's Authorization, i.e. on the remote's attempts only. It sits in a
+`match_delegate` wrapper that skips it on a local attempt that no remote attempt came before (the side
+header absent, nothing saved), whose request is already as the client sent it; a local attempt after a
+remote one runs it to undo the remote's changes.
 """
 
 from __future__ import annotations
@@ -103,7 +115,7 @@ def _side_header(token: bool) -> hcm_pb2.HttpFilter:
                 value=f"%UPSTREAM_METADATA({UPSTREAM_METADATA_NAMESPACE}:{UPSTREAM_SIDE_KEY})%",
             ),
             # Empty for a local host, and then not set at all: its absence is what lets the matchers
-            # below skip the Lua. A remote attempt's Lua removes it again.
+            # below skip the Lua. A remote attempt removes it again (its Lua, or a header_mutation).
             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
         )
     )

@@ -126,8 +126,9 @@ def client_host(namespace: str, host_key: str, original_host_key: str) -> str:
     x-envoy-original-host it sets, stays in the header map the attempts share. The aggregates run
     this script only on a local attempt that finds the remote's host there (match_delegate, see
     failover.py), i.e. a retry after a remote attempt: it puts back what the client sent, saved by
-    the route before the first attempt."""
-    state = lua_string(UPSTREAM_STATE)
+    the route before the first attempt in dynamic metadata `namespace` at `host_key` and
+    `original_host_key` (common.client_host_config); a missing x-envoy-original-host is removed."""
+    state = lua_string(namespace)
     original = lua_string("x-envoy-original-host")
     return "\n".join(
         [
@@ -159,9 +160,11 @@ def remote_side(
     keep_authorization: bool,
     no_authorization: str = "",
 ) -> str:
-    """Upstream filter of a failover aggregate: each attempt that goes to the remote (the side header,
-    set from the chosen host's metadata for the remote's attempts only, says so) gets the remote's path
-    prefix, host and headers; every other attempt gets the request exactly as the client sent it.
+    """Upstream filter of a failover aggregate whose remote needs more than its host (a path prefix,
+    headers or a token; one that needs only its host gets it natively, see `client_host`): each
+    attempt that goes to the remote (the side header, set from the chosen host's metadata for the
+    remote's attempts only, says so) gets the remote's path prefix, host and headers; every other
+    attempt gets the request exactly as the client sent it.
 
     Upstream filters of one request share its header map across attempts, so the first remote attempt
     keeps what the client sent in dynamic metadata (`client`) and every later attempt starts from it:
