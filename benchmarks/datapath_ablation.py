@@ -1,10 +1,14 @@
 """Where the data path's cost is: spillover's translated config with one feature taken away at a time.
 
-`python -m benchmarks.datapath_ablation [--rounds N] [--seconds S]` serves the translator's own output for
+`python -m benchmarks.datapath_ablation [--rounds N] [--seconds S] [--baseline TREE]` serves the translator's own output for
 the benchmark's model (tests/harness/static_bootstrap inlines RDS/EDS: what Envoy runs is what ADS would
 deliver) in variants that drop one feature each, beside plain Envoy routing, all through the same pinned
 one-worker Envoys, the same Go upstream and wrk at 16 connections, rounds alternating the order. Writes
 results/datapath-ablation.json; benchmarks/datapath.py shows it in results/datapath.md.
+
+`--baseline TREE` (a source tree, e.g. `git archive` of main unpacked) adds that tree's translation of the
+full config and of the config without failover as two more sides of the same rounds: two translator
+versions compared under the same load, which separate runs on a shared machine can't do.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -62,6 +69,10 @@ def variants(upstream: tuple[str, int]) -> dict[str, Model]:
     return {
         "spillover (all of it)": full,
         "- failover aggregates (and their upstream Lua)": no_failover,
+        # The aggregates alone: a remote that keeps the client's host needs no upstream filter at all.
+        "- the aggregates' upstream filters (remote keeps the host)": dataclasses.replace(
+            full, remote=dataclasses.replace(full.remote, host_rewrite=None) if full.remote else None
+        ),
         "- failover, - weighted split (local only)": dataclasses.replace(no_failover, split=TrafficSplit(100, 0)),
         "- rate limit": dataclasses.replace(full, profiles=(Profile("default", "least-request"),)),
         "random instead of least-request": dataclasses.replace(
@@ -70,7 +81,41 @@ def variants(upstream: tuple[str, int]) -> dict[str, Model]:
     }
 
 
-def run(rounds: int, seconds: float, log: Any = print) -> dict[str, Any]:
+# Run inside the baseline tree: its own translator and variants, the same harness helpers.
+_BASELINE_SCRIPT = """
+import json, sys
+from benchmarks.datapath_ablation import variants
+from spillover.ir import Gateway, Listener
+from spillover.translate import translate
+from tests.harness.static_bootstrap import to_static_bootstrap
+name, host, port, listen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+resources = translate(Gateway("bench", Listener("127.0.0.1", listen), (variants((host, port))[name],)))
+print(json.dumps(to_static_bootstrap(resources)))
+"""
+BASELINE_SIDES = ("spillover (all of it)", "- failover aggregates (and their upstream Lua)")
+
+
+def baseline_bootstrap(tree: Path, name: str, upstream: tuple[str, int], port: int) -> dict[str, Any]:
+    """The static bootstrap the translator in `tree` makes of its variant `name`."""
+    done = subprocess.run(
+        [sys.executable, "-c", _BASELINE_SCRIPT, name, upstream[0], str(upstream[1]), str(port)],
+        cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=False,
+        timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"baseline translation of {name!r} in {tree} failed: {done.stderr[-2000:]}")
+    bootstrap: dict[str, Any] = json.loads(done.stdout)
+    return bootstrap
+
+
+def run(
+    rounds: int, seconds: float, log: Any = print, baseline: Path | None = None, only: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`only`: keep the sides whose name contains one of these (plain always runs)."""
+
+    def kept(name: str) -> bool:
+        return not only or any(part in name for part in only)
+
     tools = ensure_tools()
     envoy_cpu, rest = _cpus()
     workdir = Path(tempfile.mkdtemp(prefix="spillover-bench-ablation-"))
@@ -83,10 +128,20 @@ def run(rounds: int, seconds: float, log: Any = print) -> dict[str, Any]:
                               cpus=envoy_cpu).start())  # fmt: skip
         ports["plain"] = plain_port
         for i, (name, model) in enumerate(variants(("127.0.0.1", upstream.port)).items()):
+            if not kept(name):
+                continue
             port = free_port()
             resources = translate(Gateway("bench", Listener("127.0.0.1", port), (model,)))
             envoys.append(_Pinned(to_static_bootstrap(resources), workdir, name=f"variant-{i}", cpus=envoy_cpu).start())
             ports[name] = port
+        for i, name in enumerate(BASELINE_SIDES if baseline is not None else ()):
+            assert baseline is not None
+            if not kept(f"{name} @ baseline"):
+                continue
+            port = free_port()
+            bootstrap = baseline_bootstrap(baseline, name, ("127.0.0.1", upstream.port), port)
+            envoys.append(_Pinned(bootstrap, workdir, name=f"baseline-{i}", cpus=envoy_cpu).start())
+            ports[f"{name} @ baseline"] = port
         pids = {side: {"envoy": int(envoy.pid or 0)} for side, envoy in zip(ports, envoys, strict=True)}
         for port in ports.values():
             for kind in KINDS:
@@ -145,7 +200,31 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
             cells.append(f"{s['cpu_us']:.0f} ({s['cpu_us_min']:.0f}-{s['cpu_us_max']:.0f})")
             cells.append(f"{s['rps']:.0f} ({s['over_plain']:.2f}, {s['over_plain_min']:.2f}-{s['over_plain_max']:.2f})")
         lines.append(f"| {side} | {' | '.join(cells)} |")
+    lines += ["", *_chain_lines(result)]
     return [*lines, ""]
+
+
+def _chain_lines(result: dict[str, Any]) -> list[str]:
+    """The failover chain's own cost: the full config minus the same config without failover, per round."""
+    full, bare = BASELINE_SIDES
+    lines = []
+    for suffix in ("", " @ baseline"):
+        for kind in KINDS:
+            at = {(r["round"], r["side"]): r["envoy_cpu_us_per_req"] for r in result["runs"] if r["kind"] == kind}
+            diffs = [at[(n, full + suffix)] - at[(n, bare + suffix)] for n in range(result["rounds"])
+                     if (n, full + suffix) in at and (n, bare + suffix) in at]  # fmt: skip
+            if diffs:
+                lines.append(f"- failover chain{suffix or ' (this tree)'}, {kind}-routed: "
+                             f"{statistics.median(diffs):.0f} µs / request (min {min(diffs):.0f}, rounds: "
+                             f"{', '.join(f'{d:.0f}' for d in diffs)})")  # fmt: skip
+    for kind in KINDS:
+        at = {(r["round"], r["side"]): r["envoy_cpu_us_per_req"] for r in result["runs"] if r["kind"] == kind}
+        saved = [at[(n, f"{full} @ baseline")] - at[(n, full)] for n in range(result["rounds"])
+                 if (n, full) in at and (n, f"{full} @ baseline") in at]  # fmt: skip
+        if saved:
+            lines.append(f"- the full config, baseline minus this tree, {kind}-routed: {statistics.median(saved):.0f} "
+                         f"µs / request (rounds: {', '.join(f'{d:.0f}' for d in saved)})")  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,14 +233,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--name", default="datapath-ablation", help="results/NAME.{md,json}")
+    parser.add_argument("--baseline", type=Path, help="a source tree whose translation runs beside this one's")
+    parser.add_argument("--only", action="append", default=[],
+                        help="run only the sides whose name contains this (repeatable; plain always runs)")  # fmt: skip
     args = parser.parse_args(argv)
     info = machine.describe()
     try:
-        result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True))
+        result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
+                     only=tuple(args.only))  # fmt: skip
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
-    result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}",
+    baseline = f" --baseline {args.baseline}" if args.baseline else ""
+    baseline += "".join(f" --only {part!r}" for part in args.only)
+    result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
+                          f"{baseline}",
                   date=info["date"], git=info["git"], machine=info)  # fmt: skip
     text = "\n".join(section(result))
     print(text)

@@ -241,6 +241,9 @@ def remote_cluster(model: Model, remote: RemoteBackend) -> cluster_pb2.Cluster:
         endpoint.metadata.filter_metadata[UPSTREAM_METADATA_NAMESPACE].update(
             {UPSTREAM_SIDE_KEY: UPSTREAM_SIDE_REMOTE}
         )
+        if remote.host_rewrite:
+            # For the routes' auto_host_rewrite, where the remote needs no other change (failover.py).
+            endpoint.endpoint.hostname = remote.host_rewrite
     if remote.scheme == "https":
         cluster.transport_socket.name = "envoy.transport_sockets.tls"
         cluster.transport_socket.typed_config.CopyFrom(pack(_upstream_tls(remote, ip)))

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metadata_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
@@ -20,6 +21,10 @@ from google.protobuf.message import Message
 
 __all__ = [
     "ADS",
+    "CLIENT_HOST_FILTER",
+    "CLIENT_HOST_KEY",
+    "CLIENT_HOST_NAMESPACE",
+    "CLIENT_ORIGINAL_HOST_KEY",
     "CREDENTIAL_FILTER",
     "HTTP_PROTOCOL_OPTIONS",
     "JSON_TO_METADATA_FILTER",
@@ -28,6 +33,7 @@ __all__ = [
     "RATE_LIMIT_BODY_KEY",
     "RATE_LIMIT_FILTER",
     "address",
+    "client_host_config",
     "compact_json",
     "duration",
     "header",
@@ -42,6 +48,32 @@ __all__ = [
 NORMALIZE_FILTER = "spillover.normalize"
 JSON_TO_METADATA_FILTER = "envoy.filters.http.json_to_metadata"
 PREFIX_HASH_FILTER = "spillover.prefix_hash"
+CLIENT_HOST_FILTER = "spillover.client_host"
+# Dynamic metadata namespace and keys where CLIENT_HOST_FILTER keeps the client's :authority and
+# x-envoy-original-host before any attempt (an attempt's auto_host_rewrite overwrites both); read by
+# the failover aggregates' lua.client_host. The namespace is lua.UPSTREAM_STATE's.
+CLIENT_HOST_NAMESPACE = "spillover.upstream"
+CLIENT_HOST_KEY = "authority"
+CLIENT_ORIGINAL_HOST_KEY = "original_host"
+
+
+def client_host_config() -> header_to_metadata_pb2.Config:
+    """CLIENT_HOST_FILTER's per-route config, on the routes that need it."""
+    Config = header_to_metadata_pb2.Config
+    return Config(
+        request_rules=[
+            Config.Rule(
+                header=name,
+                on_header_present=Config.KeyValuePair(metadata_namespace=CLIENT_HOST_NAMESPACE, key=key),
+            )
+            for name, key in (
+                (":authority", CLIENT_HOST_KEY),
+                ("x-envoy-original-host", CLIENT_ORIGINAL_HOST_KEY),
+            )
+        ]
+    )
+
+
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
 CREDENTIAL_FILTER = "envoy.filters.http.credential_injector"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

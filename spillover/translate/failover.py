@@ -8,18 +8,30 @@ interval, whether spillover is running or not. Retries of a failed attempt go to
 (`retry_priority: previous_priorities`, see routes).
 
 Envoy runs the upstream HTTP filters of the route's cluster, which is the aggregate, not those of the
-member that was chosen. So the remote's request changes (path prefix, host, headers, the OAuth2 token)
-are upstream filters of the aggregates, applied per attempt and only when the chosen host is the remote
-one: the remote's endpoint carries `spillover.upstream: remote` metadata, a header_mutation filter copies
-it into a header for the attempt (the routes drop a client's copy), a Lua filter applies or undoes the
-remote's changes (see `lua.remote_side`), and with a token, the credential injector adds it where the Lua
-removed the client's Authorization, i.e. on the remote's attempts only.
+member that was chosen. So the remote's request changes are applied per attempt, only when the chosen
+host is the remote one: the remote's endpoint carries `spillover.upstream: remote` metadata, and a
+header_mutation filter copies it into a header for the attempt (the routes drop a client's copy) that
+the matchers below read. The attempts of one request share one request header map, so whatever a
+remote attempt changed must be undone for a local attempt after it.
 
-Most attempts are local ones that no remote attempt came before: their request is already as the client
-sent it. The Lua sits in a `match_delegate` wrapper that skips it for such an attempt (the side header
-absent, nothing saved in dynamic metadata), so it costs native filters and matcher evaluations only.
-A local attempt after a remote one still runs the Lua, which undoes the remote's changes (the attempts
-share one request header map).
+A remote that needs only its host (no path prefix, headers or token, `host_only`), the common case, gets
+it from Envoy itself: the route has `auto_host_rewrite` and the remote's endpoint a `hostname` (local
+endpoints have none, so their attempts keep the host they find). Envoy applies it when the connection
+pool is ready, which may be before the upstream filters run (a warm pool) or after, and it stays in the
+header map, with the x-envoy-original-host it sets (a remote after a remote overwrites that with the
+remote's host). So the route saves the client's :authority and x-envoy-original-host in dynamic metadata
+before the first attempt (`common.client_host_config`), and the aggregates run a Lua
+(`lua.client_host`) only on a local attempt that finds the remote's host, putting the client's back. A
+remote attempt runs header_mutation filters and matchers only; so does a local attempt no remote
+attempt preceded. The remote now sees x-envoy-original-host (the client's host), as the remote routes
+without failover (host_rewrite_literal) always did.
+
+Any other remote runs `lua.remote_side`: a remote attempt saves the client's headers in dynamic metadata
+and applies the remote's path prefix, host and headers; with a token, the credential injector adds it
+where the Lua removed the client's Authorization, i.e. on the remote's attempts only. It sits in a
+`match_delegate` wrapper that skips it on a local attempt that no remote attempt came before (the side
+header absent, nothing saved), whose request is already as the client sent it; a local attempt after a
+remote one runs it to undo the remote's changes.
 """
 
 from __future__ import annotations
@@ -52,11 +64,21 @@ from spillover.names import (
 )
 from spillover.translate import lua
 from spillover.translate.clusters import credential_filter, upstream_codec
-from spillover.translate.common import http1_options, lua_filter, pack, u32
+from spillover.translate.common import (
+    CLIENT_HOST_KEY,
+    CLIENT_HOST_NAMESPACE,
+    CLIENT_ORIGINAL_HOST_KEY,
+    http1_options,
+    lua_filter,
+    pack,
+    u32,
+)
 
-__all__ = ["aggregate_clusters", "failover_targets"]
+__all__ = ["aggregate_clusters", "failover_targets", "host_only"]
 
 REMOTE_SIDE_FILTER = "spillover.remote_side"
+CLIENT_HOST_RESTORE_FILTER = "spillover.client_host_restore"
+SIDE_HEADER_REMOVAL_FILTER = "spillover.no_side_header"
 NO_AUTHORIZATION_FILTER = "spillover.no_authorization"
 # The Authorization of a request whose client sent none, between the aggregates' first filter and the
 # last: it keeps the credential injector off local attempts and never leaves Envoy.
@@ -69,6 +91,13 @@ MAX_RETRIES_IN_FLIGHT = 1024
 def failover_targets(model: str, tag: str) -> tuple[str, str]:
     """(local-first, remote-first): the aggregates over the model's local cluster of LB tag `tag`."""
     return local_first_cluster_name(model, tag), remote_first_cluster_name(model, tag)
+
+
+def host_only(remote: RemoteBackend) -> bool:
+    """The remote's requests differ from the client's in their host at most: no path prefix, headers
+    or token. Its failover routes then rewrite the host natively (auto_host_rewrite) and its
+    aggregates run no Lua on the remote's attempts."""
+    return not remote.path_prefix.rstrip("/") and not remote.headers and not remote.bearer_token_secret_name
 
 
 def _mutation(*mutations: mutation_rules_pb2.HeaderMutation) -> hcm_pb2.HttpFilter:
@@ -86,7 +115,7 @@ def _side_header(token: bool) -> hcm_pb2.HttpFilter:
                 value=f"%UPSTREAM_METADATA({UPSTREAM_METADATA_NAMESPACE}:{UPSTREAM_SIDE_KEY})%",
             ),
             # Empty for a local host, and then not set at all: its absence is what lets the matchers
-            # below skip the Lua. A remote attempt's Lua removes it again.
+            # below skip the Lua. A remote attempt removes it again (its Lua, or a header_mutation).
             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
         )
     )
@@ -174,7 +203,46 @@ def _skip_when(
     return hcm_pb2.HttpFilter(name=name, typed_config=pack(wrapped))
 
 
+def _host_only_filters(remote: RemoteBackend) -> list[hcm_pb2.HttpFilter]:
+    """The remote's attempts get its host from Envoy (route auto_host_rewrite, endpoint hostname),
+    whether the connection pool is ready before the upstream filters run or after. That rewrite (and
+    the x-envoy-original-host it sets) stays in the header map for a local attempt after it: the
+    local attempt that finds the remote's host there runs lua.client_host, which puts back what the
+    route saved before the first attempt. No other attempt runs a Lua."""
+    if not remote.host_rewrite:
+        # Nothing to apply, nothing to undo.
+        return []
+    restore = lua_filter(
+        CLIENT_HOST_RESTORE_FILTER,
+        default_source_code=base_pb2.DataSource(
+            inline_string=lua.client_host(CLIENT_HOST_NAMESPACE, CLIENT_HOST_KEY, CLIENT_ORIGINAL_HOST_KEY)
+        ),
+    )
+    remote_host = _predicate(
+        "envoy.matching.inputs.request_headers",
+        http_inputs_pb2.HttpRequestHeaderMatchInput(header_name=":authority"),
+        string_pb2.StringMatcher(exact=remote.host_rewrite),
+    )
+    # Skipped unless the attempt is local and carries the remote's host. The restore comes before the
+    # side header's removal below, which would make a remote attempt look local to its matcher.
+    not_a_local_retry = matcher_pb2.Matcher.MatcherList.Predicate(
+        or_matcher=matcher_pb2.Matcher.MatcherList.Predicate.PredicateList(
+            predicate=[_remote_attempt(), _not(remote_host)]
+        )
+    )
+    no_side = _mutation(mutation_rules_pb2.HeaderMutation(remove=UPSTREAM_SIDE_HEADER))
+    return [
+        _side_header(token=False),
+        _skip_when(CLIENT_HOST_RESTORE_FILTER, restore, not_a_local_retry),
+        # The side header is for the matchers only: it never reaches the remote.
+        _skip_when(SIDE_HEADER_REMOVAL_FILTER, no_side, _not(_remote_attempt())),
+        upstream_codec(),
+    ]
+
+
 def _upstream_filters(model: Model, remote: RemoteBackend) -> list[hcm_pb2.HttpFilter]:
+    if host_only(remote):
+        return _host_only_filters(remote)
     prefix = remote.path_prefix.rstrip("/")
     if prefix and not prefix.startswith("/"):
         raise ValueError(f"model {model.name!r}: path_prefix must start with '/', got {remote.path_prefix!r}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metadata_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -32,6 +33,7 @@ from spillover.names import LISTENER_NAME, METADATA_NAMESPACE, RATE_LIMIT_STAT_P
 from spillover.translate import lua
 from spillover.translate.common import (
     ADS,
+    CLIENT_HOST_FILTER,
     JSON_TO_METADATA_FILTER,
     NORMALIZE_FILTER,
     PREFIX_HASH_FILTER,
@@ -43,6 +45,15 @@ from spillover.translate.common import (
 )
 
 __all__ = ["build_listener"]
+
+
+def _client_host() -> hcm_pb2.HttpFilter:
+    """Keeps the client's host for a local retry after a remote attempt of a failover aggregate
+    (lua.client_host). It has rules only on the routes that need it (failover routes whose remote
+    gets its host from Envoy's auto_host_rewrite); elsewhere it does nothing. Not `disabled` by
+    default with those routes enabling it: Envoy builds a request's filter chain from the route it
+    first matches, which for body-routed requests is a slow-path route, not the model's."""
+    return hcm_pb2.HttpFilter(name=CLIENT_HOST_FILTER, typed_config=pack(header_to_metadata_pb2.Config()))
 
 
 def _http_filters() -> list[hcm_pb2.HttpFilter]:
@@ -81,6 +92,7 @@ def _http_filters() -> list[hcm_pb2.HttpFilter]:
             source_codes={lua.PREFIX_HASH_NAME: base_pb2.DataSource(inline_string=lua.PREFIX_HASH)},
             clear_route_cache=wrappers_pb2.BoolValue(value=False),
         ),
+        _client_host(),
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
     ]
 

@@ -7,6 +7,7 @@ __all__ = [
     "PREFIX_HASH",
     "PREFIX_HASH_NAME",
     "UPSTREAM_STATE",
+    "client_host",
     "lua_string",
     "path_prefix",
     "remote_side",
@@ -118,6 +119,38 @@ def path_prefix(prefix: str) -> str:
 UPSTREAM_STATE = "spillover.upstream"
 
 
+def client_host(namespace: str, host_key: str, original_host_key: str) -> str:
+    """Upstream filter of a failover aggregate whose remote changes only the host (no path prefix,
+    headers or token): Envoy rewrites :authority natively on the remote's attempts (route
+    `auto_host_rewrite`, the remote endpoint's `hostname`), and that rewrite, with the
+    x-envoy-original-host it sets, stays in the header map the attempts share. The aggregates run
+    this script only on a local attempt that finds the remote's host there (match_delegate, see
+    failover.py), i.e. a retry after a remote attempt: it puts back what the client sent, saved by
+    the route before the first attempt in dynamic metadata `namespace` at `host_key` and
+    `original_host_key` (common.client_host_config); a missing x-envoy-original-host is removed."""
+    state = lua_string(namespace)
+    original = lua_string("x-envoy-original-host")
+    return "\n".join(
+        [
+            "function envoy_on_request(handle)",
+            "  local headers = handle:headers()",
+            f"  local saved = handle:streamInfo():dynamicMetadata():get({state}) or {{}}",
+            f"  local authority = saved[{lua_string(host_key)}]",
+            "  if authority ~= nil then",
+            '    headers:replace(":authority", authority)',
+            "  end",
+            f"  local original = saved[{lua_string(original_host_key)}]",
+            "  if original == nil then",
+            f"    headers:remove({original})",
+            "  else",
+            f"    headers:replace({original}, original)",
+            "  end",
+            "end",
+            "",
+        ]
+    )
+
+
 def remote_side(
     side_header: str,
     remote_value: str,
@@ -127,9 +160,11 @@ def remote_side(
     keep_authorization: bool,
     no_authorization: str = "",
 ) -> str:
-    """Upstream filter of a failover aggregate: each attempt that goes to the remote (the side header,
-    set from the chosen host's metadata for the remote's attempts only, says so) gets the remote's path
-    prefix, host and headers; every other attempt gets the request exactly as the client sent it.
+    """Upstream filter of a failover aggregate whose remote needs more than its host (a path prefix,
+    headers or a token; one that needs only its host gets it natively, see `client_host`): each
+    attempt that goes to the remote (the side header, set from the chosen host's metadata for the
+    remote's attempts only, says so) gets the remote's path prefix, host and headers; every other
+    attempt gets the request exactly as the client sent it.
 
     Upstream filters of one request share its header map across attempts, so the first remote attempt
     keeps what the client sent in dynamic metadata (`client`) and every later attempt starts from it:

@@ -51,17 +51,20 @@ from spillover.names import (
 )
 from spillover.translate import lua
 from spillover.translate.common import (
+    CLIENT_HOST_FILTER,
     JSON_TO_METADATA_FILTER,
     NORMALIZE_FILTER,
     PREFIX_HASH_FILTER,
     RATE_LIMIT_BODY_KEY,
     RATE_LIMIT_FILTER,
+    client_host_config,
     compact_json,
     duration,
     header,
     pack,
     u32,
 )
+from spillover.translate.failover import host_only
 from spillover.translate.strategies import Serving
 
 __all__ = ["model_route", "not_found_routes", "route_configuration", "slow_path_routes"]
@@ -275,6 +278,13 @@ def model_route(
         # The aggregates' upstream filters take the side of an attempt from this header, which they
         # set only for the remote's attempts: a client's copy must not make a local attempt look remote.
         route.request_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
+        assert remote is not None
+        if remote.host_rewrite and host_only(remote):
+            # The remote's attempts take its host from its endpoint's hostname (local endpoints have
+            # none), so a remote that needs nothing else costs no Lua. The client's host is saved
+            # first, for a local retry after a remote attempt (see failover.py).
+            action.auto_host_rewrite.value = True
+            route.typed_per_filter_config[CLIENT_HOST_FILTER].CopyFrom(pack(client_host_config()))
         if split.remote == 0:
             action.cluster = local_first
         elif split.local == 0:

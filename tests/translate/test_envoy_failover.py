@@ -169,6 +169,48 @@ def test_a_retry_on_the_other_side_gets_that_sides_request(
         assert record["headers"].get("authorization") == client_authorization
 
 
+HOST_ONLY = {"path_prefix": "", "headers": (), "bearer_token_secret_name": None, "bearer_token": None}
+
+
+@pytest.mark.parametrize("original_host", [None, "edge.example"], ids=["plain", "client-original-host"])
+@pytest.mark.parametrize("first", ["local", "remote"], ids=["local-then-remote", "remote-then-local"])
+def test_a_remote_that_only_rewrites_the_host_gets_it_on_each_of_its_attempts_and_only_there(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream], first: str, original_host: str | None
+) -> None:
+    """A remote with no path prefix, headers or token has its host set by Envoy (auto_host_rewrite),
+    which stays in the header map the attempts share: every local attempt after a remote one (each
+    request here fails on both sides, 4 attempts alternating) still carries the client's host and its
+    own x-envoy-original-host, or none. The client's host is saved before the first attempt: with a
+    warm connection pool Envoy rewrites it before the upstream filters run."""
+    local = upstream_factory("local-0", status=503)
+    remote = upstream_factory("remote", status=503)
+    split = TrafficSplit(100, 0) if first == "local" else TrafficSplit(0, 100)
+    retries = Retries(3, ("5xx",))
+    _, port = gateway(model([local], remote_backend(remote, **HOST_ONLY), split, retries=retries))
+    headers = {
+        "x-spillover-upstream": "remote",
+        **({"x-envoy-original-host": original_host} if original_host else {}),
+    }
+    n = 3
+    for i in range(n):
+        # Body-routed and header-routed (a route with no Lua downstream) alike.
+        routed = {"x-model": "m"} if i % 2 else {}
+        response = post(port, "m", {**headers, **routed, "x-request-n": str(i)})
+        assert response.status == 503, response
+    assert len(local.requests) == len(remote.requests) == 2 * n, (local.requests, remote.requests)
+    for record in remote.requests:
+        assert record["path"] == CHAT
+        assert record["headers"]["host"] == "api.remote.example"
+        assert record["headers"]["authorization"] == "Bearer client-key"
+        assert "x-spillover-upstream" not in record["headers"]
+    for record in local.requests:
+        assert record["path"] == CHAT
+        assert record["headers"]["host"] == f"127.0.0.1:{port}"
+        assert record["headers"].get("x-envoy-original-host") == original_host
+        assert "x-spillover-upstream" not in record["headers"]
+        assert record["headers"]["authorization"] == "Bearer client-key"
+
+
 @pytest.mark.parametrize("share", [0, 50, 100], ids=["standby", "overflow", "all-remote"])
 def test_a_dead_remote_costs_no_request(
     gateway: Start, upstream_factory: Callable[..., HttpUpstream], share: int
