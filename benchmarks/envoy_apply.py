@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -138,6 +139,14 @@ class _Cpu:
 # -- the server's view of the Envoy ------------------------------------------------------------------
 
 
+def _until_acked(envoy: Envoy, predicate: Callable[[], dict[str, str] | None], timeout: float, interval: float) -> None:
+    def done() -> dict[str, str] | str | None:
+        return "exited" if not envoy.is_running() else predicate()
+
+    if wait_until(done, timeout=timeout, interval=interval, message="no ACK from Envoy") == "exited":
+        raise BenchError(f"Envoy exited (code {envoy.returncode})\n{envoy.log_tail(20)}")
+
+
 def _acked(xds: XdsThread, snapshot: Snapshot, types: tuple[str, ...]) -> dict[str, str] | None:
     """{short type: acked version} once the node has ACKed each of `types` at `snapshot`'s version."""
     proxy = xds.proxy(NODE)
@@ -195,7 +204,7 @@ def _initial_load(xds: XdsThread, envoy: Envoy, snapshot: Snapshot, timeout: flo
         return _acked(xds, snapshot, types)
 
     _publish(xds, snapshot)
-    wait_until(everything_acked, timeout=timeout, interval=0.2, message="Envoy never ACKed the whole fleet")
+    _until_acked(envoy, everything_acked, timeout, 0.2)
     spent = _Cpu(pid).mark().since(start)
     after = memory_mib(pid)
     return {
@@ -208,7 +217,7 @@ def _initial_load(xds: XdsThread, envoy: Envoy, snapshot: Snapshot, timeout: flo
 
 
 def _flip(
-    xds: XdsThread, pid: int, snapshot: Snapshot, previous: Snapshot, idle: dict[str, float], delta: bool,
+    xds: XdsThread, envoy: Envoy, pid: int, snapshot: Snapshot, previous: Snapshot, idle: dict[str, float], delta: bool,
     timeout: float,
 ) -> dict[str, Any]:
     changed = {t: names for t, names in snapshot.changes_since(previous).items() if names}
@@ -221,7 +230,7 @@ def _flip(
     rss_before = memory_mib(pid)["rss_mib"]
     start = _Cpu(pid).mark()
     _publish(xds, snapshot)
-    wait_until(lambda: _acked(xds, snapshot, types), timeout=timeout, interval=0.01, message="no ACK of the flip")
+    _until_acked(envoy, lambda: _acked(xds, snapshot, types), timeout, 0.01)
     acked = _Cpu(pid).mark().since(start)
     time.sleep(SETTLE_S)  # a measuring window: what Envoy still does after its ACK (freeing the old table)
     settled = _Cpu(pid).mark().since(start)
@@ -255,10 +264,16 @@ def _summary(flips: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _without_health_checks(gateway: Gateway) -> Gateway:
+    models = tuple(dataclasses.replace(m, health_check=None) for m in gateway.models)
+    return dataclasses.replace(gateway, models=models)
+
+
 def run(
     models: int,
     flips: int,
     delta: bool = False,
+    health_checks: bool = False,
     changes: tuple[str, ...] = CHANGES,
     log: Callable[[str], None] = print,
     load_timeout: float = 3600.0,
@@ -266,6 +281,8 @@ def run(
     log(f"  {models:,} models: building the fleet's snapshot ...")
     listener = Listener("127.0.0.1", free_port())
     gateway: Gateway = dataclasses.replace(fleet(models), listener=listener)
+    if not health_checks:
+        gateway = _without_health_checks(gateway)
     builder = SnapshotBuilder()
     snapshot = builder.snapshot(gateway)
     route_bytes = len(snapshot.get(ROUTE)["spillover_routes"].body)
@@ -299,7 +316,7 @@ def run(
                     changed = change(current, kind, _index(kind, repetition, models), repetition + 1)
                     previous, snapshot = snapshot, builder.snapshot(changed, snapshot)
                     current = changed
-                    result = _flip(xds, pid, snapshot, previous, idle, delta, timeout=600.0)
+                    result = _flip(xds, envoy, pid, snapshot, previous, idle, delta, timeout=600.0)
                     if repetition:
                         per_kind[kind].append(result)
                     log(
@@ -316,6 +333,8 @@ def run(
         "models": models,
         "flips": flips,
         "protocol": "delta" if delta else "sotw",
+        "health_checks": health_checks,
+        "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "resources": counts,
         "route_table_bytes": route_bytes,
         "initial": initial,
@@ -358,7 +377,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{t} {v['wall_s']:.1f} s / {v['run_s']:.1f} s CPU" for t, v in sorted(initial["first_ack"].items(), key=lambda i: i[1]["wall_s"])
         )
         lines += [
-            f"## {data['models']:,} models ({data['protocol']})",
+            f"## {data['models']:,} models ({data['protocol']}, "
+            f"{'with' if data.get('health_checks') else 'without'} active health checks)",
             "",
             f"Resources: {', '.join(f'{n:,} {t}' for t, n in data['resources'].items())}; the route table "
             f"{data['route_table_bytes'] / 2**20:.1f} MiB. Load average (1 min): {load['start']:.1f} at the start, "
@@ -406,11 +426,11 @@ def _envoy_version() -> str:
 
 def write(
     sizes: list[int], flips: int, output: str, command: str, delta: bool = False, name: str = "envoy-apply",
-    log: Callable[[str], None] = print,
+    health_checks: bool = False, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"command": command, "machine": machine.describe(), "envoy_version": _envoy_version()}
     log(f"Envoy applying one-model changes ({', '.join(f'{n:,}' for n in sizes)} models) — {results['machine']['summary']}")
-    results["runs"] = [run(models, flips, delta=delta, log=log) for models in sizes]
+    results["runs"] = [run(models, flips, delta=delta, health_checks=health_checks, log=log) for models in sizes]
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, f"{name}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
@@ -428,11 +448,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--flips", type=int, default=5, help="measured flips per change kind (after one warm-up)")
     parser.add_argument("--delta", action="store_true", help="Delta xDS (default: SotW, spillover bootstrap's default)")
+    parser.add_argument(
+        "--health-checks", action="store_true",
+        help="keep the fleet's active health checks (at 10,000 models: ~28,000 health-check connections, "
+        "past a 20,000 open-file limit)",
+    )
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--name", default="envoy-apply", help="the results' file name, without .md/.json")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.envoy_apply" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    write(args.models, args.flips, args.output, command, delta=args.delta, name=args.name)
+    write(
+        args.models, args.flips, args.output, command, delta=args.delta, name=args.name, health_checks=args.health_checks
+    )
     return 0
 
 

@@ -29,7 +29,7 @@ def test_reports_the_initial_load_and_a_row_per_change_with_envoys_cpu() -> None
             "envoy_version": "1.40.0",
         }
     )
-    assert "## 20 models (sotw)" in text
+    assert "## 20 models (sotw, without active health checks)" in text
     assert "| decision | RDS: " in text
     assert "| endpoint | EDS: " in text
     assert "Initial load (publish -> every type ACKed): " in text
