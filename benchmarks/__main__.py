@@ -4,7 +4,10 @@
 the push fan-out (a few minutes), written to results/push-only.{md,json} unless --output says otherwise.
 `python -m benchmarks --only peer|scale`: the go-control-plane peer comparison or the scale figures, written
 to results/peer.* or results/scale.*. `python -m benchmarks --only incremental`: one model changing in a
-10,000-model fleet, full against incremental translation (results/incremental.*; benchmarks/incremental.py)."""
+10,000-model fleet, full against incremental translation (results/incremental.*; benchmarks/incremental.py).
+`python -m benchmarks --only envoy-apply`: what a real Envoy pays (CPU, wall time to ACK, RSS) to load a
+1,000- and a 10,000-model fleet and to apply one-model changes to it (results/envoy-apply.*;
+benchmarks/envoy_apply.py); not in the default run (the 10,000-model initial load alone takes many minutes)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from benchmarks import (
     build,
     datapath,
     destination,
+    envoy_apply,
     incremental,
     logic,
     machine,
@@ -104,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the data-path benchmark (wrk through Envoy: plain, spillover's config, an ext_proc hop)",
     )
     parser.add_argument(
-        "--only", choices=("push", "incremental", *peer_report.PARTS),
+        "--only", choices=("push", "incremental", "envoy-apply", *peer_report.PARTS),
         help="run only this part: push (written as push-only.md/.json, not latest), the go-control-plane peer "
-        "comparison (results/peer.*) or the 10,000-stream scale figures (results/scale.*)",
+        "comparison (results/peer.*), the 10,000-stream scale figures (results/scale.*), incremental "
+        "(results/incremental.*) or envoy-apply (results/envoy-apply.*: a real Envoy applying changes)",
     )
     parser.add_argument("--skip-peer", action="store_true", help="skip the go-control-plane peer comparison")
     parser.add_argument(
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "incremental":
         models, repetitions = (1_000, 3) if args.quick else (10_000, 7)
         return 0 if incremental.write(models, repetitions, args.output, command) else 1
+    if args.only == "envoy-apply":
+        sizes, flips = ([1_000], 2) if args.quick else ([1_000, 10_000], 5)
+        return 0 if envoy_apply.write(sizes, flips, args.output, command) else 1
     if args.only and not only_push:
         return 0 if peer_report.run_parts([args.only], args.quick, args.output, command) else 1
     started = time.monotonic()
