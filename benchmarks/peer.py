@@ -52,7 +52,9 @@ EVENT_LOOP_SERVERS = (GO_CONTROL_PLANE, *(on_loop(name, loop) for name in (SPILL
 # each as a server 'spillover <variant>' or 'floor <variant>' (`peer_focus --grpc-variants`).
 GRPC_VARIANTS: dict[str, tuple[tuple[str, Any], ...]] = {
     # No BDP pings: each stream's ACKs otherwise start bandwidth-delay probes (a PING and its answer).
+    # The xDS server's own since these runs (benchmarks/results/peer-1000-uvloop-notes.md); "bdp" is the old default.
     "no-bdp": (("grpc.http2.bdp_probe", 0),),
+    "bdp": (("grpc.http2.bdp_probe", 1),),
     "throughput": (("grpc.optimization_target", "throughput"),),
 }
 ALL_SERVERS = (

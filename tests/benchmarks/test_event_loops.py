@@ -138,6 +138,7 @@ def test_a_server_name_says_its_kind_its_loop_and_its_grpc_options() -> None:
     assert peer.loop_of("floor uvloop") == event_loops.UVLOOP
     assert peer.loop_of(peer.SPILLOVER) == peer.loop_of("spillover no-bdp") == event_loops.DEFAULT
     assert peer.grpc_options_of("spillover no-bdp") == (("grpc.http2.bdp_probe", 0),)
+    assert peer.grpc_options_of("floor bdp") == (("grpc.http2.bdp_probe", 1),)
     assert peer.grpc_options_of("spillover uvloop") == ()
     # Every server the benchmark can run is one of these names, and every ratio compares two of them.
     assert all(a in peer.ALL_SERVERS and b in peer.ALL_SERVERS for a, b in peer.RATIO_PAIRS)
