@@ -3,7 +3,7 @@
 `spillover serve` runs asyncio's (asyncio.run); the peer benchmark (benchmarks/peer.py, `peer_focus
 --event-loops`) also runs spillover and the floor on uvloop, alternated with the others, to measure what
 the loop itself costs. Measured at 1,000 Delta streams, uvloop did not make spillover cheaper
-(benchmarks/results/peer-1000-uvloop.md), so the server keeps asyncio's loop.
+(benchmarks/results/peer-1000-uvloop-notes.md), so the server keeps asyncio's loop.
 """
 
 from __future__ import annotations
