@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from benchmarks import event_loops, push
+from benchmarks import push
+from spillover.server import event_loop as event_loops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "benchmarks", "peer_go", "build.sh")
@@ -41,7 +42,7 @@ SERVERS = (GO_CONTROL_PLANE, SPILLOVER, FLOOR)
 
 
 def on_loop(name: str, loop: str) -> str:
-    """spillover or the floor on one event loop (benchmarks/event_loops.py), e.g. 'spillover uvloop';
+    """spillover or the floor on one event loop (spillover/server/event_loop.py), e.g. 'spillover uvloop';
     plain 'spillover' and 'floor' run on the loop `spillover serve` runs by default."""
     return f"{name} {loop}"
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--event-loops", action="store_true",
-        help="spillover and the floor each on uvloop and on asyncio (benchmarks/event_loops.py), "
+        help="spillover and the floor each on uvloop and on asyncio (spillover/server/event_loop.py), "
         "alternated with go-control-plane, instead of on the default loop",
     )
     parser.add_argument(

@@ -7,7 +7,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmarks import event_loops, machine, peer, push, scale
+from benchmarks import machine, peer, push, scale
+from spillover.server import event_loop as event_loops
 
 TIMES = "\u00d7"  # the multiplication sign of "0.61x" (escaped: ruff flags the literal as ambiguous)
 
@@ -72,7 +73,7 @@ def peer_markdown(results: dict[str, Any]) -> str:
         )
         + (
             " `spillover uvloop`, `floor asyncio`, ...: the same server on that event loop "
-            "(benchmarks/event_loops.py; `spillover serve` runs asyncio's); the clients always run on asyncio."
+            "(spillover/server/event_loop.py; `spillover serve --event-loop`); the clients always run on asyncio."
             if any(loop in name.split() for name in data.get("servers", ()) for loop in event_loops.KINDS)
             else ""
         )

@@ -107,14 +107,16 @@ def server_main(
     changes: int,
     log_path: str,
     gc: str = "python",
-    loop: str = "asyncio",
+    loop: str | None = None,
     grpc_options: tuple[tuple[str, Any], ...] = (),
 ) -> None:
-    from benchmarks import event_loops
+    from spillover.server import event_loop as event_loops
 
     _quiet(log_path)
     with contextlib.suppress(KeyboardInterrupt):
-        event_loops.run(_server(conn, kind, protocol, debounce, n_clusters, changes, gc, grpc_options), loop)
+        event_loops.run(
+            _server(conn, kind, protocol, debounce, n_clusters, changes, gc, grpc_options), loop or event_loops.DEFAULT
+        )
 
 
 def _with_options(extra: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
@@ -507,7 +509,7 @@ class PushServer(Server):
     """spillover (`kind` xds, workers2) or the floor: server_main's process, spoken to over its pipe.
     Its stats add the collector's time (`gc_s`) and the CPU split between the main process and the
     busiest worker (`cpu_main_us`, `cpu_busiest_worker_us`). `loop`: the server process's event loop
-    (benchmarks/event_loops.py); `grpc_options`: gRPC server options in place of the xDS server's own of
+    (spillover/server/event_loop.py; None: `spillover serve`'s default); `grpc_options`: gRPC server options in place of the xDS server's own of
     the same keys (not passed on to worker processes, which set their own)."""
 
     def __init__(
@@ -520,7 +522,7 @@ class PushServer(Server):
         *,
         debounce: float = 0.0,
         gc: str = "python",
-        loop: str = "asyncio",
+        loop: str | None = None,
         grpc_options: tuple[tuple[str, Any], ...] = (),
         name: str | None = None,
     ) -> None:

@@ -1,9 +1,8 @@
-"""The event loops a benchmark's Python server can run on: uvloop or the standard library's asyncio loop.
+"""The event loop the xDS server runs on: uvloop (the default) or the standard library's asyncio loop.
 
-`spillover serve` runs asyncio's (asyncio.run); the peer benchmark (benchmarks/peer.py, `peer_focus
---event-loops`) also runs spillover and the floor on uvloop, alternated with the others, to measure what
-the loop itself costs. Measured at 1,000 Delta streams, uvloop did not make spillover cheaper
-(benchmarks/results/peer-1000-uvloop-notes.md), so the server keeps asyncio's loop.
+One place that knows how each kind is made, for `spillover serve` (its `--event-loop`), the xDS worker
+processes (told by the main process on their command line) and the benchmarks, so they all run the same
+loop. Why uvloop: benchmarks/results/peer-1000-uvloop-notes.md.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ __all__ = ["ASYNCIO", "DEFAULT", "KINDS", "UVLOOP", "loop_factory", "run"]
 UVLOOP = "uvloop"
 ASYNCIO = "asyncio"
 KINDS = (UVLOOP, ASYNCIO)
-DEFAULT = ASYNCIO  # what `spillover serve` runs
+DEFAULT = UVLOOP  # what `spillover serve` and its xDS workers run unless told otherwise
 
 T = TypeVar("T")
 
@@ -28,7 +27,7 @@ def loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
         # The standard library's own loop, whatever event loop policy the process has set.
         return asyncio.SelectorEventLoop
     if kind == UVLOOP:
-        import uvloop  # the benchmarks' extra (pyproject.toml [bench])
+        import uvloop
 
         return uvloop.new_event_loop
     raise ValueError(f"event loop {kind!r}: must be one of {', '.join(KINDS)}")

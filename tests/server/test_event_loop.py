@@ -1,10 +1,9 @@
-"""The peer benchmark's event loops (benchmarks/event_loops.py): spillover's xDS server on uvloop is a
-working server, so what the benchmark measures of it is worth comparing.
+"""The xDS server on each event loop it can run on (spillover/server/event_loop.py).
 
 grpc.aio brings its own loop integration (a thread polls gRPC core's completion queue and wakes the loop
 through a socket it reads): streams, pushes, a client's cancellation and the server's shutdown must work
-the same on uvloop as on asyncio's own loop. Each loop runs in a thread of its own, as the benchmark's
-server process runs its, with a real server and real gRPC clients on it.
+the same on uvloop as on asyncio's own loop. Each loop runs in a thread of its own, as `spillover serve`
+and an xDS worker run theirs, with a real server and real gRPC clients on it.
 """
 
 from __future__ import annotations
@@ -18,10 +17,12 @@ import pytest
 import uvloop
 from envoy.config.cluster.v3 import cluster_pb2
 
-from benchmarks import event_loops, peer
+from benchmarks import peer
+from spillover.server import event_loop as event_loops
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.resources import CLUSTER
 from spillover.server.service import XdsServer
+from spillover.server.workers import WorkerPool
 from tests.harness.ads import AdsClient, node
 from tests.harness.envoyconfig import eds_cluster, endpoints
 from tests.harness.polling import async_wait_until
@@ -142,3 +143,38 @@ def test_a_server_name_says_its_kind_its_loop_and_its_grpc_options() -> None:
     assert peer.grpc_options_of("spillover uvloop") == ()
     # Every server the benchmark can run is one of these names, and every ratio compares two of them.
     assert all(a in peer.ALL_SERVERS and b in peer.ALL_SERVERS for a, b in peer.RATIO_PAIRS)
+
+
+def loads_uvloop(pid: int) -> bool:
+    """Whether the process has uvloop's extension mapped (it is imported only to run a uvloop loop)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "/uvloop/" in f.read()
+
+
+@pytest.mark.parametrize("kind", event_loops.KINDS)
+async def test_xds_worker_processes_run_the_loop_they_are_given_and_serve(kind: str) -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot(["model-a"]))
+    pool = WorkerPool(cache, 2, event_loop=kind)
+    await pool.start("127.0.0.1:0")
+    clients: list[AdsClient] = []
+    try:
+        pids = pool.worker_pids()
+        assert len(pids) == 2
+        assert [loads_uvloop(pid) for pid in pids] == [kind == event_loops.UVLOOP] * 2
+        for i in range(4):  # connections of their own: the kernel spreads them over the workers
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{pool.port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            client = AdsClient(f"127.0.0.1:{pool.port}", "delta", channel=channel)
+            clients.append(client)
+            client.send(node=node(f"envoy-{i}", GROUP), type_url=CLUSTER)
+            assert names_of(await client.recv(timeout=10)) == ["model-a"]
+    finally:
+        for client in clients:
+            await client.close()
+            await client.channel.close()
+        await pool.stop(0)
+
+
+def test_a_worker_pool_refuses_an_unknown_loop_before_any_worker_starts() -> None:
+    with pytest.raises(ValueError, match=r"event loop 'trio'"):
+        WorkerPool(SnapshotCache(debounce=0), 2, event_loop="trio")
