@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from benchmarks import push
+from spillover.server import event_loop as event_loops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "benchmarks", "peer_go", "build.sh")
@@ -38,8 +39,46 @@ FLOOR = "floor"
 # which compares the default server; `run(servers=ALL_SERVERS)` adds it.
 SPILLOVER_GC_TUNED = "spillover gc-tuned"
 SERVERS = (GO_CONTROL_PLANE, SPILLOVER, FLOOR)
-ALL_SERVERS = (GO_CONTROL_PLANE, SPILLOVER, SPILLOVER_GC_TUNED, FLOOR)
-PUSH_KIND = {SPILLOVER: "xds", SPILLOVER_GC_TUNED: "xds", FLOOR: "floor"}
+
+
+def on_loop(name: str, loop: str) -> str:
+    """spillover or the floor on one event loop (spillover/server/event_loop.py), e.g. 'spillover uvloop';
+    plain 'spillover' and 'floor' run on the loop `spillover serve` runs by default."""
+    return f"{name} {loop}"
+
+
+# Both Python servers on each event loop: `run(servers=EVENT_LOOP_SERVERS)` compares the loops in one run.
+EVENT_LOOP_SERVERS = (GO_CONTROL_PLANE, *(on_loop(name, loop) for name in (SPILLOVER, FLOOR) for loop in event_loops.KINDS))
+# gRPC server options tried against the xDS server's own (spillover/server/service.py GRPC_SERVER_OPTIONS),
+# each as a server 'spillover <variant>' or 'floor <variant>' (`peer_focus --grpc-variants`).
+GRPC_VARIANTS: dict[str, tuple[tuple[str, Any], ...]] = {
+    # No BDP pings: each stream's ACKs otherwise start bandwidth-delay probes (a PING and its answer).
+    # The xDS server's own since these runs (benchmarks/results/peer-1000-uvloop-notes.md); "bdp" is the old default.
+    "no-bdp": (("grpc.http2.bdp_probe", 0),),
+    "bdp": (("grpc.http2.bdp_probe", 1),),
+    "throughput": (("grpc.optimization_target", "throughput"),),
+}
+ALL_SERVERS = (
+    GO_CONTROL_PLANE, SPILLOVER, SPILLOVER_GC_TUNED, FLOOR, *EVENT_LOOP_SERVERS[1:],
+    *(f"{name} {variant}" for name in (SPILLOVER, FLOOR) for variant in GRPC_VARIANTS),
+)
+
+
+def _words(name: str) -> list[str]:
+    return name.split()
+
+
+def kind_of(name: str) -> str:
+    """push.py's server kind of a Python server: 'floor' or 'xds' (spillover)."""
+    return "floor" if _words(name)[0] == FLOOR else "xds"
+
+
+def loop_of(name: str) -> str:
+    return next((w for w in _words(name) if w in event_loops.KINDS), event_loops.DEFAULT)
+
+
+def grpc_options_of(name: str) -> tuple[tuple[str, Any], ...]:
+    return tuple(option for w in _words(name) for option in GRPC_VARIANTS.get(w, ()))
 
 
 @dataclass(frozen=True)
@@ -89,8 +128,9 @@ class PushServer(push.PushServer):
 
     def __init__(self, name: str, protocol: str, n_clusters: int, changes: int, log_path: str) -> None:
         super().__init__(
-            PUSH_KIND[name], protocol, n_clusters, changes, log_path, name=name,
+            kind_of(name), protocol, n_clusters, changes, log_path, name=name,
             gc="tuned" if name == SPILLOVER_GC_TUNED else "python",
+            loop=loop_of(name), grpc_options=grpc_options_of(name),
         )
 
 
@@ -310,6 +350,22 @@ RATIO_PAIRS = (
     (SPILLOVER, FLOOR),
     (SPILLOVER_GC_TUNED, GO_CONTROL_PLANE),
     (SPILLOVER_GC_TUNED, SPILLOVER),
+    *(pair for loop in event_loops.KINDS for pair in (
+        (on_loop(SPILLOVER, loop), GO_CONTROL_PLANE),
+        (on_loop(FLOOR, loop), GO_CONTROL_PLANE),
+        (on_loop(SPILLOVER, loop), on_loop(FLOOR, loop)),
+    )),
+    # uvloop against asyncio, for each server: the figure the choice of the default rests on.
+    (on_loop(SPILLOVER, event_loops.UVLOOP), on_loop(SPILLOVER, event_loops.ASYNCIO)),
+    (on_loop(FLOOR, event_loops.UVLOOP), on_loop(FLOOR, event_loops.ASYNCIO)),
+    *(pair for variant in GRPC_VARIANTS for pair in (
+        (f"{SPILLOVER} {variant}", GO_CONTROL_PLANE),
+        (f"{SPILLOVER} {variant}", SPILLOVER),
+        (f"{FLOOR} {variant}", FLOOR),
+        # The variants run on the default loop: beside the same server named by its loop.
+        (f"{SPILLOVER} {variant}", on_loop(SPILLOVER, event_loops.DEFAULT)),
+        (f"{FLOOR} {variant}", on_loop(FLOOR, event_loops.DEFAULT)),
+    )),
 )
 
 

@@ -29,6 +29,19 @@ def main(argv: list[str] | None = None) -> int:
         "--gc-tuned", action="store_true",
         help="also spillover with `--gc tuned` (spillover/server/gc_tuning.py), alternated with the others",
     )
+    parser.add_argument(
+        "--event-loops", action="store_true",
+        help="spillover and the floor each on uvloop and on asyncio (spillover/server/event_loop.py), "
+        "alternated with go-control-plane, instead of on the default loop",
+    )
+    parser.add_argument(
+        "--grpc-variants", nargs="+", choices=sorted(peer.GRPC_VARIANTS), default=[],
+        help="also spillover and the floor with these gRPC server options (benchmarks/peer.py GRPC_VARIANTS)",
+    )
+    parser.add_argument(
+        "--servers", nargs="+", choices=peer.ALL_SERVERS, metavar="SERVER",
+        help=f"exactly these servers, in this order (instead of the options above); of: {', '.join(peer.ALL_SERVERS)}",
+    )
     parser.add_argument("--name", default="peer-1000", help="results/<name>.md and .json")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.peer_focus" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
@@ -41,10 +54,17 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {"command": command, "mode": "focused", "machine": machine.describe()}
     start = os.getloadavg()[0]
+    servers: tuple[str, ...] = peer.EVENT_LOOP_SERVERS if args.event_loops else peer.SERVERS
+    if args.gc_tuned:
+        servers = (*servers[:2], peer.SPILLOVER_GC_TUNED, *servers[2:])
+    for variant in args.grpc_variants:
+        servers = (*servers, f"{peer.SPILLOVER} {variant}", f"{peer.FLOOR} {variant}")
+    if args.servers:
+        servers = tuple(args.servers)
     size = peer.Size(args.procs, args.streams_per_proc, args.changes, args.repetitions)
     results["peer"] = peer.run(
         [size], protocols=tuple(args.protocols), log=log,
-        servers=peer.ALL_SERVERS if args.gc_tuned else peer.SERVERS,
+        servers=servers,
     )
     results["load_average"] = {"start": start, "end": os.getloadavg()[0], "per_run": loads}
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:

@@ -8,18 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import machine, peer, push, scale
+from spillover.server import event_loop as event_loops
 
 TIMES = "\u00d7"  # the multiplication sign of "0.61x" (escaped: ruff flags the literal as ambiguous)
 
 
 # The ratio rows in this order (the JSON keeps them sorted by name).
-RATIOS = (
-    f"{peer.SPILLOVER}/{peer.GO_CONTROL_PLANE}",
-    f"{peer.FLOOR}/{peer.GO_CONTROL_PLANE}",
-    f"{peer.SPILLOVER}/{peer.FLOOR}",
-    f"{peer.SPILLOVER_GC_TUNED}/{peer.GO_CONTROL_PLANE}",
-    f"{peer.SPILLOVER_GC_TUNED}/{peer.SPILLOVER}",
-)
+RATIOS = tuple(f"{name}/{base}" for name, base in peer.RATIO_PAIRS)
 
 
 def _ms(seconds: float) -> str:
@@ -75,6 +70,17 @@ def peer_markdown(results: dict[str, Any]) -> str:
             "settings (spillover/server/gc_tuning.py; opt-in, the default is Python's)."
             if peer.SPILLOVER_GC_TUNED in data.get("servers", ())
             else ""
+        )
+        + (
+            " `spillover uvloop`, `floor asyncio`, ...: the same server on that event loop "
+            "(spillover/server/event_loop.py; `spillover serve --event-loop`); the clients always run on asyncio."
+            if any(loop in name.split() for name in data.get("servers", ()) for loop in event_loops.KINDS)
+            else ""
+        )
+        + "".join(
+            f" `{variant}`: the server with the gRPC options {dict(options)} beside its own."
+            for variant, options in peer.GRPC_VARIANTS.items()
+            if any(variant in name.split() for name in data.get("servers", ()))
         )
         + " Sizes: " + sizes + ".",
         "",

@@ -107,14 +107,29 @@ def server_main(
     changes: int,
     log_path: str,
     gc: str = "python",
+    loop: str | None = None,
+    grpc_options: tuple[tuple[str, Any], ...] = (),
 ) -> None:
+    from spillover.server import event_loop as event_loops
+
     _quiet(log_path)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_server(conn, kind, protocol, debounce, n_clusters, changes, gc))
+        event_loops.run(
+            _server(conn, kind, protocol, debounce, n_clusters, changes, gc, grpc_options), loop or event_loops.DEFAULT
+        )
+
+
+def _with_options(extra: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
+    """The xDS server's gRPC options with `extra` in place of (or beside) those of the same keys."""
+    from spillover.server.service import GRPC_SERVER_OPTIONS
+
+    keys = {key for key, _ in extra}
+    return [(k, v) for k, v in GRPC_SERVER_OPTIONS if k not in keys] + list(extra)
 
 
 async def _server(
-    conn: Connection, kind: str, protocol: str, debounce: float, n_clusters: int, changes: int, gc: str
+    conn: Connection, kind: str, protocol: str, debounce: float, n_clusters: int, changes: int, gc: str,
+    grpc_options: tuple[tuple[str, Any], ...] = (),
 ) -> None:
     import grpc
     from envoy.service.discovery.v3 import discovery_pb2
@@ -154,6 +169,8 @@ async def _server(
         # "workers2": the streams served by 2 worker processes, the snapshots built in this one.
         xds = (XdsServer(cache, options=options) if kind == "xds"
                else WorkerPool(cache, int(kind.removeprefix("workers")), options=options))
+        if grpc_options:
+            xds.grpc_options = _with_options(grpc_options)
         port = await xds.start("127.0.0.1:0")
         if isinstance(xds, WorkerPool):
             worker_pids = xds.worker_pids()
@@ -248,9 +265,7 @@ async def _server(
                 )
             },
         )
-        from spillover.server.service import GRPC_SERVER_OPTIONS
-
-        server = grpc.aio.server(options=GRPC_SERVER_OPTIONS)
+        server = grpc.aio.server(options=_with_options(grpc_options))
         server.add_generic_rpc_handlers([handler])
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -493,7 +508,9 @@ class Server:
 class PushServer(Server):
     """spillover (`kind` xds, workers2) or the floor: server_main's process, spoken to over its pipe.
     Its stats add the collector's time (`gc_s`) and the CPU split between the main process and the
-    busiest worker (`cpu_main_us`, `cpu_busiest_worker_us`)."""
+    busiest worker (`cpu_main_us`, `cpu_busiest_worker_us`). `loop`: the server process's event loop
+    (spillover/server/event_loop.py; None: `spillover serve`'s default); `grpc_options`: gRPC server options in place of the xDS server's own of
+    the same keys (not passed on to worker processes, which set their own)."""
 
     def __init__(
         self,
@@ -505,6 +522,8 @@ class PushServer(Server):
         *,
         debounce: float = 0.0,
         gc: str = "python",
+        loop: str | None = None,
+        grpc_options: tuple[tuple[str, Any], ...] = (),
         name: str | None = None,
     ) -> None:
         self.name = name or kind
@@ -512,7 +531,7 @@ class PushServer(Server):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=server_main,
-            args=(child, kind, protocol, debounce, n_clusters, changes, log_path, gc),
+            args=(child, kind, protocol, debounce, n_clusters, changes, log_path, gc, loop, grpc_options),
             name=f"bench-server-{self.name}",
             daemon=True,
         )

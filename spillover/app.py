@@ -29,6 +29,7 @@ from spillover.controller.policies import PolicyProvider
 from spillover.controller.static import StaticResourcesFile
 from spillover.policy.defaults import NO_DEFAULTS, PolicyDefaults
 from spillover.policy.validate import MAX_POLICY_FILE_BYTES, parse_yaml
+from spillover.server import event_loop as event_loops
 from spillover.server.admission import AdmissionError, AdmissionPolicy, admission_from_mapping
 from spillover.server.bounds import StreamLimits
 from spillover.server.service import XdsOptions, group_by_cluster, is_loopback
@@ -69,6 +70,9 @@ class PushOptions:
     group_of: Callable[..., str] = group_by_cluster
     # xDS worker processes serving the streams (1: the streams are served in this process).
     xds_workers: int = 1
+    # The event loop of those worker processes (spillover/server/event_loop.py); this process's is the
+    # one that runs the control plane.
+    event_loop: str = event_loops.DEFAULT
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,7 @@ def _plane(
         max_delay=max(push.debounce, push.max_delay),
         group_of=push.group_of,
         xds_workers=push.xds_workers,
+        worker_event_loop=push.event_loop,
         registries=registries or [],
         debug_routes=debug_routes or [],
         xds_options=security.xds,

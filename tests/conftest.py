@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
+from spillover.server import event_loop
+from tests.harness import event_loops
 from tests.harness.envoy import Envoy
 from tests.harness.ports import free_port
 from tests.harness.upstream import HttpsUpstream, HttpUpstream
@@ -22,6 +24,11 @@ pytest_plugins = ["tests.harness.kube_fixtures"]
 # `make fuzz` (pytest --hypothesis-profile=fuzz): the fuzz tests with a long, seeded budget. Tests that
 # fix their own max_examples keep it; the fuzz tests (tests/policy/test_fuzz.py) take the profile's.
 settings.register_profile("fuzz", max_examples=4000, derandomize=True, deadline=None, print_blob=True)
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Async tests run on the loop `spillover serve` runs by default (tests/harness/event_loops.py)."""
+    return {event_loops.KIND: event_loop.loop_factory(event_loops.KIND)}
 
 
 @pytest.fixture

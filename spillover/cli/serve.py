@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spillover.cli.options import host_port, positive_int, seconds
+from spillover.server import event_loop
 
 if TYPE_CHECKING:
     from spillover.app import ControllerConfig, Security
@@ -65,6 +65,11 @@ def add_parser(commands: Any) -> None:
         "state after start-up and each push: far less collector time per push with thousands of Envoys, but "
         "cyclic garbage waits until the frozen objects double, and forgetting thousands of node groups at once "
         "was ~2x slower (benchmarks/results/streams.md)",
+    )
+    serve.add_argument(
+        "--event-loop", choices=event_loop.KINDS, default=event_loop.DEFAULT,
+        help=f"the event loop of this process and of the xDS workers (default {event_loop.DEFAULT}; "
+        "benchmarks/results/peer-1000-uvloop-notes.md)",
     )
     _add_security_options(serve)
 
@@ -245,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     config = controller_config(args.config, "serve")
     push = app.PushOptions(
         debounce=args.debounce, max_delay=max(args.debounce, args.debounce_max), group_of=_group_of(args.group_by),
-        xds_workers=args.xds_workers,
+        xds_workers=args.xds_workers, event_loop=args.event_loop,
     )
     if config is not None and args.resources is not None:
         print("spillover serve: --config applies to --policies and --kubernetes", file=sys.stderr)
@@ -339,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
 
         gc_tuning.install()
     try:
-        asyncio.run(app.run_until_signalled(plane, f"{xds_host}:{xds_port}", admin_host, admin_port))
+        event_loop.run(app.run_until_signalled(plane, f"{xds_host}:{xds_port}", admin_host, admin_port), args.event_loop)
     except (ValueError, OSError) as error:  # unusable TLS files, a port that cannot be bound
         print(f"spillover serve: {error}", file=sys.stderr)
         return 2

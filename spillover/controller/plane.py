@@ -15,6 +15,7 @@ from spillover.controller.admin import AdminServer
 from spillover.controller.admin_auth import AdminOptions
 from spillover.controller.contracts import Companion, GroupView, Provider, SnapshotProvider
 from spillover.controller.persist import GroupReplicas
+from spillover.server import event_loop as event_loops
 from spillover.server.bounds import printable
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.service import XdsOptions, XdsServer, group_by_cluster
@@ -33,6 +34,8 @@ class ControlPlane:
     group_of: Callable[..., str] = group_by_cluster
     # More than 1: the streams are served by that many worker processes (snapshots are still built here).
     xds_workers: int = 1
+    # The event loop of those worker processes (spillover/server/event_loop.py).
+    worker_event_loop: str = event_loops.DEFAULT
     registries: list[CollectorRegistry] = field(default_factory=list)
     debug_routes: list[web.RouteDef] = field(default_factory=list)
     # Companions that live as long as the server (e.g. status publishing in Kubernetes mode).
@@ -60,7 +63,10 @@ class ControlPlane:
     def __post_init__(self) -> None:
         self.cache = SnapshotCache(debounce=self.debounce, max_delay=self.max_delay)
         if self.xds_workers > 1:
-            self.xds = WorkerPool(self.cache, self.xds_workers, group_of=self.group_of, options=self.xds_options)
+            self.xds = WorkerPool(
+                self.cache, self.xds_workers, group_of=self.group_of, options=self.xds_options,
+                event_loop=self.worker_event_loop,
+            )
         else:
             self.xds = XdsServer(self.cache, group_of=self.group_of, options=self.xds_options)
         self.provider.changed = self.refresh_all

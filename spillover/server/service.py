@@ -74,6 +74,12 @@ GRPC_SERVER_OPTIONS: list[tuple[str, Any]] = [
     # 545 were cancelled and retried with back-off, none with these. Still a bound: a few KiB per call.
     ("grpc.server.max_pending_requests", 20_000),
     ("grpc.server.max_pending_requests_hard_limit", 40_000),
+    # No bandwidth-delay probes: with them every connection answers a burst of incoming data (each Envoy's
+    # ACK of a push) with a PING of its own and reads its answer, and keeps probing while idle. They size
+    # only the window of what Envoys send here, and xDS requests are small. At 1,000 Delta streams: 0.76x
+    # the floor's CPU per push, 0.91x spillover's (medians of 8 and 12 alternated pairs), idle CPU 1 % -> 0.2 %
+    # of a core (benchmarks/results/peer-1000-uvloop-notes.md).
+    ("grpc.http2.bdp_probe", 0),
 ]
 
 

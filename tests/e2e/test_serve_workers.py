@@ -1,5 +1,6 @@
 """`spillover serve --xds-workers 2` with real Envoys: the model-wide rate limit is divided by the Envoys
-of the group whichever worker serves them, and the server stops with every worker."""
+of the group whichever worker serves them, the server stops with every worker, and `--event-loop` picks
+the loop of the server and of every worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from spillover.server import event_loop
 from tests.harness.envoy import Envoy
 from tests.harness.policy_files import model_deployment, write
 from tests.harness.polling import wait_until
@@ -73,3 +77,29 @@ def test_rate_limits_are_divided_by_the_envoys_of_every_worker(
 
     assert server.stop() == 0, server.log()
     wait_until(lambda: not any(alive(pid) for pid in workers), timeout=10, message=f"workers {workers} left running")
+
+
+def loads_uvloop(pid: int) -> bool:
+    """Whether the process has uvloop's extension mapped (imported only to run a uvloop loop)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "/uvloop/" in f.read()
+
+
+@pytest.mark.parametrize("kind", event_loop.KINDS)
+def test_the_event_loop_option_picks_the_loop_of_the_server_and_of_every_worker(
+    kind: str,
+    policy_dir: Path,
+    spillover_factory: Callable[..., Spillover],
+    edge_factory: Callable[..., Envoy],
+    upstream_factory: Callable[..., HttpUpstream],
+) -> None:
+    pod = upstream_factory("pod")
+    write(policy_dir / "llama.yaml", model_deployment("llama", [pod.address], rps=RPS))
+    server = spillover_factory(policy_dir, extra_args=["--xds-workers", "2", "--event-loop", kind])
+    assert server.proc is not None
+    workers = children(server.proc.pid)
+    assert len(workers) == 2, workers
+    assert [loads_uvloop(pid) for pid in [server.proc.pid, *workers]] == [kind == event_loop.UVLOOP] * 3
+    envoy = edge_factory(server, "edge-0")
+    wait_until(functools.partial(enforces, envoy, RPS), timeout=10, message=envoy.name)
+    assert server.stop() == 0, server.log()

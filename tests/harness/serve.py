@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from spillover.server import event_loop
 from spillover.translate.bootstrap import build_bootstrap
+from tests.harness import event_loops
 from tests.harness.client import Response, request
 from tests.harness.envoy import Envoy
 from tests.harness.load import post_model
@@ -123,6 +125,8 @@ class Spillover:
             "--prometheus-url": self.prometheus_url,
         }
         command += [arg for flag, value in options.items() if value is not None for arg in (flag, str(value))]
+        if event_loops.KIND != event_loop.DEFAULT:  # SPILLOVER_TEST_EVENT_LOOP: the servers too
+            command += ["--event-loop", event_loops.KIND]
         return [*command, *self.extra_args]
 
     def launch(self) -> Spillover:

@@ -25,7 +25,7 @@ from spillover.controller.admin import AdminServer
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.service import XdsOptions, XdsServer, group_by_cluster
 from spillover.server.workers import WorkerPool
-from tests.harness import client
+from tests.harness import client, event_loops
 
 __all__ = ["XdsThread"]
 
@@ -47,7 +47,7 @@ class XdsThread:
         self.debounce = debounce
         self.max_delay = max_delay
         self.group_of = group_of
-        self.loop = asyncio.new_event_loop()
+        self.loop = event_loops.new_loop()
         self._thread = threading.Thread(target=self._run_loop, name="xds-loop", daemon=True)
         self._thread.start()
         self._lock = threading.RLock()
@@ -97,7 +97,8 @@ class XdsThread:
                 admin_port = self.admin_port
             cache = SnapshotCache(debounce=self.debounce, max_delay=self.max_delay)
             server = (
-                WorkerPool(cache, self.workers, group_of=self.group_of, options=self.options) if self.workers > 1
+                WorkerPool(cache, self.workers, group_of=self.group_of, options=self.options, event_loop=event_loops.KIND)
+                if self.workers > 1
                 else XdsServer(cache, group_of=self.group_of, options=self.options)
             )
             admin = AdminServer(server, [server.metrics_registry], ready=lambda: self.server is not None)

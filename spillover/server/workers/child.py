@@ -28,6 +28,7 @@ from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 
+from spillover.server import event_loop
 from spillover.server.admission import Refusal
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.registry import GroupTracker, IdentityStreams, ProxyRegistry
@@ -297,13 +298,15 @@ async def run(fd: int, index: int) -> None:
 
 def main() -> None:
     fd, index = int(sys.argv[1]), int(sys.argv[2])
+    # The loop is chosen before it runs, so it comes on the command line, not with the configuration.
+    loop = sys.argv[3] if len(sys.argv) > 3 else event_loop.DEFAULT
     # SIGINT goes to the whole process group (a Ctrl-C at `spillover serve`): the main process stops the
     # workers in order, so a worker does not end on its own.
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(fd, index))
+        event_loop.run(run(fd, index), loop)
     os._exit(0)
 
 

@@ -39,6 +39,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from spillover.server import event_loop as event_loops
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.service import (
     InsecureAddressError,
@@ -102,12 +103,15 @@ class WorkerPool(XdsServer):
         options: XdsOptions | None = None,
         restart_backoff: Sequence[float] = _RESTART_BACKOFF_S,
         healthy_after: float = _HEALTHY_AFTER_S,
+        event_loop: str = event_loops.DEFAULT,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if not restart_backoff or min(restart_backoff) < 0 or healthy_after < 0:
             raise ValueError("restart_backoff must be delays >= 0 (at least one) and healthy_after >= 0")
+        event_loops.loop_factory(event_loop)  # an unknown kind fails here, not in every worker
         super().__init__(cache, group_of, registry, warm_timeout, options)
+        self.event_loop = event_loop
         try:
             pickle.dumps((group_of, self.options))
         except Exception as error:
@@ -174,6 +178,7 @@ class WorkerPool(XdsServer):
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "spillover.server.workers.child", str(theirs.fileno()), str(worker.index),
+                self.event_loop,
                 pass_fds=[theirs.fileno()],
             )
         finally:
