@@ -49,7 +49,7 @@ def on_loop(name: str, loop: str) -> str:
 
 # Both Python servers on each event loop: `run(servers=EVENT_LOOP_SERVERS)` compares the loops in one run.
 EVENT_LOOP_SERVERS = (GO_CONTROL_PLANE, *(on_loop(name, loop) for name in (SPILLOVER, FLOOR) for loop in event_loops.KINDS))
-# gRPC server options tried against the xDS server's own (spillover/server/service.py GRPC_SERVER_OPTIONS),
+# gRPC server options tried against the xDS server's own (spillover/server/grpc_options.py GRPC_SERVER_OPTIONS),
 # each as a server 'spillover <variant>' or 'floor <variant>' (`peer_focus --grpc-variants`).
 GRPC_VARIANTS: dict[str, tuple[tuple[str, Any], ...]] = {
     # No BDP pings: each stream's ACKs otherwise start bandwidth-delay probes (a PING and its answer).

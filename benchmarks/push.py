@@ -121,10 +121,9 @@ def server_main(
 
 def _with_options(extra: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
     """The xDS server's gRPC options with `extra` in place of (or beside) those of the same keys."""
-    from spillover.server.service import GRPC_SERVER_OPTIONS
+    from spillover.server.grpc_options import grpc_server_options
 
-    keys = {key for key, _ in extra}
-    return [(k, v) for k, v in GRPC_SERVER_OPTIONS if k not in keys] + list(extra)
+    return grpc_server_options(extra)
 
 
 async def _server(

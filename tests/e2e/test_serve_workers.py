@@ -44,17 +44,27 @@ def alive(pid: int) -> bool:
     return True
 
 
+def _serve_llama(
+    policy_dir: Path,
+    spillover_factory: Callable[..., Spillover],
+    upstream_factory: Callable[..., HttpUpstream],
+    *args: str,
+) -> tuple[Spillover, list[int]]:
+    """`spillover serve *args` with one rate-limited model on one pod, and the pids of its worker processes."""
+    pod = upstream_factory("pod")
+    write(policy_dir / "llama.yaml", model_deployment("llama", [pod.address], rps=RPS))
+    server = spillover_factory(policy_dir, extra_args=list(args))
+    assert server.proc is not None
+    return server, children(server.proc.pid)
+
+
 def test_rate_limits_are_divided_by_the_envoys_of_every_worker(
     policy_dir: Path,
     spillover_factory: Callable[..., Spillover],
     edge_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
 ) -> None:
-    pod = upstream_factory("pod")
-    write(policy_dir / "llama.yaml", model_deployment("llama", [pod.address], rps=RPS))
-    server = spillover_factory(policy_dir, extra_args=["--xds-workers", "2"])
-    assert server.proc is not None
-    workers = children(server.proc.pid)
+    server, workers = _serve_llama(policy_dir, spillover_factory, upstream_factory, "--xds-workers", "2")
     assert len(workers) == 2, workers
 
     # Four Envoys of one group: the kernel spreads their connections over the two workers, and the main
@@ -93,12 +103,11 @@ def test_the_event_loop_option_picks_the_loop_of_the_server_and_of_every_worker(
     edge_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
 ) -> None:
-    pod = upstream_factory("pod")
-    write(policy_dir / "llama.yaml", model_deployment("llama", [pod.address], rps=RPS))
-    server = spillover_factory(policy_dir, extra_args=["--xds-workers", "2", "--event-loop", kind])
-    assert server.proc is not None
-    workers = children(server.proc.pid)
+    server, workers = _serve_llama(
+        policy_dir, spillover_factory, upstream_factory, "--xds-workers", "2", "--event-loop", kind
+    )
     assert len(workers) == 2, workers
+    assert server.proc is not None
     assert [loads_uvloop(pid) for pid in [server.proc.pid, *workers]] == [kind == event_loop.UVLOOP] * 3
     envoy = edge_factory(server, "edge-0")
     wait_until(functools.partial(enforces, envoy, RPS), timeout=10, message=envoy.name)

@@ -31,9 +31,10 @@ from envoy.config.core.v3 import base_pb2
 from spillover.server import event_loop
 from spillover.server.admission import Refusal
 from spillover.server.cache import Snapshot, SnapshotCache
+from spillover.server.grpc_options import grpc_server_options
 from spillover.server.registry import GroupTracker, IdentityStreams, ProxyRegistry
 from spillover.server.resources import Resource
-from spillover.server.service import GRPC_SERVER_OPTIONS, XdsOptions, XdsServer
+from spillover.server.service import XdsOptions, XdsServer
 from spillover.server.streams import BaseStream, DeltaStream, SotwStream
 from spillover.server.workers.wire import (
     Channel,
@@ -93,7 +94,7 @@ class _Registry(ProxyRegistry):
 class WorkerXdsServer(XdsServer):
     """The xDS server of one worker process; see the module docstring."""
 
-    grpc_options = [(k, v) for k, v in GRPC_SERVER_OPTIONS if k != "grpc.so_reuseport"] + [("grpc.so_reuseport", 1)]
+    grpc_options = grpc_server_options([("grpc.so_reuseport", 1)])
 
     def __init__(
         self,
