@@ -132,6 +132,9 @@ _TRIM_AFTER_S = 1.0
 # How long an ending stream waits for a write in flight before its status is sent.
 _QUIESCE_S = 2.0
 
+# How long a stream refused before its first request waits for that request before the status goes out.
+_UNREAD_REFUSAL_WAIT_S = 1.0
+
 
 def _limit_refusal(error: LimitExceeded, reason: str) -> Refusal:
     return Refusal(reason, f"limit: {error.rule}", "exhausted" if error.resource else "invalid")
@@ -266,6 +269,19 @@ class XdsServer:
             )
         await context.abort(_STATUS[refusal.kind], refusal.message)
 
+    async def _refuse_unread(
+        self, context: grpc.aio.ServicerContext, stream: SotwStream | DeltaStream, refusal: Refusal
+    ) -> None:
+        # A status that overtakes the client's first request makes that request's write fail, and a
+        # gRPC client may then report its own write failure (INTERNAL, "Internal error from Core")
+        # instead of our status: the request is read and dropped first, waiting briefly for a silent one.
+        try:
+            async with asyncio.timeout(min(self.limits.first_request_timeout, _UNREAD_REFUSAL_WAIT_S)):
+                await context.read()
+        except TimeoutError:
+            pass
+        await self._refuse(context, stream, refusal)
+
     def _admit(self, stream: SotwStream | DeltaStream, identity: PeerIdentity, request: Any) -> Refusal | None:
         """The first request: node checks, admission, room for the group. None when the stream may go on."""
         try:
@@ -313,11 +329,11 @@ class XdsServer:
         stream.identity = identity.principal if identity.authenticated else ""
         limit = self.admission.stream_limit(identity)
         if isinstance(limit, Refusal):
-            await self._refuse(context, stream, limit)
+            await self._refuse_unread(context, stream, limit)
             return
         key = (identity.authenticated, identity.principal)
         if not await self._open_identity(key, limit):
-            await self._refuse(
+            await self._refuse_unread(
                 context, stream,
                 Refusal("too_many_streams", f"admission: at most {limit} streams at once for this identity", "exhausted"),
             )

@@ -154,6 +154,18 @@ async def test_plain_text_with_a_policy_needs_an_unauthenticated_rule(start: Sta
     assert (await ok.recv()).resources
 
 
+async def test_a_stream_refused_before_its_first_request_is_not_kept_waiting_for_one(start: Start) -> None:
+    # A stream refused on its identity alone has its first request read before the status goes out (a
+    # status that overtakes it can make a gRPC client report INTERNAL instead), but one that never sends a
+    # request gets the status after a short wait, not after the whole first-request deadline.
+    from spillover.server.bounds import StreamLimits
+
+    server = await start(tls=False, limits=StreamLimits(first_request_timeout=120))
+    silent = server.client()
+    assert await silent.ended(timeout=15) == grpc.StatusCode.UNAUTHENTICATED
+    assert server.refused("unauthenticated") == 1
+
+
 async def test_streams_per_identity_are_bounded(start: Start, certificates: Certificates) -> None:
     server = await start()
     server.publish("edge", edge_resources())
