@@ -20,14 +20,19 @@ import time
 from collections.abc import Callable
 
 import pytest
-from envoy.config.route.v3 import route_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from google.protobuf.message import Message
 
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
-from spillover.names import ROUTE_CONFIG_NAME
-from spillover.server.resources import ENDPOINT, ROUTE
+from spillover.names import RATE_LIMIT_HEADER, ROUTE_CONFIG_NAME
+from spillover.server.resources import ENDPOINT, LISTENER, ROUTE
 from spillover.translate import translate
 from spillover.translate.bootstrap import build_bootstrap
+from spillover.translate.common import RATE_LIMIT_FILTER
 from tests.harness.client import Response
 from tests.harness.client import request as http_request
 from tests.harness.envoy import Envoy
@@ -45,6 +50,7 @@ LIMITED = "llama"
 RPS = 1.0
 BURST = 10.0
 PROBE = 3 * int(BURST)
+DESCRIPTOR_KEY = "spillover_model_rps"
 ALL_LOCAL = TrafficSplit()
 OVERFLOW = TrafficSplit(50, 50)
 
@@ -63,6 +69,7 @@ class Edge:
         self, xds: XdsThread, envoy: Envoy, port: int, upstreams: dict[str, HttpUpstream], delta: bool
     ) -> None:
         self.xds, self.envoy, self.port, self.upstreams, self.delta = xds, envoy, port, upstreams, delta
+        self.render: Callable[[tuple[Model, ...], int], list[Message]] = _messages
 
     def post(self, model: str) -> Response:
         url = f"http://127.0.0.1:{self.port}{CHAT}"
@@ -81,7 +88,7 @@ class Edge:
         """Publish the models; return once the server has Envoy's ACK of their route table and Envoy's
         config_dump shows it running."""
         before = self.rds_version()
-        snapshot = self.xds.set_snapshot(GROUP, _messages(models, self.port))
+        snapshot = self.xds.set_snapshot(GROUP, self.render(models, self.port))
         version = snapshot.version(ROUTE)
         # Envoy's config_dump shows the type's version in SotW, the resource's own in Delta.
         running = snapshot.get(ROUTE)[ROUTE_CONFIG_NAME].version if self.delta else version
@@ -94,10 +101,26 @@ class Edge:
     def publish_endpoints(self, models: tuple[Model, ...]) -> None:
         """Publish models that differ only in their endpoints; return once Envoy ACKed the EDS update."""
         routes = self.acked("RDS")
-        snapshot = self.xds.set_snapshot(GROUP, _messages(models, self.port))
+        snapshot = self.xds.set_snapshot(GROUP, self.render(models, self.port))
         assert snapshot.version(ROUTE) == routes, "the change touched the route table"
         version = snapshot.version(ENDPOINT)
         wait_until(lambda: self.acked("EDS") == version, timeout=10, message=f"EDS {version} never ACKed")
+
+    def rerender(self, render: Callable[[tuple[Model, ...], int], list[Message]]) -> None:
+        """Serve the same models rendered by `render` (listener included); return once Envoy serves them."""
+        self.render = render
+        snapshot = self.xds.set_snapshot(GROUP, render(_models(self.upstreams), self.port))
+        listeners = snapshot.version(LISTENER)
+        wait_until(lambda: self.acked("LDS") == listeners, timeout=10, message=f"LDS {listeners} never ACKed")
+
+        def serving() -> bool:
+            dump = self.envoy.config_dump(resource="dynamic_listeners")
+            return all("warming_state" not in c for c in dump.get("configs", []))
+
+        wait_until(serving, timeout=10, message="the new listener never left warming")
+        wait_until(
+            lambda: self.acked("RDS") == snapshot.version(ROUTE), timeout=10, message="RDS never ACKed"
+        )
 
     def drain(self) -> float:
         """Send to the limited model until it answers 429; returns when the last 429 came back."""
@@ -126,6 +149,52 @@ def _limited_route(models: tuple[Model, ...]) -> bytes:
     assert isinstance(table, route_pb2.RouteConfiguration)
     (route,) = [r for vh in table.virtual_hosts for r in vh.routes if r.name == f"{LIMITED}/default"]
     return route.SerializeToString(deterministic=True)
+
+
+def _with_listener_buckets(models: tuple[Model, ...], port: int) -> list[Message]:
+    """The translation with every route's bucket moved to a descriptor of the listener-level filter, the
+    route naming its descriptor (a generic_key rate_limits action): the shape a fix would take, the
+    listener-level config then coming over ECDS so that adding a model does not drain the listener."""
+    messages = _messages(models, port)
+    descriptors = []
+    shared = local_rate_limit_pb2.LocalRateLimit()
+    for message in messages:
+        if isinstance(message, route_pb2.RouteConfiguration):
+            for route in (r for vh in message.virtual_hosts for r in vh.routes):
+                # A direct response (a model with no backend: 503) has no RouteAction to name a descriptor.
+                if RATE_LIMIT_FILTER not in route.typed_per_filter_config or not route.HasField("route"):
+                    continue
+                per_route = local_rate_limit_pb2.LocalRateLimit()
+                route.typed_per_filter_config.pop(RATE_LIMIT_FILTER).Unpack(per_route)
+                entry = ratelimit_pb2.RateLimitDescriptor.Entry(key=DESCRIPTOR_KEY, value=route.name)
+                descriptors.append(
+                    ratelimit_pb2.LocalRateLimitDescriptor(
+                        entries=[entry], token_bucket=per_route.token_bucket
+                    )
+                )
+                key = route_components_pb2.RateLimit.Action.GenericKey(
+                    descriptor_key=DESCRIPTOR_KEY, descriptor_value=route.name
+                )
+                route.route.rate_limits.add(actions=[route_components_pb2.RateLimit.Action(generic_key=key)])
+                shared.filter_enabled.CopyFrom(per_route.filter_enabled)
+                shared.filter_enforced.CopyFrom(per_route.filter_enforced)
+                shared.ClearField("response_headers_to_add")
+                shared.response_headers_to_add.extend(per_route.response_headers_to_add)
+    for message in messages:
+        if isinstance(message, listener_pb2.Listener):
+            network_filter = message.filter_chains[0].filters[0]
+            manager = http_connection_manager_pb2.HttpConnectionManager()
+            network_filter.typed_config.Unpack(manager)
+            (limit,) = [f for f in manager.http_filters if f.name == RATE_LIMIT_FILTER]
+            listener_level = local_rate_limit_pb2.LocalRateLimit()
+            limit.typed_config.Unpack(listener_level)
+            listener_level.MergeFrom(shared)
+            listener_level.descriptors.extend(descriptors)
+            # Requests without a descriptor (other models, the 404s) have no default bucket to take from.
+            listener_level.always_consume_default_token_bucket.value = False
+            limit.typed_config.Pack(listener_level)
+            network_filter.typed_config.Pack(manager)
+    return messages
 
 
 def _limited(upstream: HttpUpstream, split: TrafficSplit, remote: HttpUpstream) -> Model:
@@ -236,3 +305,34 @@ def test_a_changed_limit_applies_at_once(edge: Edge) -> None:
     )
     edge.publish(bigger)
     assert edge.burst() >= 2 * BURST
+
+
+def test_buckets_of_the_listener_level_filter_survive_rds_updates(edge: Edge) -> None:
+    """What a fix can build on: the same buckets as descriptors of the listener-level filter keep their
+    tokens across RDS updates (the model's own flip included), with the same 429 header and body. The
+    costs, for the lead to weigh: the 429 stats are the filter's alone, no longer per model and profile
+    (shown here); and, from Envoy's source (not shown here), its config must come over ECDS since an LDS
+    change drains the listener, and each ECDS update (a model or limit added, removed or re-divided)
+    builds the filter's config, hence all its buckets, anew."""
+    edge.rerender(_with_listener_buckets)
+    per_model, filter_wide = (
+        f"spillover_model_rps{scope}.http_local_rate_limit.rate_limited" for scope in (".llama@default", "")
+    )
+    before = edge.envoy.stats()
+    assert edge.burst() >= BURST
+    limited = edge.post(LIMITED)
+    assert limited.status == 429 and limited.headers.get(RATE_LIMIT_HEADER) == "true", limited.headers
+    assert limited.body == (
+        b'{"error":{"message":"model: llama has exceeded RPS: 1","type":"rate_limit_error",'
+        b'"code":"rate_limit_exceeded","param":null}}'
+    )
+    for change in ({"other": OVERFLOW}, {"limited": OVERFLOW}):
+        drained_at = edge.drain()
+        edge.publish(_models(edge.upstreams, **change))
+        accepted = edge.burst()
+        assert accepted <= _earned(drained_at), f"{accepted} of {PROBE} accepted after {change}"
+    # Requests without a descriptor are not limited (no default bucket), nor counted per model.
+    assert sum(edge.post("mistral").status == 200 for _ in range(PROBE)) == PROBE
+    after = edge.envoy.stats()
+    assert after[filter_wide] > before.get(filter_wide, 0)
+    assert after.get(per_model, 0) == before.get(per_model, 0)
