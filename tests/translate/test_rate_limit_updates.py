@@ -18,13 +18,17 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from envoy.config.core.v3 import extension_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
@@ -32,7 +36,7 @@ from spillover.names import RATE_LIMIT_HEADER, ROUTE_CONFIG_NAME
 from spillover.server.resources import ENDPOINT, LISTENER, ROUTE
 from spillover.translate import translate
 from spillover.translate.bootstrap import build_bootstrap
-from spillover.translate.common import RATE_LIMIT_FILTER
+from spillover.translate.common import RATE_LIMIT_FILTER, pack
 from tests.harness.client import Response
 from tests.harness.client import request as http_request
 from tests.harness.envoy import Envoy
@@ -51,6 +55,7 @@ RPS = 1.0
 BURST = 10.0
 PROBE = 3 * int(BURST)
 DESCRIPTOR_KEY = "spillover_model_rps"
+ECDS_NAME = "spillover.model_rps"
 ALL_LOCAL = TrafficSplit()
 OVERFLOW = TrafficSplit(50, 50)
 
@@ -197,6 +202,28 @@ def _with_listener_buckets(models: tuple[Model, ...], port: int) -> list[Message
     return messages
 
 
+def _over_ecds(messages: list[Message], path: Path) -> list[Message]:
+    """The listener-level rate limit filter's config moved to an ECDS resource, written to `path` (a
+    file config source: spillover's server does not serve ECDS); the listener only refers to it."""
+    for message in messages:
+        if isinstance(message, listener_pb2.Listener):
+            network_filter = message.filter_chains[0].filters[0]
+            manager = http_connection_manager_pb2.HttpConnectionManager()
+            network_filter.typed_config.Unpack(manager)
+            (limit,) = [f for f in manager.http_filters if f.name == RATE_LIMIT_FILTER]
+            extension = extension_pb2.TypedExtensionConfig(name=ECDS_NAME, typed_config=limit.typed_config)
+            response = discovery_pb2.DiscoveryResponse(resources=[pack(extension)])
+            written = path.with_suffix(".tmp")
+            written.write_text(json_format.MessageToJson(response))
+            written.replace(path)  # Envoy watches for a move, not for writes
+            limit.name = ECDS_NAME
+            limit.ClearField("typed_config")
+            limit.config_discovery.config_source.path_config_source.path = str(path)
+            limit.config_discovery.type_urls.append(extension.typed_config.type_url)
+            network_filter.typed_config.Pack(manager)
+    return messages
+
+
 def _limited(upstream: HttpUpstream, split: TrafficSplit, remote: HttpUpstream) -> Model:
     return Model(
         LIMITED,
@@ -336,3 +363,33 @@ def test_buckets_of_the_listener_level_filter_survive_rds_updates(edge: Edge) ->
     after = edge.envoy.stats()
     assert after[filter_wide] > before.get(filter_wide, 0)
     assert after.get(per_model, 0) == before.get(per_model, 0)
+
+
+def test_over_ecds_the_buckets_survive_rds_updates_not_their_own(edge: Edge, tmp_path: Path) -> None:
+    """The same, with the listener-level config over ECDS (from a file here): a new descriptor (a model
+    added) is an ECDS update that leaves the listener alone (no drain), and RDS updates keep the buckets;
+    but the ECDS update builds them all anew, full."""
+    path = tmp_path / "model_rps.json"
+    edge.rerender(lambda models, port: _over_ecds(_with_listener_buckets(models, port), path))
+    assert edge.burst() >= BURST
+    drained_at = edge.drain()
+    edge.publish(_models(edge.upstreams, other=OVERFLOW))
+    accepted = edge.burst()
+    assert accepted <= _earned(drained_at), f"{accepted} of {PROBE} accepted after an RDS update"
+
+    reloads = f"extension_config_discovery.http_filter.{ECDS_NAME}.config_reload"
+    # Counters of listener changes (the rerender above was one, an in-place filter chain update).
+    listeners = [
+        f"listener_manager.listener_{change}"
+        for change in ("added", "modified", "removed", "in_place_updated")
+    ]
+    before = edge.envoy.stats()
+    edge.drain()
+    limited, other = _models(edge.upstreams, other=OVERFLOW)
+    added = dataclasses.replace(other, name="phi", profiles=limited.profiles)
+    # Only the filter's config is looked at here: the routes and listener stay as Envoy has them.
+    _over_ecds(_with_listener_buckets((limited, other, added), edge.port), path)
+    wait_until(lambda: edge.envoy.stats()[reloads] > before[reloads], timeout=10, message="no ECDS reload")
+    after = edge.envoy.stats()
+    assert [after[name] for name in listeners] == [before[name] for name in listeners]
+    assert edge.burst() >= BURST, "the ECDS update kept the drained bucket"
