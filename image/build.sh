@@ -64,13 +64,21 @@ if [ ! -f "$base_tar" ] || [ "$(cat "$base_tar.stamp" 2>/dev/null)" != "$base_st
     echo "base: debootstrap $suite ($base_packages) from $mirror; log: $cache/logs/debootstrap.log"
     t=$SECONDS
     rootfs="$cache/rootfs.tmp"
-    rm -rf "$rootfs"
-    if ! debootstrap --variant=minbase --include="$base_packages" "$suite" "$rootfs" "$mirror" \
-            >"$cache/logs/debootstrap.log" 2>&1; then
-        tail -n 20 "$cache/logs/debootstrap.log" >&2
-        echo "image/build.sh: debootstrap failed" >&2
-        exit 1
-    fi
+    # The mirror is the network: a failed fetch (seen: a DNS lookup timing out) is tried again, twice at most.
+    for pause in 10 30 none; do
+        rm -rf "$rootfs"
+        if debootstrap --variant=minbase --include="$base_packages" "$suite" "$rootfs" "$mirror" \
+                >"$cache/logs/debootstrap.log" 2>&1; then
+            break
+        fi
+        if [ "$pause" = none ]; then
+            tail -n 20 "$cache/logs/debootstrap.log" >&2
+            echo "image/build.sh: debootstrap failed (3 attempts)" >&2
+            exit 1
+        fi
+        echo "base: debootstrap failed ($(tail -n 1 "$cache/logs/debootstrap.log")); again in ${pause}s"
+        sleep "$pause"
+    done
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/doc/* \
         "$rootfs"/usr/share/man/*
     tar -C "$rootfs" --numeric-owner -cf "$base_tar.new" .

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,15 @@ def cert_manager_crds() -> list[dict[str, Any]]:
         **os.environ, "GOMODCACHE": str(cache / "gomod"), "GOPATH": str(cache / "gopath"),
         "GOFLAGS": "-mod=mod -modcacherw", "GOTOOLCHAIN": "local",
     }
-    done = subprocess.run(
-        [go, "mod", "download", "-json", CERT_MANAGER_MODULE], capture_output=True, text=True, timeout=300,
-        env=env, cwd=cache if cache.exists() else None,
-    )
+    # The module proxy is the network: a lookup that times out once (seen here) is tried again, twice at most.
+    for pause in (5.0, 15.0, None):
+        done = subprocess.run(
+            [go, "mod", "download", "-json", CERT_MANAGER_MODULE], capture_output=True, text=True, timeout=300,
+            env=env, cwd=cache if cache.exists() else None,
+        )
+        if done.returncode == 0 or pause is None:
+            break
+        time.sleep(pause)
     if done.returncode != 0:
         raise RuntimeError(f"go mod download {CERT_MANAGER_MODULE}: {done.stdout}{done.stderr}")
     module = Path(json.loads(done.stdout)["Dir"])
