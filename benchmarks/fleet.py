@@ -70,6 +70,7 @@ async def _envoys(conn: Connection, xds_port: int, prefix: str, count: int) -> N
     from envoy.service.discovery.v3 import discovery_pb2
 
     from spillover.server.resources import CLUSTER, LISTENER, ROUTE
+    from spillover.translate.route_table import table_routes
 
     remote = remote_cluster_name(MODEL)
     remote_first = remote_first_cluster_name(MODEL, "")
@@ -84,13 +85,12 @@ async def _envoys(conn: Connection, xds_port: int, prefix: str, count: int) -> N
         for resource in response.resources:
             config = route_pb2.RouteConfiguration()
             resource.Unpack(config)
-            for host in config.virtual_hosts:
-                for route in host.routes:
-                    if route.name != f"{MODEL}/default":
-                        continue
-                    if route.route.HasField("weighted_clusters"):
-                        return sum(c.weight.value for c in route.route.weighted_clusters.clusters if is_remote(c.name))
-                    return 100 if is_remote(route.route.cluster) else 0
+            for route in table_routes(config):
+                if route.name != f"{MODEL}/default":
+                    continue
+                if route.route.HasField("weighted_clusters"):
+                    return sum(c.weight.value for c in route.route.weighted_clusters.clusters if is_remote(c.name))
+                return 100 if is_remote(route.route.cluster) else 0
         return None
 
     async def envoy(i: int) -> None:

@@ -2,28 +2,29 @@
 
 `translate` renders a whole gateway; a change to one model of 10,000 then re-renders and re-serializes
 all of them, and the single RouteConfiguration (megabytes: every model's routes) with them. Protobuf's
-wire format allows better: a message is the concatenation of its encoded fields, and a repeated field
-is one encoded entry per element. So each model's routes are encoded once, as `VirtualHost.routes`
-entries, and the RouteConfiguration is the fixed fields around the join of every model's entries: a
+wire format allows better: a message is the concatenation of its encoded fields, and a map is one
+encoded entry per key. So each model's routes are encoded once, as its entry of the table's ``x-model``
+map (spillover.translate.route_table), and the RouteConfiguration is the fixed fields
+around the join of every model's entries, with the lengths of the messages that enclose the map: a
 model that changes costs its own translation and one join (a copy), never a re-encoding of the rest.
 
-Deterministic serialization writes fields in field-number order (map entries sorted), so the join is
-byte for byte what `SerializeToString(deterministic=True)` of the whole message gives; the tests compare
-the two after every kind of change. Like `translate`, everything here is pure.
+Deterministic serialization writes fields in field-number order and map entries sorted by key, so the
+join of the entries in name order is byte for byte what `SerializeToString(deterministic=True)` of the
+whole message gives; the tests compare the two after every kind of change. Like `translate`, everything
+here is pure.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from envoy.config.route.v3 import route_components_pb2, route_pb2
 from google.protobuf.message import Message
 
 from spillover.ir import Gateway, Listener, Model
 from spillover.translate.listener import build_listener
-from spillover.translate.routes import not_found_routes, route_configuration, slow_path_routes
+from spillover.translate.route_table import model_table_entry, route_configuration
 from spillover.translate.translator import translate_model
 from spillover.wire import varint
 
@@ -37,20 +38,12 @@ def _tag(message_class: type[Message], name: str) -> bytes:
     return varint((int(message_class.DESCRIPTOR.fields_by_name[name].number) << 3) | 2)
 
 
-_ROUTES_TAG = _tag(route_components_pb2.VirtualHost, "routes")
-_VIRTUAL_HOSTS_TAG = _tag(route_pb2.RouteConfiguration, "virtual_hosts")
+# The messages that enclose the `x-model` map, outermost first, and the field each holds the next in.
+_MAP_PATH = ("virtual_hosts", "matcher", "on_no_match", "matcher", "matcher_tree", "exact_match_map")
 
 
 def _encode(message: Message) -> bytes:
     return message.SerializeToString(deterministic=True)
-
-
-def _route_entries(routes: Iterable[route_components_pb2.Route]) -> bytes:
-    parts: list[bytes] = []
-    for route in routes:
-        body = _encode(route)
-        parts += (_ROUTES_TAG, varint(len(body)), body)
-    return b"".join(parts)
 
 
 def _around(message: Message, field: str) -> tuple[bytes, bytes]:
@@ -71,7 +64,7 @@ def _around(message: Message, field: str) -> tuple[bytes, bytes]:
 class EncodedModel:
     """One model's resources, serialized: its route table entries and its (name, bytes) per type."""
 
-    routes: bytes  # VirtualHost.routes entries (tag, length, Route), in table order
+    routes: bytes  # its entry of the table's `x-model` map (tag, length, name and routes)
     route_digest: bytes  # of `routes`: what the route table's version is made of
     clusters: tuple[tuple[str, bytes], ...]
     endpoints: tuple[tuple[str, bytes], ...]
@@ -81,7 +74,7 @@ class EncodedModel:
 def encode_model(model: Model) -> EncodedModel:
     """`translate_model`, serialized; raises ValueError on what it can't render (as `translate` does)."""
     own = translate_model(model)
-    routes = _route_entries(own.routes)
+    routes = _encode(model_table_entry(model.name, own.routes))
     return EncodedModel(
         routes=routes,
         route_digest=hashlib.blake2b(routes, digest_size=_DIGEST_SIZE).digest(),
@@ -102,29 +95,45 @@ def route_term(digest: bytes) -> int:
 
 
 class RouteTable:
-    """The RouteConfiguration's fixed parts (its name, the virtual host, the slow-path and 404 routes),
-    encoded once; `join` puts the models' entries between them."""
+    """The RouteConfiguration's fixed parts (its name, the virtual host, the slow-path and 404 routes,
+    the matchers around the `x-model` map), encoded once; `join` puts the models' entries in the map."""
 
     def __init__(self) -> None:
-        config = route_configuration([])
+        # A table of one model, for the messages around the map; without models there is no map at all.
+        empty = route_configuration([])
+        self._empty = _encode(empty)
+        config = route_configuration([("-", [])])
         if len(config.virtual_hosts) != 1:
             raise AssertionError("the route table is joined for exactly one virtual host")
-        self._config_head, self._config_tail = _around(config, "virtual_hosts")
-        host_head, host_tail = _around(config.virtual_hosts[0], "routes")
-        self._host_head = host_head + _route_entries(slow_path_routes())
-        self._host_tail = _route_entries(not_found_routes()) + host_tail
-        fixed = self._config_head + b"\0" + self._host_head + b"\0" + self._host_tail + b"\0" + self._config_tail
+        self._levels: list[tuple[bytes, bytes, bytes]] = []  # (before, tag, after), outermost first
+        message: Message = config
+        for field in _MAP_PATH:
+            before, after = _around(message, field)
+            self._levels.append((before, _tag(type(message), field), after))
+            inner = getattr(message, field)
+            message = inner[0] if field == "virtual_hosts" else inner
+        fixed = self._empty + b"\0" + b"\0".join(b"\0".join((b, a)) for b, _, a in self._levels)
         self._fixed_digest = hashlib.blake2b(fixed, digest_size=_DIGEST_SIZE).digest()
 
     def join(self, routes: Sequence[bytes]) -> bytes:
         """The RouteConfiguration's bytes from the models' `EncodedModel.routes`, in model order:
         `SerializeToString(deterministic=True)` of the whole table. An element may be the concatenation
-        of several models' entries (a repeated field's entries concatenate), so a caller can keep the
-        models' routes in runs of many and redo only the run of a changed model: then this one copy of
-        the table is the only work proportional to the whole fleet."""
-        size = len(self._host_head) + len(self._host_tail) + sum(map(len, routes))
-        parts = [self._config_head, _VIRTUAL_HOSTS_TAG, varint(size), self._host_head, *routes]
-        parts += (self._host_tail, self._config_tail)
+        of several models' entries (a map's entries concatenate), so a caller can keep the models'
+        entries in runs of many and redo only the run of a changed model: then this one copy of the
+        table is the only work proportional to the whole fleet."""
+        size = sum(map(len, routes))
+        if not size:
+            return self._empty
+        # Inside out: each enclosing message's length is its fixed parts' plus the one it encloses.
+        sizes = []
+        for before, tag, after in reversed(self._levels):
+            sizes.append(size)
+            size = len(before) + len(tag) + len(varint(size)) + size + len(after)
+        parts: list[bytes] = []
+        for (before, tag, _), inner in zip(self._levels, reversed(sizes), strict=True):
+            parts += (before, tag, varint(inner))
+        parts += routes
+        parts += (after for _, _, after in reversed(self._levels))
         return b"".join(parts)
 
     def version(self, total: int, count: int) -> str:

@@ -1,4 +1,5 @@
-"""Routes: the two slow-path catches, one route per (model, profile), then the 404s.
+"""Routes: the two slow-path catches, one route per (model, profile), then the 404s (spillover.translate.
+route_table puts them in the table).
 
 Model selection: the ``x-model`` header, then ``model``, then the JSON body's ``model``; the header
 wins so that clients which can't rewrite bodies can still choose. Unknown model: 404 with the OpenAI
@@ -26,7 +27,7 @@ import math
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.config.route.v3.route_components_pb2 import FilterConfig, HeaderMatcher
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
@@ -42,9 +43,7 @@ from spillover.names import (
     METADATA_NAMESPACE,
     PREFIX_HASH_HEADER,
     RATE_LIMIT_HEADER,
-    ROUTE_CONFIG_NAME,
     UPSTREAM_SIDE_HEADER,
-    VIRTUAL_HOST_NAME,
     rate_limit_stat_prefix,
     remote_cluster_name,
     route_stat_prefix,
@@ -67,7 +66,7 @@ from spillover.translate.common import (
 from spillover.translate.failover import host_only
 from spillover.translate.strategies import Serving
 
-__all__ = ["model_route", "not_found_routes", "route_configuration", "slow_path_routes"]
+__all__ = ["model_route", "not_found_routes", "slow_path_routes"]
 
 # The request headers routes match on (lua.NORMALIZE writes the first and the third).
 MODEL_HEADER, MODEL_HEADER_ALT = "x-model", "model"
@@ -402,10 +401,3 @@ def not_found_routes() -> list[route_components_pb2.Route]:
     )
     _missing_model_reply(missing)
     return [unknown, unknown_body, missing]
-
-
-def route_configuration(routes: list[route_components_pb2.Route]) -> route_pb2.RouteConfiguration:
-    return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[route_components_pb2.VirtualHost(name=VIRTUAL_HOST_NAME, domains=["*"], routes=routes)],
-    )

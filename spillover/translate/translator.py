@@ -32,7 +32,8 @@ from spillover.translate.clusters import (
 )
 from spillover.translate.failover import aggregate_clusters, failover_targets
 from spillover.translate.listener import build_listener
-from spillover.translate.routes import model_route, not_found_routes, route_configuration, slow_path_routes
+from spillover.translate.route_table import route_configuration
+from spillover.translate.routes import model_route
 from spillover.translate.strategies import effective_strategy, serving_for
 
 __all__ = ["SYSTEM_CA_BUNDLE", "Resources", "translate"]
@@ -149,13 +150,13 @@ def check_gateway(gateway: Gateway) -> None:
 def translate(gateway: Gateway) -> Resources:
     """Translate one gateway's IR into Envoy resources; raises ValueError on what it can't render."""
     check_gateway(gateway)
-    routes: list[route_components_pb2.Route] = slow_path_routes()
+    routes: list[tuple[str, list[route_components_pb2.Route]]] = []
     clusters: dict[str, cluster_pb2.Cluster] = {}
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     secrets: dict[str, secret_pb2.Secret] = {}
     for model in sorted(gateway.models, key=lambda m: m.name):
         own = translate_model(model)
-        routes.extend(own.routes)
+        routes.append((model.name, own.routes))
         clusters.update(own.clusters)
         endpoints.update(own.endpoints)
         for name, secret in own.secrets.items():
@@ -163,7 +164,6 @@ def translate(gateway: Gateway) -> Resources:
             if existing is not None and existing != secret:
                 raise ValueError(f"secret {name!r} is given two different token values")
             secrets[name] = secret
-    routes.extend(not_found_routes())
 
     return Resources(
         listeners=_frozen({LISTENER_NAME: build_listener(gateway)}),

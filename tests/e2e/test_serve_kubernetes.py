@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.envoy import Envoy
+from tests.harness.envoy import Envoy, dicts_in
 from tests.harness.kube import KubeCluster
 from tests.harness.kube_fixtures import Crds
 from tests.harness.kube_objects import endpoint_slice, model_deployment, secret, service
@@ -99,11 +99,11 @@ def eds_hosts(envoy: Envoy, model: str) -> set[str]:
 
 
 def route(envoy: Envoy, name: str) -> dict[str, Any]:
+    # Wherever the table keeps it (the routes sit in the actions of its `x-model` matcher).
     for entry in dynamic(envoy, "dynamic_route_configs"):
-        for vhost in entry["route_config"].get("virtual_hosts", []):
-            for candidate in vhost.get("routes", []):
-                if candidate.get("name") == name:
-                    return dict(candidate)
+        for candidate in dicts_in(entry["route_config"]):
+            if candidate.get("name") == name and "match" in candidate:
+                return dict(candidate)
     raise AssertionError(f"no route {name!r} in Envoy")
 
 

@@ -161,6 +161,9 @@ def test_profile_header_selects_the_profile_cluster(gateway, upstream_factory) -
         ({"config-profile": "batch"}, batch_stat),
         ({"x-aibrix-config-profile": "batch"}, batch_stat),
         ({"config-profile": "batch", "x-aibrix-config-profile": "nope"}, batch_stat),
+        # An empty config-profile is there (the AIBrix header is not read) and an empty AIBrix one is not.
+        ({"config-profile": "", "x-aibrix-config-profile": "batch"}, default_stat),
+        ({"x-aibrix-config-profile": ""}, default_stat),
         ({}, default_stat),
         ({"config-profile": "unknown"}, default_stat),
         ({"config-profile": "default"}, default_stat),

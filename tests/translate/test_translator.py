@@ -13,6 +13,7 @@ from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb
 from spillover.ir import Endpoint, Gateway, Model, Profile, RemoteBackend, TrafficSplit
 from spillover.names import LB_TAG_REGEX, STRATEGIES, is_local_cluster, local_cluster_prefix
 from spillover.translate import translate
+from spillover.translate.route_table import table_routes
 from tests.harness.envoy import Envoy
 from tests.harness.pki import write_ca_and_server_cert
 from tests.harness.static_bootstrap import to_static_bootstrap
@@ -29,7 +30,7 @@ def _model(**kwargs: Any) -> Model:
 
 
 def _routes(gateway: Gateway) -> list:
-    return list(translate(gateway).routes["spillover_routes"].virtual_hosts[0].routes)
+    return list(table_routes(translate(gateway).routes["spillover_routes"]))
 
 
 def _route(gateway: Gateway, name: str) -> Any:
