@@ -7,7 +7,11 @@ to results/peer.* or results/scale.*. `python -m benchmarks --only incremental`:
 10,000-model fleet, full against incremental translation (results/incremental.*; benchmarks/incremental.py).
 `python -m benchmarks --only envoy-apply`: what a real Envoy pays (CPU, wall time to ACK, RSS) to load a
 1,000- and a 10,000-model fleet and to apply one-model changes to it (results/envoy-apply.*;
-benchmarks/envoy_apply.py); not in the default run (the 10,000-model initial load alone takes many minutes)."""
+benchmarks/envoy_apply.py); not in the default run (the 10,000-model initial load alone takes many minutes).
+`python -m benchmarks --only route-scan`: a request's Envoy CPU and latency with 1, 1,000 and 10,000 models in
+the route table (results/route-scan.*; benchmarks/route_scan.py). `python -m benchmarks --only
+rate-limit-refill`: what a limited model admits while another model's split flips (benchmarks/rate_limit_refill.py).
+Neither is in the default run."""
 
 from __future__ import annotations
 
@@ -29,8 +33,10 @@ from benchmarks import (
     machine,
     peer_report,
     push,
+    rate_limit_refill,
     reaction,
     report,
+    route_scan,
 )
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -108,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the data-path benchmark (wrk through Envoy: plain, spillover's config, an ext_proc hop)",
     )
     parser.add_argument(
-        "--only", choices=("push", "incremental", "envoy-apply", *peer_report.PARTS),
+        "--only", choices=("push", "incremental", "envoy-apply", "route-scan", "rate-limit-refill", *peer_report.PARTS),
         help="run only this part: push (written as push-only.md/.json, not latest), the go-control-plane peer "
         "comparison (results/peer.*), the 10,000-stream scale figures (results/scale.*), incremental "
-        "(results/incremental.*) or envoy-apply (results/envoy-apply.*: a real Envoy applying changes)",
+        "(results/incremental.*), envoy-apply (results/envoy-apply.*: a real Envoy applying changes), route-scan "
+        "(results/route-scan.*) or rate-limit-refill",
     )
     parser.add_argument("--skip-peer", action="store_true", help="skip the go-control-plane peer comparison")
     parser.add_argument(
@@ -144,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "envoy-apply":
         sizes, flips = ([1_000], 2) if args.quick else ([1_000, 10_000], 5)
         return 0 if envoy_apply.write(sizes, flips, args.output, command) else 1
+    if args.only == "route-scan":
+        quick = ["--rounds", "2", "--models", "1", "1000"] if args.quick else []
+        return route_scan.main(["--output", args.output, *quick])
+    if args.only == "rate-limit-refill":
+        return rate_limit_refill.main(["--rounds", "1"] if args.quick else [])
     if args.only and not only_push:
         return 0 if peer_report.run_parts([args.only], args.quick, args.output, command) else 1
     started = time.monotonic()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -127,16 +128,17 @@ def run(rounds: int, window: float, every: float) -> dict[str, list[float]]:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=4.0)
     parser.add_argument("--every", type=float, default=0.2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = run(args.rounds, args.window, args.every)
     for side, rates in results.items():
         print(f"{side}: median {statistics.median(rates):.2f}/s, min {min(rates):.2f}/s (limit {RPS:g}/s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
