@@ -54,6 +54,25 @@ def test_ads_bootstrap_passes_envoy_validate(tmp_path: Path, delta: bool, xds_ad
     }
 
 
+def test_with_the_splits_in_runtime_the_bootstrap_adds_the_rtds_layer(tmp_path: Path) -> None:
+    bootstrap = build_bootstrap("node-1", "edge", "127.0.0.1:24018", split_weights="runtime")
+    result = Envoy.validate(bootstrap, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    layers = bootstrap["layered_runtime"]["layers"]
+    assert layers[0] == {
+        "name": "spillover_split",
+        "rtds_layer": {
+            "name": "spillover_split",
+            # Envoy waits for the layer as long as it takes: it never routes on the fallback weights.
+            "rtds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"},
+        },
+    }
+    assert layers[1] == {"name": "admin", "admin_layer": {}}  # /runtime_modify still works
+    assert "layered_runtime" not in build_bootstrap("node-1", "edge", "127.0.0.1:24018")
+    with pytest.raises(ValueError, match="split_weights must be route or runtime"):
+        build_bootstrap("node-1", "edge", "127.0.0.1:24018", split_weights="rtds")
+
+
 def test_validate_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
     # Guards the test above: if validate accepted anything, "passes validate" would prove nothing.
     bootstrap = build_bootstrap("node-1", "edge", "127.0.0.1:24018")
