@@ -18,6 +18,11 @@ profile it finds into ``x-model`` / ``config-profile`` and the route is chosen a
 
 Host rewrite and extra headers of a remote backend sit on the route's remote weighted-cluster entry
 (or on the route when all traffic goes remote), so they only touch requests sent there.
+
+With the splits in Envoy's runtime (`runtime_weights`), a model with a remote always has both
+weighted-cluster entries, with `runtime_key_prefix` and the fallback weights (all local), whatever its
+split; the split becomes runtime entries (`runtime_split`) in the gateway's one Runtime resource, so a
+flip changes no route, and the route table's bytes (and Envoy's token buckets) stay as they are.
 """
 
 from __future__ import annotations
