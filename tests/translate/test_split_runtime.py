@@ -170,3 +170,19 @@ def test_an_envoy_started_while_spilling_gets_the_current_split(
     assert edge.sides() == {"remote": PROBES}
     layer = json.loads(second.admin_get("/runtime"))["layers"]
     assert SPLIT_RUNTIME_LAYER in layer, layer
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+def test_a_flip_through_xds_workers(
+    delta: bool, envoy_factory: Callable[..., Envoy], upstream_factory: Callable[..., HttpUpstream]
+) -> None:
+    """The layer is one more type to the worker processes (`--xds-workers`): shipped and served alike."""
+    with XdsThread(workers=2) as xds:
+        edge = Edge(xds, free_port(), upstream_factory("local"), upstream_factory("remote"), delta)
+        xds.set_snapshot(GROUP, edge.messages(ALL_LOCAL))
+        edge.start(envoy_factory, "edge-workers")
+        assert edge.sides() == {"local": PROBES}
+        edge.flip(ALL_REMOTE)
+        assert edge.sides() == {"remote": PROBES}
+        proxy = xds.proxy(edge.node)
+        assert proxy is not None and proxy.get("worker") in (0, 1), proxy  # served by a worker process
