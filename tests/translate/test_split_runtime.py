@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
+from spillover.cli.status import format_status
 from spillover.ir import Endpoint, Gateway, Listener, Model, RemoteBackend, TrafficSplit
 from spillover.names import SPLIT_RUNTIME_LAYER
 from spillover.server.resources import ROUTE, RUNTIME
@@ -127,6 +128,10 @@ def test_a_flip_moves_the_traffic_without_an_rds_update(edge: Edge, envoy_factor
     }
     state = edge.xds.type_state(edge.node, "RTDS")
     assert state is not None and state["status"] == "SYNCED" and state["acked_version"] == state["current_version"]
+    table = format_status(edge.xds.proxies()).splitlines()
+    assert table[0].split() == ["NODE", "GROUP", "MODE", "STATUS", "CDS", "EDS", "SDS", "RTDS", "LDS", "RDS"]
+    (row,) = [line for line in table if line.startswith(edge.node)]
+    assert f"SYNCED {state['acked_version'][:8]}" in row, table
     edge.flip(HALF)
     half = edge.sides()
     assert set(half) == {"local", "remote"} and min(half.values()) >= PROBES // 5, half
