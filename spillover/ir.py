@@ -167,3 +167,7 @@ class Gateway:
     name: str
     listener: Listener = Listener()
     models: tuple[Model, ...] = ()
+    # Where the models' local/remote splits go (spillover.names.SPLIT_WEIGHTS): "route", in each route; or
+    # "runtime", in one Runtime resource over RTDS, the routes then the same whatever the decisions (a
+    # flip changes no route: no route table resent, no token bucket refilled).
+    split_weights: str = "route"

@@ -39,6 +39,9 @@ __all__ = [
     "SIDE_LOCAL",
     "SIDE_REMOTE",
     "SIDE_TAG",
+    "SPLIT_RUNTIME_LAYER",
+    "SPLIT_RUNTIME_PREFIX",
+    "SPLIT_WEIGHTS",
     "STATS_TAGS",
     "STRATEGIES",
     "UPSTREAM_METADATA_NAMESPACE",
@@ -69,6 +72,7 @@ __all__ = [
     "remote_cluster_name",
     "remote_first_cluster_name",
     "route_stat_prefix",
+    "split_runtime_key",
     "stat_name",
 ]
 
@@ -94,6 +98,20 @@ METADATA_NAMESPACE = "spillover"
 PREFIX_HASH_HEADER = "x-spillover-prefix-hash"
 RATE_LIMIT_HEADER = "x-error-model-rps-exceeded"
 RATE_LIMIT_STAT_PREFIX = "spillover_model_rps"
+
+# -- split weights in Envoy's runtime (`splitWeights: runtime`) ------------------------------------------
+
+# Where a route's local/remote split lives: "route" (in the route, the default) or "runtime" (in the
+# Runtime resource SPLIT_RUNTIME_LAYER, which Envoy takes over RTDS through an `rtds_layer` of its
+# bootstrap's `layered_runtime`; the route carries the fallback weights only).
+SPLIT_WEIGHTS = ("route", "runtime")
+SPLIT_RUNTIME_LAYER = "spillover_split"
+# A weighted cluster's runtime_key_prefix: Envoy reads the weight of cluster C from `<prefix>.<C>`.
+SPLIT_RUNTIME_PREFIX = "spillover.split"
+
+
+def split_runtime_key(cluster: str) -> str:
+    return f"{SPLIT_RUNTIME_PREFIX}.{cluster}"
 
 # -- load-balancing tags: which local cluster of a model serves which LB policy -----------------------
 

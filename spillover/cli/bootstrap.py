@@ -23,6 +23,11 @@ def add_parser(commands: Any) -> None:
     boot.add_argument("--admin-address", default="127.0.0.1")
     boot.add_argument("--delta", action="store_true", help="use incremental (Delta) xDS")
     boot.add_argument(
+        "--split-weights", choices=("route", "runtime"), default="route",
+        help="'runtime' for a spillover serving with --split-weights runtime: adds the RTDS layer Envoy reads "
+        "the local/remote splits from (default: route)",
+    )
+    boot.add_argument(
         "--stats-port", type=int, default=0,
         help="also serve GET /stats/prometheus (only that) on this port, for Prometheus (default: none)",
     )
@@ -74,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             delta=args.delta,
             stats_port=args.stats_port,
             tls=tls,
+            split_weights=args.split_weights,
         )
     except ValueError as error:
         print(f"spillover bootstrap: {error}", file=sys.stderr)

@@ -55,6 +55,12 @@ def add_parser(commands: Any) -> None:
         help="how Envoys share snapshots: 'cluster' (node.cluster) or 'metadata:KEY' (a node metadata string)",
     )
     serve.add_argument(
+        "--split-weights", choices=("route", "runtime"),
+        help="where each model's local/remote split goes: 'route' (default, or the config's splitWeights) in "
+        "its route, so a flip resends the route table; 'runtime' in one Runtime resource over RTDS, the routes "
+        "staying the same (the Envoys' bootstrap needs its layer: spillover bootstrap --split-weights runtime)",
+    )
+    serve.add_argument(
         "--xds-workers", type=positive_int, default=1, metavar="N",
         help="serve the xDS streams from N worker processes sharing the port (SO_REUSEPORT); snapshots are "
         "still built once, here. Default 1: the streams are served in this process (see benchmarks/results/workers.md)",
@@ -260,6 +266,10 @@ def run(args: argparse.Namespace) -> int:
     listen = args.listen or (("0.0.0.0", config.listen_port) if config and config.listen_port else ("0.0.0.0", 10000))
     prometheus_url = args.prometheus_url or (config.prometheus_url if config else None)
     defaults = config.defaults if config else NO_DEFAULTS
+    split_weights = args.split_weights or (config.split_weights if config else None) or "route"
+    if args.resources is not None and args.split_weights is not None:
+        print("spillover serve: --split-weights applies to --policies and --kubernetes", file=sys.stderr)
+        return 2
     if args.max_policy_bytes < 1:
         print("spillover serve: --max-policy-bytes must be >= 1", file=sys.stderr)
         return 2
@@ -321,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
                 plane = app.kubernetes_control_plane(
                     kube, listen, prometheus_url=prometheus_url, prometheus_token=token,
                     evaluation_interval=args.evaluation_interval, push=push, safety=safety, security=security,
+                    split_weights=split_weights,
                 )
             except Exception as error:  # no kubeconfig, not in a cluster, a broken kubeconfig
                 print(f"spillover serve: --kubernetes: {error}", file=sys.stderr)
@@ -329,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
             plane = app.policy_control_plane(
                 args.policies, listen, prometheus_url=prometheus_url, prometheus_token=token,
                 evaluation_interval=args.evaluation_interval, push=push, defaults=defaults, safety=safety,
-                security=security,
+                security=security, split_weights=split_weights,
             )
     else:
         try:

@@ -252,6 +252,8 @@ def format_status(proxies: list[dict[str, Any]]) -> str:
     """A table like `istioctl proxy-status`: one row per stream, one column per xDS type; then the NACK
     message of each NACKed type (escaped and cut: it is the client's text)."""
     columns = ["CDS", "EDS", "SDS", "LDS", "RDS"]
+    if any(state.get("type") == "RTDS" for proxy in proxies for state in proxy["types"].values()):
+        columns.insert(3, "RTDS")  # the split weights' layer (--split-weights runtime), before the routes
     header = ["NODE", "GROUP", "MODE", "STATUS", *columns]
     rows = [header]
     nacks = []

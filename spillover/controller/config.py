@@ -30,6 +30,8 @@ spillover's own keys:
     admission             the xDS admission policy: which client identities may use which node groups
                           and node ids, and how many streams each holds (spillover.server.admission;
                           the same mapping as a file given to --admission, which overrides it)
+    splitWeights          route (default) | runtime: where the local/remote splits go (--split-weights);
+                          runtime needs the Envoys' bootstrap to have the RTDS layer (README)
 
 Unknown keys are errors naming the key; the command line overrides the file. Secrets are never
 logged nor shown in errors (the values are never part of a message).
@@ -116,6 +118,7 @@ class _File(_Section):
     beamlit: bool | None = None
     default_behavior: dict[str, Any] | None = None
     admission: dict[str, Any] | None = None
+    split_weights: Literal["route", "runtime"] | None = None
 
     @field_validator("secure_metrics")
     @classmethod
@@ -138,6 +141,7 @@ class ControllerConfig:
     beamlit: bool | None = None
     defaults: PolicyDefaults = field(default_factory=PolicyDefaults)
     admission: AdmissionPolicy | None = None
+    split_weights: str | None = None
     notes: tuple[str, ...] = ()  # what is accepted but does nothing here, for the log
 
 
@@ -274,6 +278,7 @@ def parse_controller_config(data: bytes | str, path: Path) -> ControllerConfig:
             remote_backend=remote, behavior=behavior, metric_source=metric_source, secret_namespace=secret_namespace
         ),
         admission=admission,
+        split_weights=parsed.split_weights,
         notes=tuple(notes),
     )
 

@@ -24,11 +24,11 @@ import operator
 import time
 import weakref
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from spillover import ir
-from spillover.names import LISTENER_NAME, ROUTE_CONFIG_NAME
+from spillover.names import LISTENER_NAME, ROUTE_CONFIG_NAME, SPLIT_RUNTIME_LAYER, SPLIT_WEIGHTS
 from spillover.server.cache import Snapshot
 from spillover.server.references import secret_references
 from spillover.server.resources import (
@@ -37,11 +37,18 @@ from spillover.server.resources import (
     LISTENER,
     PUSH_ORDER,
     ROUTE,
+    RUNTIME,
     SECRET,
     Resource,
     version_of_sum,
 )
-from spillover.translate.encoded import RouteTable, encode_listener, encode_model, route_term
+from spillover.translate.encoded import (
+    RouteTable,
+    encode_listener,
+    encode_model,
+    encode_split_layer,
+    route_term,
+)
 from spillover.translate.translator import check_gateway
 
 __all__ = ["Piece", "PieceCache", "SnapshotBuilder"]
@@ -54,6 +61,7 @@ _MODEL_TYPES = (CLUSTER, ENDPOINT, SECRET)
 # its run's join (~100 KiB at 10,000 models) and one join of the runs (the table's one copy), never a
 # pass over every model.
 RUN = 64
+_NO_LAYER: Mapping[str, Resource] = MappingProxyType({})
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +77,8 @@ class Piece:
     secrets: tuple[Resource, ...]
     # The secret names its own resources refer to (of its own secrets and its remote's).
     references: frozenset[str]
+    runtime_weights: bool = False  # rendered with its split in runtime (its routes then without it)
+    weights: tuple[tuple[str, int], ...] = ()  # its entries in the split weights' layer
 
     def of_type(self, type_url: str) -> tuple[Resource, ...]:
         if type_url == CLUSTER:
@@ -78,8 +88,8 @@ class Piece:
         return self.secrets
 
 
-def _piece(model: ir.Model) -> Piece:
-    encoded = encode_model(model)
+def _piece(model: ir.Model, runtime_weights: bool = False) -> Piece:
+    encoded = encode_model(model, runtime_weights)
     clusters = tuple(Resource.from_bytes(CLUSTER, name, body) for name, body in encoded.clusters)
     endpoints = tuple(Resource.from_bytes(ENDPOINT, name, body) for name, body in encoded.endpoints)
     secrets = tuple(Resource.from_bytes(SECRET, name, body) for name, body in encoded.secrets)
@@ -89,7 +99,7 @@ def _piece(model: ir.Model) -> Piece:
     references = secret_references((*clusters, *endpoints), candidates) if candidates else frozenset()
     return Piece(
         model, encoded.routes, encoded.route_digest, route_term(encoded.route_digest), clusters, endpoints, secrets,
-        references,
+        references, runtime_weights, encoded.weights,
     )
 
 
@@ -101,15 +111,15 @@ class PieceCache:
         self._by_name: dict[str, list[Piece]] = {}
         self.encoded = 0  # models translated so far (what the tests and benchmarks count)
 
-    def piece(self, model: ir.Model) -> Piece:
+    def piece(self, model: ir.Model, runtime_weights: bool = False) -> Piece:
         entries = self._by_name.get(model.name)
         if entries is not None:
             for index, known in enumerate(entries):
-                if known.model is model or known.model == model:
+                if (known.model is model or known.model == model) and known.runtime_weights == runtime_weights:
                     if index:
                         entries.insert(0, entries.pop(index))
                     return known
-        piece = _piece(model)  # a ValueError leaves nothing behind
+        piece = _piece(model, runtime_weights)  # a ValueError leaves nothing behind
         self.encoded += 1
         if entries is None:
             self._by_name[model.name] = [piece]
@@ -153,6 +163,16 @@ class _Basis:
     holders: dict[str, int]
     references: dict[str, int]
     sums: dict[str, tuple[int, int]]  # per model type: the sum of the resources' `mix` terms, and their count
+    split_weights: str = "route"
+    # With split_weights "runtime": the entries of each model that has any (those that spill), and the layer.
+    weights: dict[str, tuple[tuple[str, int], ...]] | None = None
+    layer: Mapping[str, Resource] = field(default_factory=lambda: _NO_LAYER)
+
+
+def _layer(weights: Mapping[str, tuple[tuple[str, int], ...]]) -> Mapping[str, Resource]:
+    """The split weights' Runtime resource of the spilling models' entries (a flip changes only this)."""
+    body = encode_split_layer(entry for entries in weights.values() for entry in entries)
+    return MappingProxyType({SPLIT_RUNTIME_LAYER: Resource.from_bytes(RUNTIME, SPLIT_RUNTIME_LAYER, body)})
 
 
 def _sorted(named: Mapping[str, Resource]) -> Mapping[str, Resource]:
@@ -231,7 +251,12 @@ class SnapshotBuilder:
         if previous is None and self._last is not None:
             previous = self._last()
         basis = previous.basis if previous is not None else None
-        if not (isinstance(basis, _Basis) and basis.builder is self and previous is not None):
+        if gateway.split_weights not in SPLIT_WEIGHTS:
+            check_gateway(gateway)  # the same refusal as translate's
+        if not (
+            isinstance(basis, _Basis) and basis.builder is self and previous is not None
+            and basis.split_weights == gateway.split_weights
+        ):
             snapshot = self._first(gateway, *self._pieces(gateway))
         else:
             snapshot = self._next(gateway, previous, basis)
@@ -245,7 +270,8 @@ class SnapshotBuilder:
         if not gateway.name or any(a.name >= b.name for a, b in itertools.pairwise(models)):
             check_gateway(gateway)  # the same refusals as translate's
             models = tuple(sorted(models, key=lambda m: m.name))
-        return models, tuple(self.pieces.piece(m) for m in models)
+        runtime = gateway.split_weights == "runtime"
+        return models, tuple(self.pieces.piece(m, runtime) for m in models)
 
     def _first(self, gateway: ir.Gateway, models: tuple[ir.Model, ...], pieces: tuple[Piece, ...]) -> Snapshot:
         by_type: dict[str, Mapping[str, Resource]] = {}
@@ -270,7 +296,16 @@ class SnapshotBuilder:
         routes = self._route_table(pieces)
         by_type[LISTENER] = MappingProxyType({LISTENER_NAME: listener})
         by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
-        basis = _Basis(self, gateway.listener, pieces, routes, models, holders, references, sums)
+        weights, layer = None, _NO_LAYER
+        if gateway.split_weights == "runtime":
+            # Always a layer in this mode, empty or not: Envoy waits for it before it initializes.
+            weights = {p.model.name: p.weights for p in pieces if p.weights}
+            layer = _layer(weights)
+        by_type[RUNTIME] = layer
+        basis = _Basis(
+            self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
+            weights, layer,
+        )
         return self._snapshot(by_type, basis)
 
     def _changed(
@@ -289,7 +324,7 @@ class SnapshotBuilder:
                 # Same names at the same places as in the basis, which was sorted: so is this.
                 replaced = list(before)
                 for i in changed:
-                    replaced[i] = self.pieces.piece(models[i])
+                    replaced[i] = self.pieces.piece(models[i], gateway.split_weights == "runtime")
                 at = [i for i in changed if replaced[i] is not before[i]]
                 return models, tuple(replaced), [before[i] for i in at], [replaced[i] for i in at], at
         models, pieces = self._pieces(gateway)
@@ -382,7 +417,24 @@ class SnapshotBuilder:
             by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
             changed_routes = routes.resource.version != basis.routes.resource.version
             changes[ROUTE] = frozenset({ROUTE_CONFIG_NAME}) if changed_routes else frozenset()
-        basis = _Basis(self, gateway.listener, pieces, routes, models, holders, references, sums)
+        weights, layer = basis.weights, basis.layer
+        if weights is not None and any(p.weights for p in (*removed, *added)):
+            # A model that starts or stops spilling, or spills another share: the layer only.
+            weights = dict(weights)
+            for piece in removed:
+                weights.pop(piece.model.name, None)
+            for piece in added:
+                if piece.weights:
+                    weights[piece.model.name] = piece.weights
+            built = _layer(weights)
+            if built[SPLIT_RUNTIME_LAYER] is not layer.get(SPLIT_RUNTIME_LAYER):
+                layer = built
+        changes[RUNTIME] = frozenset() if layer is basis.layer else frozenset({SPLIT_RUNTIME_LAYER})
+        by_type[RUNTIME] = layer
+        basis = _Basis(
+            self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
+            weights, layer,
+        )
         return self._snapshot(by_type, basis, previous, changes)
 
     def _snapshot(

@@ -81,6 +81,7 @@ class PolicyProvider(FollowsTheFleet):
         decision_store: DecisionStore | None = None,
         warm_up_timeout: float = 5.0,
         removal_grace: float = 30.0,
+        split_weights: str = "route",
     ) -> None:
         # A path is a policy directory (the file mode); anything else is a ready PolicySource.
         self.source: PolicySource = (
@@ -89,6 +90,7 @@ class PolicyProvider(FollowsTheFleet):
         # Called after every evaluation with the statuses and the errors (e.g. a Kubernetes status writer).
         self.status_sinks: list[StatusSink] = []
         self.listener = listener
+        self.split_weights = split_weights  # where the translation puts the splits (ir.Gateway)
         self.evaluation_interval = evaluation_interval
         # How long a round waits for its metric samples before deciding with the last ones it has.
         self.metrics_wait = evaluation_interval / 2 if metrics_wait is None else metrics_wait
@@ -342,7 +344,7 @@ class PolicyProvider(FollowsTheFleet):
         decisions, weights = self._applied()
         gateway = plan_gateway(
             group.name, self.listener, self.state.models.values(), decisions, group.replicas, self._tokens(), weights,
-            self._copy_routes,
+            self._copy_routes, self.split_weights,
         )
         return translate(gateway).messages()
 
@@ -352,7 +354,7 @@ class PolicyProvider(FollowsTheFleet):
         decisions, weights = self._applied()
         gateway = self.planner.plan(
             group.name, self.listener, self.state.models.values(), decisions, group.replicas, self._tokens(), weights,
-            self._copy_routes,
+            self._copy_routes, self.split_weights,
         )
         return self.snapshots.snapshot(gateway, previous)
 

@@ -197,9 +197,11 @@ def plan_gateway(
     tokens: Mapping[str, str | None],
     latency_weights: Mapping[str, Mapping[str, int]] | None = None,
     copy_routes: Mapping[str, CopyRoute] | None = None,
+    split_weights: str = "route",
 ) -> ir.Gateway:
     """`decisions`, `tokens`, `latency_weights` (endpoint "host:port" -> weight) and `copy_routes` (where
-    the copy on a model's destination cluster is reached) are keyed by model name (spec.model)."""
+    the copy on a model's destination cluster is reached) are keyed by model name (spec.model).
+    `split_weights`: where the translation puts the splits (`ir.Gateway.split_weights`)."""
     replicas = max(1, replicas)
     planned = []
     for md in sorted(models, key=lambda m: m.model):
@@ -207,7 +209,7 @@ def plan_gateway(
         weights = (latency_weights or {}).get(md.model)
         route = (copy_routes or {}).get(md.model)
         planned.append(model_ir(md, decision, replicas, tokens.get(md.model), weights, route))
-    return ir.Gateway(name=group, listener=listener, models=tuple(planned))
+    return ir.Gateway(name=group, listener=listener, models=tuple(planned), split_weights=split_weights)
 
 
 class Planner:
@@ -242,6 +244,7 @@ class Planner:
         tokens: Mapping[str, str | None],
         latency_weights: Mapping[str, Mapping[str, int]] | None = None,
         copy_routes: Mapping[str, CopyRoute] | None = None,
+        split_weights: str = "route",
     ) -> ir.Gateway:
         replicas = max(1, replicas)
         ordered = self._sorted(models)
@@ -279,4 +282,4 @@ class Planner:
                 model = known[1]  # the same value: the same object, for the stages after
             memo[name] = ((md, decision, token, weights, route), model)
             planned.append(model)
-        return ir.Gateway(name=group, listener=listener, models=tuple(planned))
+        return ir.Gateway(name=group, listener=listener, models=tuple(planned), split_weights=split_weights)

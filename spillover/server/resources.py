@@ -20,6 +20,7 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.runtime.v3 import rtds_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -31,9 +32,12 @@ ENDPOINT = TYPE_PREFIX + endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name
 LISTENER = TYPE_PREFIX + listener_pb2.Listener.DESCRIPTOR.full_name
 ROUTE = TYPE_PREFIX + route_pb2.RouteConfiguration.DESCRIPTOR.full_name
 SECRET = TYPE_PREFIX + secret_pb2.Secret.DESCRIPTOR.full_name
+RUNTIME = TYPE_PREFIX + rtds_pb2.Runtime.DESCRIPTOR.full_name
 
-# Make-before-break: a cluster must exist (and be warm) before anything routes to it.
-PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
+# Make-before-break: a cluster must exist (and be warm) before anything routes to it. Runtime layers
+# (the split weights, when routes read them from runtime) go before the listeners and routes that read
+# them: a new route then finds its weights already there instead of running on its fallback weights.
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, RUNTIME, LISTENER, ROUTE)
 # In SotW these types carry the full set in every response: a missing name is a deletion.
 FULL_STATE_TYPES = frozenset({CLUSTER, LISTENER})
 MESSAGE_CLASSES: Mapping[str, type[Message]] = MappingProxyType(
@@ -43,10 +47,11 @@ MESSAGE_CLASSES: Mapping[str, type[Message]] = MappingProxyType(
         LISTENER: listener_pb2.Listener,
         ROUTE: route_pb2.RouteConfiguration,
         SECRET: secret_pb2.Secret,
+        RUNTIME: rtds_pb2.Runtime,
     }
 )
 SHORT_NAMES: Mapping[str, str] = MappingProxyType(
-    {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+    {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS", RUNTIME: "RTDS"}
 )
 
 

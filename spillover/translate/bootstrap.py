@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from spillover.names import STATS_TAGS
+from spillover.names import SPLIT_RUNTIME_LAYER, STATS_TAGS
 
 __all__ = [
     "ADMIN_CLUSTER_NAME",
@@ -33,6 +33,7 @@ __all__ = [
     "dump_yaml",
     "parse_host_port",
     "render_bootstrap_yaml",
+    "split_weights_runtime",
     "static_bootstrap",
     "stats_config",
 ]
@@ -293,11 +294,14 @@ def build_bootstrap(
     xds_connect_timeout_s: float = 1.0,
     stats_port: int = 0,
     tls: XdsTls | None = None,
+    split_weights: str = "route",
 ) -> dict[str, Any]:
     """An Envoy v3 bootstrap that takes LDS and CDS (and through them RDS/EDS) from spillover's ADS;
     `xds_address` is one `host:port` or several (each replica of the control plane); over mTLS with `tls`
     (the certificates read through the SDS file of `build_xds_tls_sds`, one server name for every replica).
-    `stats_port`: also serve GET /stats/prometheus (and nothing else of the admin) on that port."""
+    `stats_port`: also serve GET /stats/prometheus (and nothing else of the admin) on that port.
+    `split_weights`: "runtime" for a spillover serving with `--split-weights runtime` (the layer it
+    reads the splits from, see `split_weights_runtime`)."""
     addresses = _addresses(xds_address)
     connect_timeout = _duration(xds_connect_timeout_s, "xds_connect_timeout_s")
     if not isinstance(delta, bool):
@@ -323,9 +327,28 @@ def build_bootstrap(
         "static_resources": {"clusters": [_xds_cluster(addresses, connect_timeout, tls)]},
         "stats_config": stats_config(),
     }
+    if split_weights == "runtime":
+        document["layered_runtime"] = split_weights_runtime()
+    elif split_weights != "route":
+        raise ValueError(f"split_weights must be route or runtime, got {split_weights!r}")
     if stats_port:
         add_stats_listener(document, stats_port, admin_address, admin_port)
     return document
+
+
+def split_weights_runtime() -> dict[str, Any]:
+    """The bootstrap's `layered_runtime` for splits carried in runtime: the RTDS layer spillover serves
+    over ADS, then an admin layer (so /runtime_modify still works, and wins). The layer's initial fetch
+    never times out: Envoy waits for the layer (as it does for its clusters, which it asks for only
+    after it) and never routes on the routes' fallback weights (all local) before it has the splits.
+    Without this layer an Envoy of a spillover in that mode routes everything locally."""
+    rtds = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
+    return {
+        "layers": [
+            {"name": SPLIT_RUNTIME_LAYER, "rtds_layer": {"name": SPLIT_RUNTIME_LAYER, "rtds_config": rtds}},
+            {"name": "admin", "admin_layer": {}},
+        ]
+    }
 
 
 def stats_config() -> dict[str, Any]:
@@ -399,6 +422,7 @@ def render_bootstrap_yaml(
     xds_connect_timeout_s: float = 1.0,
     stats_port: int = 0,
     tls: XdsTls | None = None,
+    split_weights: str = "route",
 ) -> str:
     """``build_bootstrap`` as YAML, keys in construction order so the output is byte-stable."""
     return dump_yaml(
@@ -412,6 +436,7 @@ def render_bootstrap_yaml(
             xds_connect_timeout_s=xds_connect_timeout_s,
             stats_port=stats_port,
             tls=tls,
+            split_weights=split_weights,
         )
     )
 

@@ -17,7 +17,7 @@ here is pure.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
@@ -25,10 +25,10 @@ from google.protobuf.message import Message
 from spillover.ir import Gateway, Listener, Model
 from spillover.translate.listener import build_listener
 from spillover.translate.route_table import model_table_entry, route_configuration
-from spillover.translate.translator import translate_model
+from spillover.translate.translator import split_layer, translate_model
 from spillover.wire import varint
 
-__all__ = ["EncodedModel", "RouteTable", "encode_listener", "encode_model", "route_term"]
+__all__ = ["EncodedModel", "RouteTable", "encode_listener", "encode_model", "encode_split_layer", "route_term"]
 
 _DIGEST_SIZE = 16
 _TERM_MASK = (1 << (8 * _DIGEST_SIZE)) - 1
@@ -69,11 +69,13 @@ class EncodedModel:
     clusters: tuple[tuple[str, bytes], ...]
     endpoints: tuple[tuple[str, bytes], ...]
     secrets: tuple[tuple[str, bytes], ...]
+    # Its runtime entries (key, weight) when its split goes to runtime (see `translate_model`), sorted.
+    weights: tuple[tuple[str, int], ...] = ()
 
 
-def encode_model(model: Model) -> EncodedModel:
+def encode_model(model: Model, runtime_weights: bool = False) -> EncodedModel:
     """`translate_model`, serialized; raises ValueError on what it can't render (as `translate` does)."""
-    own = translate_model(model)
+    own = translate_model(model, runtime_weights)
     routes = _encode(model_table_entry(model.name, own.routes))
     return EncodedModel(
         routes=routes,
@@ -81,7 +83,14 @@ def encode_model(model: Model) -> EncodedModel:
         clusters=tuple((name, _encode(m)) for name, m in own.clusters.items()),
         endpoints=tuple((name, _encode(m)) for name, m in own.endpoints.items()),
         secrets=tuple((name, _encode(m)) for name, m in own.secrets.items()),
+        weights=tuple(sorted(own.weights.items())),
     )
+
+
+def encode_split_layer(weights: Iterable[tuple[str, int]]) -> bytes:
+    """The split weights' Runtime resource (`split_layer`) from the spilling models' entries: a few
+    entries per model that spills, so it is built whole (no join)."""
+    return _encode(split_layer(dict(weights)))
 
 
 def encode_listener(listener: Listener) -> bytes:

@@ -19,6 +19,11 @@ profile it finds into ``x-model`` / ``config-profile`` and the route is chosen a
 
 Host rewrite and extra headers of a remote backend sit on the route's remote weighted-cluster entry
 (or on the route when all traffic goes remote), so they only touch requests sent there.
+
+With the splits in Envoy's runtime (`runtime_weights`), a model with a remote always has both
+weighted-cluster entries, with `runtime_key_prefix` and the fallback weights (all local), whatever its
+split; the split becomes runtime entries (`runtime_split`) in the gateway's one Runtime resource, so a
+flip changes no route, and the route table's bytes (and Envoy's token buckets) stay as they are.
 """
 
 from __future__ import annotations
@@ -38,15 +43,17 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2, value_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
 from google.protobuf import any_pb2, struct_pb2
 
-from spillover.ir import Model, Profile
+from spillover.ir import Model, Profile, TrafficSplit
 from spillover.names import (
     METADATA_NAMESPACE,
     PREFIX_HASH_HEADER,
     RATE_LIMIT_HEADER,
+    SPLIT_RUNTIME_PREFIX,
     UPSTREAM_SIDE_HEADER,
     rate_limit_stat_prefix,
     remote_cluster_name,
     route_stat_prefix,
+    split_runtime_key,
 )
 from spillover.translate import lua
 from spillover.translate.common import (
@@ -66,7 +73,10 @@ from spillover.translate.common import (
 from spillover.translate.failover import host_only
 from spillover.translate.strategies import Serving
 
-__all__ = ["model_route", "not_found_routes", "slow_path_routes"]
+__all__ = ["FALLBACK_SPLIT", "model_route", "not_found_routes", "runtime_split", "slow_path_routes"]
+
+# What a route whose weights come from runtime sends where runtime says nothing: all local.
+FALLBACK_SPLIT = TrafficSplit(100, 0)
 
 # The request headers routes match on (lua.NORMALIZE writes the first and the third).
 MODEL_HEADER, MODEL_HEADER_ALT = "x-model", "model"
@@ -223,9 +233,12 @@ def model_route(
     local_cluster: str,
     match_profile: bool,
     failover: tuple[str, str] | None = None,
+    runtime_weights: bool = False,
 ) -> route_components_pb2.Route:
     """`failover`: the (local-first, remote-first) aggregates the split goes to instead of the local and
-    remote clusters; the remote's host and headers are then the aggregates' business."""
+    remote clusters; the remote's host and headers are then the aggregates' business. `runtime_weights`:
+    a model with a remote gets weighted clusters whose weights Envoy reads from runtime (see
+    `runtime_split`), the route carrying only the fallback (all local): the same route whatever the split."""
     matchers = [_header_match(MODEL_HEADER, model.name)]
     if match_profile:
         matchers.append(_header_match(PROFILE_HEADER, profile.name))
@@ -272,6 +285,9 @@ def model_route(
 
     action = route.route
     remote = model.remote
+    if runtime_weights and remote is not None:
+        # Decided in runtime, not here: the route is the fallback (all local), both entries always there.
+        split = FALLBACK_SPLIT
     if failover is not None:
         local_first, remote_first = failover
         # The aggregates' upstream filters take the side of an attempt from this header, which they
@@ -284,17 +300,19 @@ def model_route(
             # first, for a local retry after a remote attempt (see failover.py).
             action.auto_host_rewrite.value = True
             route.typed_per_filter_config[CLIENT_HOST_FILTER].CopyFrom(pack(client_host_config()))
-        if split.remote == 0:
+        if split.remote == 0 and not runtime_weights:
             action.cluster = local_first
         elif split.local == 0:
             action.cluster = remote_first
         else:
             weighted = action.weighted_clusters
+            if runtime_weights:
+                weighted.runtime_key_prefix = SPLIT_RUNTIME_PREFIX
             weighted.clusters.add(name=local_first, weight=u32(split.local))
             weighted.clusters.add(name=remote_first, weight=u32(split.remote))
             if serving.hash_header:
                 weighted.use_hash_policy.value = True
-    elif split.remote == 0:
+    elif split.remote == 0 and not (runtime_weights and remote is not None):
         action.cluster = local_cluster
     elif split.local == 0:
         assert remote is not None
@@ -305,6 +323,8 @@ def model_route(
     else:
         assert remote is not None
         weighted = action.weighted_clusters
+        if runtime_weights:
+            weighted.runtime_key_prefix = SPLIT_RUNTIME_PREFIX
         weighted.clusters.add(name=local_cluster, weight=u32(split.local))
         remote_entry = weighted.clusters.add(name=remote_cluster_name(model.name), weight=u32(split.remote))
         if remote.host_rewrite:
@@ -321,6 +341,19 @@ def model_route(
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
     return route
+
+
+def runtime_split(model: Model, targets: tuple[str, str]) -> dict[str, int]:
+    """The runtime entries of a model whose routes take their weights from runtime: for its (local,
+    remote) targets, the split's weights; none when the split is the routes' fallback (all local), so the
+    Runtime resource holds only the models that spill, and a model's return to all-local removes its keys
+    (Envoy then uses the route's weights). A split of 0/0 is no weight (Envoy refuses a zero total):
+    it stays in the route, as a 503."""
+    split = model.split
+    if model.remote is None or split == FALLBACK_SPLIT or split.local + split.remote == 0:
+        return {}
+    local, remote = targets
+    return {split_runtime_key(local): split.local, split_runtime_key(remote): split.remote}
 
 
 def _missing_model_reply(route: route_components_pb2.Route) -> None:

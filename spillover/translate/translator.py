@@ -9,6 +9,7 @@ the results; the naming contract they share is `spillover.names`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -19,10 +20,19 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.runtime.v3 import rtds_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
 from spillover.ir import Gateway, Model, Profile
-from spillover.names import LISTENER_NAME, ROUTE_CONFIG_NAME, local_cluster_name, remote_cluster_name
+from spillover.names import (
+    LISTENER_NAME,
+    ROUTE_CONFIG_NAME,
+    SPLIT_RUNTIME_LAYER,
+    SPLIT_WEIGHTS,
+    local_cluster_name,
+    remote_cluster_name,
+)
 from spillover.translate.clusters import (
     SYSTEM_CA_BUNDLE,
     add_bearer_secret,
@@ -33,10 +43,10 @@ from spillover.translate.clusters import (
 from spillover.translate.failover import aggregate_clusters, failover_targets
 from spillover.translate.listener import build_listener
 from spillover.translate.route_table import route_configuration
-from spillover.translate.routes import model_route
+from spillover.translate.routes import model_route, runtime_split
 from spillover.translate.strategies import effective_strategy, serving_for
 
-__all__ = ["SYSTEM_CA_BUNDLE", "Resources", "translate"]
+__all__ = ["SYSTEM_CA_BUNDLE", "Resources", "split_layer", "translate"]
 
 TYPE_PREFIX = "type.googleapis.com/"
 
@@ -52,19 +62,26 @@ class Resources:
     clusters: Mapping[str, cluster_pb2.Cluster]
     endpoints: Mapping[str, endpoint_pb2.ClusterLoadAssignment]
     secrets: Mapping[str, secret_pb2.Secret]
+    # The split weights' layer (`split_weights: runtime`); none with the weights in the routes.
+    runtimes: Mapping[str, rtds_pb2.Runtime] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
 
     def by_type_url(self) -> dict[str, Mapping[str, Message]]:
-        """Per type URL, in push order: CDS, EDS, SDS, LDS, RDS (make-before-break)."""
-        return {
+        """Per type URL, in push order: CDS, EDS, SDS, RTDS (when there is a layer), LDS, RDS
+        (make-before-break)."""
+        types: dict[str, Mapping[str, Message]] = {
             TYPE_PREFIX + cluster_pb2.Cluster.DESCRIPTOR.full_name: self.clusters,
             TYPE_PREFIX + endpoint_pb2.ClusterLoadAssignment.DESCRIPTOR.full_name: self.endpoints,
             TYPE_PREFIX + secret_pb2.Secret.DESCRIPTOR.full_name: self.secrets,
+        }
+        if self.runtimes:
+            types[TYPE_PREFIX + rtds_pb2.Runtime.DESCRIPTOR.full_name] = self.runtimes
+        return types | {
             TYPE_PREFIX + listener_pb2.Listener.DESCRIPTOR.full_name: self.listeners,
             TYPE_PREFIX + route_pb2.RouteConfiguration.DESCRIPTOR.full_name: self.routes,
         }
 
     def messages(self) -> list[Message]:
-        """Every resource in push order: CDS, EDS, SDS, LDS, RDS; by name within a type."""
+        """Every resource in push order: CDS, EDS, SDS, RTDS, LDS, RDS; by name within a type."""
         return [message for items in self.by_type_url().values() for message in items.values()]
 
     def serialized(self) -> dict[str, dict[str, bytes]]:
@@ -112,11 +129,14 @@ class ModelResources:
     clusters: dict[str, cluster_pb2.Cluster]
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment]
     secrets: dict[str, secret_pb2.Secret]
+    # Its entries in the split weights' runtime layer (with `runtime_weights`): runtime key -> weight.
+    weights: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def translate_model(model: Model) -> ModelResources:
+def translate_model(model: Model, runtime_weights: bool = False) -> ModelResources:
     """One model's resources; they depend on nothing but the model (names are prefixed by its name), which is
-    what lets spillover.translate.encoded translate only the models that changed."""
+    what lets spillover.translate.encoded translate only the models that changed. `runtime_weights`: the
+    split goes to runtime entries (`weights`), the routes do not depend on it."""
     profiles = _check_model(model)
     result = ModelResources([], {}, {}, {})
     clusters, endpoints = result.clusters, result.endpoints
@@ -132,7 +152,11 @@ def translate_model(model: Model) -> ModelResources:
             if model.failover:
                 clusters.update(aggregate_clusters(model, cluster_name, serving.lb.tag))
         targets = failover_targets(model.name, serving.lb.tag) if model.failover else None
-        result.routes.append(model_route(model, profile, serving, cluster_name, profile is not default, targets))
+        result.routes.append(
+            model_route(model, profile, serving, cluster_name, profile is not default, targets, runtime_weights)
+        )
+        if runtime_weights:
+            result.weights.update(runtime_split(model, targets or (cluster_name, remote_cluster_name(model.name))))
     if model.remote is not None:
         clusters[remote_cluster_name(model.name)] = remote_cluster(model, model.remote)
         add_bearer_secret(result.secrets, model.remote)
@@ -145,6 +169,20 @@ def check_gateway(gateway: Gateway) -> None:
     names = [m.name for m in gateway.models]
     if len(set(names)) != len(names):
         raise ValueError(f"gateway {gateway.name!r}: model names must be unique, got {sorted(names)}")
+    if gateway.split_weights not in SPLIT_WEIGHTS:
+        raise ValueError(
+            f"gateway {gateway.name!r}: split_weights must be one of {', '.join(SPLIT_WEIGHTS)}, "
+            f"got {gateway.split_weights!r}"
+        )
+
+
+def split_layer(weights: Mapping[str, int]) -> rtds_pb2.Runtime:
+    """The Runtime resource of the split weights: every spilling model's entries (the layer is one Struct;
+    Envoy sees each key as it is, dots and all)."""
+    layer = struct_pb2.Struct()
+    for key in sorted(weights):
+        layer.fields[key].number_value = weights[key]
+    return rtds_pb2.Runtime(name=SPLIT_RUNTIME_LAYER, layer=layer)
 
 
 def translate(gateway: Gateway) -> Resources:
@@ -154,8 +192,11 @@ def translate(gateway: Gateway) -> Resources:
     clusters: dict[str, cluster_pb2.Cluster] = {}
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     secrets: dict[str, secret_pb2.Secret] = {}
+    runtime_weights = gateway.split_weights == "runtime"
+    weights: dict[str, int] = {}
     for model in sorted(gateway.models, key=lambda m: m.name):
-        own = translate_model(model)
+        own = translate_model(model, runtime_weights)
+        weights.update(own.weights)
         routes.append((model.name, own.routes))
         clusters.update(own.clusters)
         endpoints.update(own.endpoints)
@@ -171,4 +212,6 @@ def translate(gateway: Gateway) -> Resources:
         clusters=_frozen(clusters),
         endpoints=_frozen(endpoints),
         secrets=_frozen(secrets),
+        # Always there in runtime mode, empty or not: Envoy waits for its layer before it initializes.
+        runtimes=_frozen({SPLIT_RUNTIME_LAYER: split_layer(weights)}) if runtime_weights else MappingProxyType({}),
     )

@@ -29,7 +29,31 @@ def test_reports_the_initial_load_and_a_row_per_change_with_envoys_cpu() -> None
             "envoy_version": "1.40.0",
         }
     )
-    assert "## 20 models (sotw, without active health checks)" in text
+    assert "## 20 models (sotw, without active health checks, splits in the route)" in text
     assert "| decision | RDS: " in text
     assert "| endpoint | EDS: " in text
     assert "Initial load (publish -> every type ACKed): " in text
+
+
+def test_with_the_splits_in_runtime_a_flip_is_an_rtds_update_beside_the_route_modes_row() -> None:
+    route, runtime = (
+        envoy_apply.run(20, 1, log=lambda _line: None, load_timeout=300.0, split_weights=mode, changes=("decision",))
+        for mode in ("route", "runtime")
+    )
+    assert "RTDS" in runtime["initial"]["first_ack"]
+    assert route["changes"]["decision"]["types"] == ["RDS"]
+    decision = runtime["changes"]["decision"]
+    assert decision["types"] == ["RTDS"]
+    assert decision["run_s"]["median"] > 0
+    # The layer holds the few spilling models' weights, not every model's routes.
+    assert decision["bytes_median"] < route["changes"]["decision"]["bytes_median"] / 4
+    text = envoy_apply.markdown(
+        {
+            "runs": [route, runtime],
+            "machine": {"date": "d", "git": "g", "summary": "s", "kernel": "k", "usable_cores": 2},
+            "command": "c",
+            "envoy_version": "1.40.0",
+        }
+    )
+    assert "## Decision flips, splits in the route vs in runtime" in text
+    assert "| 20 | runtime | RTDS " in text

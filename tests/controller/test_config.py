@@ -194,6 +194,13 @@ def test_admission_errors_name_the_field(tmp_path: Path, section: str, expected:
     assert problems(f"admission: {section}\n", tmp_path) == [f"config.yaml {expected}"]
 
 
+def test_split_weights(tmp_path: Path) -> None:
+    assert parse_controller_config(b"splitWeights: runtime\n", tmp_path / "c.yaml").split_weights == "runtime"
+    # Nothing said: the command line's default applies.
+    assert parse_controller_config(b"namespaces: default\n", tmp_path / "c.yaml").split_weights is None
+    assert problems("splitWeights: rtds\n", tmp_path) == ["config.yaml splitWeights: must be one of: route, runtime"]
+
+
 def test_the_secret_is_never_in_an_error(tmp_path: Path) -> None:
     text = BEAMLIT_CONFIG.replace('tokenUrl: "https://api.beamlit.dev/v0/oauth/token"', "tokenUrl: nope")
     text = text.replace("clientId:", f"clientIdd: {SECRET}\n      clientId:")

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from spillover.controller.encoding import RUN, PieceCache, SnapshotBuilder
 from spillover.ir import Gateway, Listener, Model, RemoteBackend, TrafficSplit
+from spillover.names import SPLIT_RUNTIME_LAYER
 from spillover.server.cache import Snapshot
-from spillover.server.resources import PUSH_ORDER, ROUTE, SECRET
+from spillover.server.resources import PUSH_ORDER, ROUTE, RUNTIME, SECRET
 from spillover.translate import translate
 from tests.harness.ir_fleet import CHANGES, change, fleet, fleet_model
 
@@ -53,13 +54,14 @@ def _assert_same(built: Snapshot, gateway: Gateway, previous: Snapshot | None = 
         assert built.changes_since(previous) == _without_hint(built).changes_since(previous)
 
 
+@pytest.mark.parametrize("split_weights", ["route", "runtime"])
 @pytest.mark.parametrize("run", [3, RUN])
 @pytest.mark.parametrize("kind", CHANGES)
-def test_each_kind_of_change_gives_the_full_translation(kind: str, run: int) -> None:
+def test_each_kind_of_change_gives_the_full_translation(kind: str, run: int, split_weights: str) -> None:
     # Runs of 3 models: the route table is joined from 14 runs, of which a change redoes one (or all,
     # when a model comes or goes); its version is the same as a builder's of the default runs.
     builder = SnapshotBuilder(run=run)
-    gateway = fleet(40)
+    gateway = dataclasses.replace(fleet(40), split_weights=split_weights)
     snapshot = builder.snapshot(gateway)
     _assert_same(snapshot, gateway)
     for generation, index in enumerate((3, 12, 25, 38, 0), start=1):
@@ -91,6 +93,40 @@ def test_a_decision_flip_changes_only_the_route_table() -> None:
     for type_url in PUSH_ORDER:
         if type_url != ROUTE:
             assert second.get(type_url) is first.get(type_url)
+
+
+def test_with_the_split_in_runtime_a_flip_changes_only_the_runtime_layer() -> None:
+    builder = SnapshotBuilder()
+    gateway = dataclasses.replace(fleet(30), split_weights="runtime")
+    first = builder.snapshot(gateway)
+    # Models 3 and 8 spill (70/30) from the start: the layer holds their entries only.
+    layer = first.get(RUNTIME)[SPLIT_RUNTIME_LAYER].message()
+    assert sorted(layer.layer.fields) == sorted(
+        f"spillover.split.model-{i:05d}/{side}" for i in (3, 8, 13, 18, 23, 28) for side in ("local/least_request_c2", "remote")
+    )
+    for step, index in enumerate((3, 3, 13), start=1):  # back to all local, spilling again, another model
+        gateway = change(gateway, "decision", index, step)
+        second = builder.snapshot(gateway, first)
+        changed = {type_url: names for type_url, names in second.changes_since(first).items() if names}
+        assert changed == {RUNTIME: frozenset({SPLIT_RUNTIME_LAYER})}, step
+        for type_url in PUSH_ORDER:
+            if type_url != RUNTIME:
+                assert second.get(type_url) is first.get(type_url), (step, type_url)
+        _assert_same(second, gateway, first)
+        first = second
+
+
+def test_a_change_of_where_the_split_goes_gives_the_full_translation() -> None:
+    builder = SnapshotBuilder()
+    gateway = fleet(20)
+    snapshot = builder.snapshot(gateway)
+    for split_weights in ("runtime", "route", "runtime"):
+        gateway = dataclasses.replace(gateway, split_weights=split_weights)
+        previous, snapshot = snapshot, builder.snapshot(gateway, snapshot)
+        _assert_same(snapshot, gateway, previous)
+    assert set(snapshot.get(RUNTIME)) == {SPLIT_RUNTIME_LAYER}
+    with pytest.raises(ValueError, match="split_weights must be one of route, runtime"):
+        builder.snapshot(dataclasses.replace(gateway, split_weights="routes"), snapshot)
 
 
 def test_the_route_table_is_joined_anew_only_in_the_run_of_the_changed_model() -> None:

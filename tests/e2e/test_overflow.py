@@ -42,6 +42,11 @@ MEASURED: dict[str, float] = {}
 # -- fixtures --------------------------------------------------------------------------------------------
 
 
+def route_versions(edge: Envoy) -> list[str]:
+    """The versions of the route tables the Envoy runs."""
+    return [str(c.get("version_info")) for c in edge.config_dump(resource="dynamic_route_configs").get("configs", [])]
+
+
 @pytest.fixture
 def overflow_spillover(tmp_path: Path) -> Iterator[Callable[..., Spillover]]:
     """``overflow_spillover(policies, prometheus_url=None)``: `spillover serve` evaluating every 0.25 s."""
@@ -300,12 +305,16 @@ def test_prometheus_queue_length_overflows_a_fixed_share_and_returns_after_the_b
 # -- 2. failover on local health ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("split_weights", ["route", "runtime"])
 def test_local_health_checks_failing_fail_over_to_the_remote_and_back(
     policy_dir: Path,
     overflow_spillover: Callable[..., Spillover],
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
+    split_weights: str,
 ) -> None:
+    """With `--split-weights runtime` too: the same traffic, and the flips leave Envoy's route table as it
+    was (the splits go over RTDS)."""
     model = "llama"
     locals_ = [upstream_factory("local-0"), upstream_factory("local-1")]
     remote = upstream_factory(REMOTE)
@@ -315,12 +324,13 @@ def test_local_health_checks_failing_fail_over_to_the_remote_and_back(
     )
     write(policy_dir / "llama.yaml", document)
     write(policy_dir / "other.yaml", plain_model("other", upstream_factory("other-0")))
-    server = overflow_spillover(policy_dir)
-    edge = start_edge(envoy_factory, server, "edge-1")
+    server = overflow_spillover(policy_dir, extra_args=["--split-weights", split_weights])
+    edge = start_edge(envoy_factory, server, "edge-1", split_weights=split_weights)
     port = server.listen_port
 
     wait_until(lambda: server.model(model)["status"]["conditions"], timeout=10)
     assert server.model(model)["state"] == "STANDBY"
+    routes = route_versions(edge)
     assert set(send_batch(port, model, 40)) == {"local-0", "local-1"}
     bystander = Bystander(server, "edge-1", "other").snapshot()
 
@@ -336,6 +346,8 @@ def test_local_health_checks_failing_fail_over_to_the_remote_and_back(
     batch = send_batch(port, model, 100)
     assert batch == {REMOTE: 100}, batch
     bystander.assert_unchanged()
+    if split_weights == "runtime":
+        assert route_versions(edge) == routes, "the flip changed the route table"
 
     remote.reset()
     for u in locals_:
@@ -350,6 +362,8 @@ def test_local_health_checks_failing_fail_over_to_the_remote_and_back(
     assert set(batch) == {"local-0", "local-1"}, batch
     bystander.assert_unchanged()
     assert set(send_batch(port, "other", 20)) == {"other-0"}
+    if split_weights == "runtime":
+        assert route_versions(edge) == routes, "the flip back changed the route table"
     transitions = {
         (ls["from_state"], ls["to_state"]): v
         for ls, v in metric_samples(server, "spillover_model_transitions_total")

@@ -302,14 +302,17 @@ def start_edge(
     node_id: str,
     cluster: str = "edge",
     advertise_admin: bool = True,
+    split_weights: str = "route",
 ) -> Envoy:
     """A real Envoy on spillover's ADS, returned once it is LIVE and its listener (spillover's --listen
     port) answers. ``advertise_admin`` puts a real admin port in its node metadata, so that spillover
-    reads its stats and its view of endpoint health (admin_port=0 advertises nothing)."""
+    reads its stats and its view of endpoint health (admin_port=0 advertises nothing). ``split_weights``:
+    "runtime" for a spillover serving with ``--split-weights runtime`` (the bootstrap's RTDS layer)."""
     admin_port = free_port() if advertise_admin else 0
-    envoy = envoy_factory(
-        build_bootstrap(node_id, cluster, server.xds_address, admin_port=admin_port), name=node_id
+    bootstrap = build_bootstrap(
+        node_id, cluster, server.xds_address, admin_port=admin_port, split_weights=split_weights
     )
+    envoy = envoy_factory(bootstrap, name=node_id)
     wait_until(envoy.is_ready, timeout=20, message=f"envoy {node_id} never became ready")
     wait_until(
         lambda: post_model(server.listen_port, "__probe__").status == 404,

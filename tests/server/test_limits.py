@@ -69,7 +69,7 @@ async def test_metric_labels_are_never_client_text(start: Start) -> None:
         for sample in family.samples
         if "type" in sample.labels
     }
-    assert labels <= {"CDS", "EDS", "LDS", "RDS", "SDS", "other"}
+    assert labels <= {"CDS", "EDS", "LDS", "RDS", "SDS", "RTDS", "other"}
 
 
 async def test_memoized_subsets_are_bounded(start: Start) -> None:

@@ -11,6 +11,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.runtime.v3 import rtds_pb2
 
 from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.resources import (
@@ -18,6 +19,7 @@ from spillover.server.resources import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    RUNTIME,
     Resource,
     delta_payload,
     sotw_payload,
@@ -342,6 +344,48 @@ async def test_one_push_is_ordered_and_clusters_are_removed_only_in_a_later_push
     client.ack(rds2, resource_names=["main"])
     later = await client.recv()
     assert later.type_url == CLUSTER and names(later) == ["new"]
+
+
+def runtime_layer(name: str = "split", **weights: int) -> rtds_pb2.Runtime:
+    layer = rtds_pb2.Runtime(name=name)
+    for key, weight in weights.items():
+        layer.layer.fields[key].number_value = weight
+    return layer
+
+
+async def test_a_runtime_layer_goes_before_the_routes_and_a_nack_of_it_is_held(server: Server) -> None:
+    """RTDS (the split weights of `--split-weights runtime`): pushed after the clusters and before the
+    listeners and routes that read it, and NACKs of it tracked as of any type."""
+    listener = http_listener("main", "127.0.0.1", 24010, route_config="main")
+    server.publish(cluster("a"), cla("a"), listener, weighted_route("main", {"a": 1}), runtime_layer(a=1))
+    client = server.client()
+    # Envoy's order with an RTDS layer: the layer first, then clusters, endpoints, listeners and routes.
+    subscriptions = {RUNTIME: ["split"], CLUSTER: [], ENDPOINT: ["a"], LISTENER: [], ROUTE: ["main"]}
+    for type_url, subscribed in subscriptions.items():
+        client.send(node=node(), type_url=type_url, resource_names=subscribed)
+        response = await client.recv()
+        assert response.type_url == type_url
+        client.ack(response, resource_names=subscribed)
+    await client.expect_silence()
+    assert server.state(RUNTIME).status().value == "SYNCED"
+
+    server.publish(cluster("a"), cla("a"), listener, weighted_route("main", {"a": 1}, prefix="/v1"), runtime_layer(a=5))
+    first, routes = await client.recv(), await client.recv()
+    assert (first.type_url, routes.type_url) == (RUNTIME, ROUTE)  # one push, the layer first
+    client.ack(first, resource_names=["split"])
+    client.ack(routes, resource_names=["main"])
+    await server.acked(routes)
+
+    good = first.version_info
+    server.publish(cluster("a"), cla("a"), listener, weighted_route("main", {"a": 1}, prefix="/v1"), runtime_layer(a=7))
+    rejected = await client.recv()
+    assert rejected.type_url == RUNTIME
+    client.nack(rejected, "bad layer", last_good_version=good, resource_names=["split"])
+    state = server.state(RUNTIME)
+    await async_wait_until(lambda: state.nack_error, message="NACK recorded")
+    assert state.status().value == "NACKED" and state.acked_version == good
+    assert server.counter("spillover_xds_nacks_total", type="RTDS") == 1
+    await client.expect_silence()  # the rejected layer is not resent
 
 
 async def test_routes_are_not_held_forever_by_a_cluster_that_never_warms() -> None:

@@ -54,6 +54,25 @@ def test_ads_bootstrap_passes_envoy_validate(tmp_path: Path, delta: bool, xds_ad
     }
 
 
+def test_with_the_splits_in_runtime_the_bootstrap_adds_the_rtds_layer(tmp_path: Path) -> None:
+    bootstrap = build_bootstrap("node-1", "edge", "127.0.0.1:24018", split_weights="runtime")
+    result = Envoy.validate(bootstrap, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    layers = bootstrap["layered_runtime"]["layers"]
+    assert layers[0] == {
+        "name": "spillover_split",
+        "rtds_layer": {
+            "name": "spillover_split",
+            # Envoy waits for the layer as long as it takes: it never routes on the fallback weights.
+            "rtds_config": {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"},
+        },
+    }
+    assert layers[1] == {"name": "admin", "admin_layer": {}}  # /runtime_modify still works
+    assert "layered_runtime" not in build_bootstrap("node-1", "edge", "127.0.0.1:24018")
+    with pytest.raises(ValueError, match="split_weights must be route or runtime"):
+        build_bootstrap("node-1", "edge", "127.0.0.1:24018", split_weights="rtds")
+
+
 def test_validate_rejects_a_broken_bootstrap(tmp_path: Path) -> None:
     # Guards the test above: if validate accepted anything, "passes validate" would prove nothing.
     bootstrap = build_bootstrap("node-1", "edge", "127.0.0.1:24018")
@@ -255,3 +274,23 @@ def test_bootstrap_command_writes_the_bootstrap_and_its_sds_files(tmp_path: Path
         assert yaml.safe_load((out / name).read_text()) == document
     refused = subprocess.run([*command[:-6], "--xds-server-name", "x"], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "need --xds-tls-dir" in refused.stderr
+
+
+def test_bootstrap_command_adds_the_rtds_layer_and_serve_refuses_it_without_models(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "spillover", "bootstrap", "--node-id", "gw", "--cluster", "edge",
+        "--xds-address", "127.0.0.1:24018", "--split-weights", "runtime",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    expected = build_bootstrap("gw", "edge", "127.0.0.1:24018", split_weights="runtime")
+    assert yaml.safe_load(result.stdout) == expected
+    # A file of resources has no models to split: the option is refused, naming itself.
+    resources = tmp_path / "resources.yaml"
+    resources.write_text("[]\n")
+    serve = [sys.executable, "-m", "spillover", "serve", "--resources", str(resources), "--split-weights", "runtime"]
+    refused = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--split-weights applies to --policies and --kubernetes" in refused.stderr

@@ -1,17 +1,20 @@
 """Golden files pin the translator's output, one directory per case (see tests/harness/golden.py).
 
 Each case directory holds its IR (ir.yaml) and one JSON file per xDS resource type, always all five
-(an empty type is `{}`), so a missing file is always an error. UPDATE_GOLDEN=1 rewrites them after a
-reviewed change.
+(an empty type is `{}`), so a missing file is always an error; a case with its splits in runtime
+(`split_weights: runtime`) also holds runtime.json, the split weights' layer. UPDATE_GOLDEN=1 rewrites
+them after a reviewed change.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import Message
 
 from spillover.translate import Resources, translate
 from tests.harness import golden
@@ -22,13 +25,17 @@ RESOURCE_FILES = ("listeners", "routes", "clusters", "endpoints", "secrets")
 
 def render(resources: Resources) -> dict[str, str]:
     """One JSON document per resource type: name -> message, keys sorted."""
-    by_kind = {
+    by_kind: dict[str, Mapping[str, Message]] = {
         "listeners": resources.listeners,
         "routes": resources.routes,
         "clusters": resources.clusters,
         "endpoints": resources.endpoints,
         "secrets": resources.secrets,
     }
+    kinds = list(RESOURCE_FILES)
+    if resources.runtimes:
+        by_kind["runtime"] = resources.runtimes
+        kinds.append("runtime")
     return {
         f"{kind}.json": json.dumps(
             {name: json.loads(MessageToJson(msg, sort_keys=True)) for name, msg in by_kind[kind].items()},
@@ -36,7 +43,7 @@ def render(resources: Resources) -> dict[str, str]:
             sort_keys=True,
         )
         + "\n"
-        for kind in RESOURCE_FILES
+        for kind in kinds
     }
 
 

@@ -4,7 +4,9 @@ A model's ``requestsPerSecond`` is a per-route local rate limit (routes.py). A f
 of any model, reaches Envoy as a new RouteConfiguration (the whole table); endpoint weights go over EDS and
 tokens over SDS. If Envoy built new, full buckets on each RDS update, a client could take a fresh burst
 after every update, whichever model it was for. It does (SotW and Delta alike): the two refill cases
-are strict xfails until a fix keeps the buckets; the others guard what holds today.
+are strict xfails until a fix keeps the buckets; the others guard what holds today. With the splits in
+Envoy's runtime (`split_weights: runtime`) a flip is an RTDS update that leaves the route table, and
+with it every bucket, as it is: that case passes.
 
 Each case drains the limited model's bucket (429s), publishes a change, waits until the server has
 Envoy's ACK of it (and, for RDS, Envoy's config_dump runs that version), and counts how many requests a
@@ -33,7 +35,7 @@ from google.protobuf.message import Message
 
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
 from spillover.names import RATE_LIMIT_HEADER, ROUTE_CONFIG_NAME
-from spillover.server.resources import ENDPOINT, LISTENER, ROUTE
+from spillover.server.resources import ENDPOINT, LISTENER, ROUTE, RUNTIME
 from spillover.translate import translate
 from spillover.translate.bootstrap import build_bootstrap
 from spillover.translate.common import RATE_LIMIT_FILTER, pack
@@ -104,6 +106,16 @@ class Edge:
             lambda: self.rds_version() == running, timeout=10, message=f"Envoy never ran RDS {running}"
         )
 
+    def publish_runtime(self, models: tuple[Model, ...]) -> None:
+        """Publish models that differ only in their splits, rendered with the splits in runtime; return
+        once Envoy ACKed the new layer, its route table untouched."""
+        routes, running = self.acked("RDS"), self.rds_version()
+        snapshot = self.xds.set_snapshot(GROUP, self.render(models, self.port))
+        assert snapshot.version(ROUTE) == routes, "the change touched the route table"
+        version = snapshot.version(RUNTIME)
+        wait_until(lambda: self.acked("RTDS") == version, timeout=10, message=f"RTDS {version} never ACKed")
+        assert self.rds_version() == running
+
     def publish_endpoints(self, models: tuple[Model, ...]) -> None:
         """Publish models that differ only in their endpoints; return once Envoy ACKed the EDS update."""
         routes = self.acked("RDS")
@@ -144,9 +156,13 @@ class Edge:
         return sum(self.post(LIMITED).status == 200 for _ in range(PROBE))
 
 
-def _messages(models: tuple[Model, ...], port: int) -> list[Message]:
-    resources = translate(Gateway(GROUP, Listener("127.0.0.1", port), models))
+def _messages(models: tuple[Model, ...], port: int, split_weights: str = "route") -> list[Message]:
+    resources = translate(Gateway(GROUP, Listener("127.0.0.1", port), models, split_weights=split_weights))
     return [m for items in resources.by_type_url().values() for m in items.values()]
+
+
+def _runtime_messages(models: tuple[Model, ...], port: int) -> list[Message]:
+    return _messages(models, port, split_weights="runtime")
 
 
 def _limited_route(models: tuple[Model, ...]) -> bytes:
@@ -281,6 +297,27 @@ def _earned(since: float) -> int:
     return math.floor((time.monotonic() - since) * RPS) + 1
 
 
+def _start_edge(
+    delta: bool,
+    xds_server: XdsThread,
+    envoy_factory: Callable[..., Envoy],
+    upstream_factory: Callable[..., HttpUpstream],
+    split_weights: str = "route",
+) -> Edge:
+    port = free_port()
+    upstreams = {name: upstream_factory(name) for name in ("llama-pod", "mistral-pod", "remote")}
+    render = _runtime_messages if split_weights == "runtime" else _messages
+    xds_server.set_snapshot(GROUP, render(_models(upstreams), port))
+    bootstrap = build_bootstrap(
+        NODE, GROUP, xds_server.xds_address, admin_port=0, delta=delta, split_weights=split_weights
+    )
+    edge_ = Edge(xds_server, envoy_factory(bootstrap, name=NODE), port, upstreams, delta)
+    edge_.render = render
+    wait_until(edge_.envoy.is_ready, timeout=15, message="envoy never became ready over ADS")
+    wait_until(lambda: edge_.post("mistral").status == 200, timeout=10, message="mistral never served")
+    return edge_
+
+
 @pytest.fixture(params=["sotw", "delta"])
 def edge(
     request: pytest.FixtureRequest,
@@ -288,15 +325,18 @@ def edge(
     envoy_factory: Callable[..., Envoy],
     upstream_factory: Callable[..., HttpUpstream],
 ) -> Edge:
-    port = free_port()
-    upstreams = {name: upstream_factory(name) for name in ("llama-pod", "mistral-pod", "remote")}
-    xds_server.set_snapshot(GROUP, _messages(_models(upstreams), port))
-    delta = request.param == "delta"
-    bootstrap = build_bootstrap(NODE, GROUP, xds_server.xds_address, admin_port=0, delta=delta)
-    edge_ = Edge(xds_server, envoy_factory(bootstrap, name=NODE), port, upstreams, delta)
-    wait_until(edge_.envoy.is_ready, timeout=15, message="envoy never became ready over ADS")
-    wait_until(lambda: edge_.post("mistral").status == 200, timeout=10, message="mistral never served")
-    return edge_
+    return _start_edge(request.param == "delta", xds_server, envoy_factory, upstream_factory)
+
+
+@pytest.fixture(params=["sotw", "delta"])
+def runtime_edge(
+    request: pytest.FixtureRequest,
+    xds_server: XdsThread,
+    envoy_factory: Callable[..., Envoy],
+    upstream_factory: Callable[..., HttpUpstream],
+) -> Edge:
+    """The same Envoy with the splits in runtime (its bootstrap with the RTDS layer)."""
+    return _start_edge(request.param == "delta", xds_server, envoy_factory, upstream_factory, "runtime")
 
 
 def test_the_probe_sees_a_full_and_a_drained_bucket(edge: Edge) -> None:
@@ -324,6 +364,21 @@ def test_the_models_own_flip_does_not_refill_its_bucket(edge: Edge) -> None:
     edge.publish(_models(edge.upstreams, limited=OVERFLOW))
     accepted = edge.burst()
     assert accepted <= _earned(drained_at), f"{accepted} of {PROBE} accepted right after llama's own flip"
+
+
+def test_with_the_splits_in_runtime_no_flip_refills_the_bucket(runtime_edge: Edge) -> None:
+    """The fix for flips: another model's, then the model's own, reach Envoy as RTDS updates only; the
+    route table and its buckets stay. The flips do take effect: the other model's traffic goes remote."""
+    edge = runtime_edge
+    remote = edge.upstreams["remote"]
+    for change in ({"other": TrafficSplit(0, 100)}, {"other": TrafficSplit(0, 100), "limited": OVERFLOW}):
+        drained_at = edge.drain()
+        edge.publish_runtime(_models(edge.upstreams, **change))
+        accepted = edge.burst()
+        assert accepted <= _earned(drained_at), f"{accepted} of {PROBE} accepted right after {change}"
+    before = remote.request_count
+    assert all(edge.post("mistral").status == 200 for _ in range(5))
+    assert remote.request_count == before + 5, "mistral's flip to the remote did not apply"
 
 
 def test_an_endpoint_weight_change_does_not_refill_the_bucket(edge: Edge) -> None:
