@@ -1,6 +1,7 @@
 """Rewrites the gateway bootstrap in templates/gateway.yaml from `spillover bootstrap`'s output, with
 the xDS host, xDS port, Envoy admin port and the server name the gateways check as template
-expressions: the mTLS bootstrap and its two SDS files (`tls.enabled`), and the plain-text one. Run it
+expressions: the mTLS bootstrap and its two SDS files (`tls.enabled`), and the plain-text one, each with
+the RTDS layer of `--split-weights runtime` under `splitWeights: runtime`. Run it
 when the bootstrap generator changes (and regenerate manifests/gateway.yaml's ConfigMap with its
 annotated command and `--output-dir`):
 
@@ -36,24 +37,48 @@ COMMAND = [
 TLS = ["--xds-tls-dir", "/etc/spillover/xds-tls", "--xds-sds-dir", "/etc/envoy", "--xds-server-name", "xds-name.invalid"]
 
 
-def _entry(name: str, text: str) -> str:
+RUNTIME = ["--split-weights", "runtime"]
+
+
+def _indented(text: str) -> str:
     for sentinel, expression in SENTINELS.items():
         text = text.replace(sentinel, expression)
-    body = "".join(f"    {line}" if line.strip() else line for line in text.splitlines(keepends=True))
-    return f"  {name}: |\n{body}"
+    return "".join(f"    {line}" if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def _entry(name: str, text: str) -> str:
+    return f"  {name}: |\n{_indented(text)}"
+
+
+def _bootstrap_entry(route: str, runtime: str) -> str:
+    """bootstrap.yaml, and the generator's RTDS layer after it under splitWeights=runtime. The `{{-` of the
+    `if` eats the newline the `end` gives back, so with `route` the text is exactly the route bootstrap."""
+    if not runtime.startswith(route) or runtime == route:
+        # The template can only append: a layer anywhere else needs another way to template it.
+        raise SystemExit("spillover bootstrap --split-weights runtime no longer only appends to the route bootstrap")
+    layer = _indented(runtime[len(route):])
+    return _entry("bootstrap.yaml", route) + '{{- if eq .Values.splitWeights "runtime" }}\n' + layer + "{{- end }}\n"
+
+
+def _written(command: list[str]) -> dict[str, str]:
+    with tempfile.TemporaryDirectory() as directory:
+        subprocess.run([*command, "--output-dir", directory], capture_output=True, text=True, check=True, timeout=60)
+        return {p.name: p.read_text() for p in Path(directory).iterdir()}
+
+
+def _printed(command: list[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=60).stdout
 
 
 def templated_data() -> str:
     """The ConfigMap's data: the mTLS files when tls.enabled, else the plain-text bootstrap."""
-    with tempfile.TemporaryDirectory() as directory:
-        subprocess.run([*COMMAND, *TLS, "--output-dir", directory], capture_output=True, text=True, check=True,
-                       timeout=60)
-        written = {p.name: p.read_text() for p in Path(directory).iterdir()}
-    tls = [_entry("bootstrap.yaml", written.pop("bootstrap.yaml"))]
+    written, written_runtime = _written([*COMMAND, *TLS]), _written([*COMMAND, *TLS, *RUNTIME])
+    tls = [_bootstrap_entry(written.pop("bootstrap.yaml"), written_runtime.pop("bootstrap.yaml"))]
+    if written_runtime != written:
+        raise SystemExit("spillover bootstrap --split-weights runtime changed the SDS files: template them too")
     tls += [_entry(name, written[name]) for name in sorted(written)]
-    plain = subprocess.run(COMMAND, capture_output=True, text=True, check=True, timeout=60).stdout
-    return "{{- if .Values.tls.enabled }}\n" + "".join(tls) + "{{- else }}\n" + _entry("bootstrap.yaml", plain) + (
-        "{{- end }}\n")
+    plain = _bootstrap_entry(_printed(COMMAND), _printed([*COMMAND, *RUNTIME]))
+    return "{{- if .Values.tls.enabled }}\n" + "".join(tls) + "{{- else }}\n" + plain + "{{- end }}\n"
 
 
 def rewritten(text: str) -> str:

@@ -91,6 +91,9 @@ CUSTOM: dict[str, Any] = {
     "image": {"repository": "registry.example.com:5000/ml/spillover", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
     "imagePullSecrets": [{"name": "regcred"}],
     "replicas": 3,
+    # The splits over RTDS; admission.rules admits Envoys the chart writes no bootstrap for: confirmed.
+    "splitWeights": "runtime",
+    "splitWeightsLayerConfirmed": True,
     "watchNamespaces": ["models-a", "models-b"],
     "prometheus": {"url": "http://prometheus.monitoring.svc:9090", "tokenSecret": "prom-token"},
     "controller": {

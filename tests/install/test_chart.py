@@ -1,6 +1,7 @@
 """charts/spillover with the real helm: lint, the default render is exactly `kubectl kustomize manifests/`,
 non-default values land where they should (and parse with the real CLI), the gateway bootstrap is
-`spillover bootstrap`'s output for any values, dashboards ConfigMaps for zero or several files, and the
+`spillover bootstrap`'s output for any values (the RTDS layer of `splitWeights: runtime` included, run for
+real with spillover in that mode), dashboards ConfigMaps for zero or several files, and the
 rendered objects are accepted by a real kube-apiserver, including Pod Security `restricted` (and the
 cert-manager objects by cert-manager's own CRDs). The security values: tests/install/test_chart_security.py."""
 
@@ -128,6 +129,8 @@ def test_custom_values_land_where_they_should(custom_docs: list[dict[str, Any]])
 
     gateway = find(docs, "Deployment", "spillover-gateway")
     assert gateway["spec"]["replicas"] == 4
+    # splitWeights=runtime: a bootstrap with the RTDS layer, and the gateways roll when it is switched.
+    assert gateway["spec"]["template"]["metadata"]["annotations"] == {"spillover.dev/split-weights": "runtime"}
     g = container(docs, "spillover-gateway")
     assert g["image"] == "mirror.example.com/envoyproxy/envoy:v1.40.1" and g["imagePullPolicy"] == "Always"
     assert {p["name"]: p["containerPort"] for p in g["ports"]} == {"http": 10080, "admin": 9911, "stats": 9912}
@@ -155,11 +158,13 @@ def test_control_plane_args_parse_with_the_real_cli(
     assert default.namespace == [] and default.prometheus_url is None and default.leader_election is None
     assert default.config is None and not [d for d in default_docs if d["metadata"]["name"] == "spillover-config"]
     assert default.xds_workers == 1
+    assert default.split_weights is None, "the default leaves the mode to spillover (route)"
 
     custom = build_parser().parse_args(container(custom_docs, "spillover")["args"])
     assert custom.log_level == "DEBUG" and custom.kubernetes
     assert custom.xds_address == ("0.0.0.0", 18500) and custom.admin_address == ("0.0.0.0", 19500)
     assert custom.xds_workers == 3
+    assert custom.split_weights == "runtime"
     assert custom.listen == ("0.0.0.0", 10080), "the control plane's listener is the gateway's containerPort"
     assert custom.namespace == ["models-a", "models-b"]
     assert custom.prometheus_url == "http://prometheus.monitoring.svc:9090"
@@ -220,9 +225,11 @@ def test_leader_election_off_renders_no_lease_rbac(helm_binary: Path, tmp_path: 
 
 
 PLAIN_XDS: dict[str, Any] = {"tls": {"enabled": False}}
+PLAIN_XDS_RUNTIME: dict[str, Any] = {"tls": {"enabled": False}, "splitWeights": "runtime"}
 
 
-@pytest.mark.parametrize("values", [None, CUSTOM, PLAIN_XDS], ids=["default", "custom", "plain-text"])
+@pytest.mark.parametrize("values", [None, CUSTOM, PLAIN_XDS, PLAIN_XDS_RUNTIME],
+                         ids=["default", "custom", "plain-text", "plain-text-runtime"])
 def test_gateway_bootstrap_is_spillover_bootstrap_output(
     helm_binary: Path, tmp_path: Path, values: dict[str, Any] | None
 ) -> None:
@@ -237,6 +244,12 @@ def test_gateway_bootstrap_is_spillover_bootstrap_output(
     written = {p.name: p.read_text() for p in written_to.iterdir()}
     assert configmap["data"] == written, "every file of the ConfigMap is what the annotated command writes"
     boot = yaml.safe_load(written["bootstrap.yaml"])
+    # splitWeights=runtime: the layer spillover's generator writes (the custom values set runtime too).
+    from spillover.translate.bootstrap import split_weights_runtime
+
+    runtime = values is CUSTOM or values is PLAIN_XDS_RUNTIME
+    assert ("--split-weights" in command) is runtime
+    assert boot.get("layered_runtime") == (split_weights_runtime() if runtime else None)
     xds = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "spillover_xds")
     socket = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     if values is CUSTOM:
@@ -251,7 +264,7 @@ def test_gateway_bootstrap_is_spillover_bootstrap_output(
     admin_socket = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert stats["address"]["socket_address"]["port_value"] == (9912 if values is CUSTOM else 9902)
     assert admin_socket == {"address": "127.0.0.1", "port_value": 9911 if values is CUSTOM else 9901}
-    if values is PLAIN_XDS:
+    if values is PLAIN_XDS or values is PLAIN_XDS_RUNTIME:
         assert "transport_socket" not in xds and sorted(written) == ["bootstrap.yaml"]
         return
     tls = xds["transport_socket"]["typed_config"]
@@ -276,6 +289,81 @@ def test_the_chart_bootstrap_is_regenerated_from_the_generator() -> None:
     spec.loader.exec_module(module)
     text = (CHART / "templates" / "gateway.yaml").read_text()
     assert module.rewritten(text) == text, "run: .venv/bin/python charts/spillover/bootstrap.py"
+
+
+def test_split_weights_runtime_adds_the_mode_and_the_layer_and_nothing_else(
+    helm_binary: Path, tmp_path: Path
+) -> None:
+    """splitWeights=runtime changes three objects, each only by what the mode needs; `route` written out
+    renders byte for byte what the defaults render (which test_default_render_is_exactly_the_kustomization
+    holds to manifests/)."""
+    from spillover.cli import build_parser
+    from spillover.translate.bootstrap import split_weights_runtime
+
+    def text(values: dict[str, Any] | None) -> str:
+        argv: list[str | Path] = [helm_binary, "template", "spillover", CHART, "--include-crds"]
+        if values is not None:
+            (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+            argv += ["--values", tmp_path / "values.yaml"]
+        return run(argv, env=helm_env(tmp_path))
+
+    default = text(None)
+    assert text({"splitWeights": "route"}) == default
+    assert text({"splitWeights": "route", "tls": {"enabled": False}}) == text({"tls": {"enabled": False}})
+    before, after = by_key(docs_of(default)), by_key(docs_of(text({"splitWeights": "runtime"})))
+    assert sorted(after) == sorted(before)
+    changed = {k for k in before if before[k] != after[k]}
+    assert {(kind, name) for _, kind, _, name in changed} == {
+        ("Deployment", "spillover"), ("ConfigMap", "spillover-gateway-bootstrap"),
+        ("Deployment", "spillover-gateway")}
+    docs, runtime_docs = list(before.values()), list(after.values())
+
+    args = container(runtime_docs, "spillover")["args"]
+    assert build_parser().parse_args(args).split_weights == "runtime"
+    assert [a for a in args if a not in container(docs, "spillover")["args"]] == ["--split-weights=runtime"]
+
+    bootstrap, runtime_bootstrap = (find(d, "ConfigMap", "spillover-gateway-bootstrap") for d in (docs, runtime_docs))
+    route_boot, runtime_boot = (yaml.safe_load(b["data"]["bootstrap.yaml"]) for b in (bootstrap, runtime_bootstrap))
+    assert runtime_boot.pop("layered_runtime") == split_weights_runtime() and runtime_boot == route_boot
+    command = runtime_bootstrap["metadata"]["annotations"]["spillover.dev/bootstrap-command"]
+    assert command == bootstrap["metadata"]["annotations"]["spillover.dev/bootstrap-command"] + " --split-weights runtime"
+    assert {k: v for k, v in runtime_bootstrap["data"].items() if k != "bootstrap.yaml"} == {
+        k: v for k, v in bootstrap["data"].items() if k != "bootstrap.yaml"}
+
+    gateway = find(runtime_docs, "Deployment", "spillover-gateway")
+    assert gateway["spec"]["template"]["metadata"].pop("annotations") == {"spillover.dev/split-weights": "runtime"}
+    assert gateway == find(docs, "Deployment", "spillover-gateway")
+
+
+def test_split_weights_runtime_without_the_charts_gateway_once_confirmed(helm_binary: Path, tmp_path: Path) -> None:
+    """The refusals of test_invalid_values_fail_with_a_clear_message end with the confirmation, and a
+    controller config that says the same as the chart is no disagreement."""
+    from spillover.cli import build_parser
+
+    for values in ({"splitWeights": "runtime", "splitWeightsLayerConfirmed": True, "gateway": {"enabled": False}},
+                   {"splitWeights": "runtime", "controller": {"config": {"splitWeights": "runtime"}}},
+                   {"splitWeights": "runtime", "controller": {"config": "splitWeights: runtime\n"}}):
+        docs = helm_template(helm_binary, tmp_path, values=values)
+        assert build_parser().parse_args(container(docs, "spillover")["args"]).split_weights == "runtime"
+        assert bool([d for d in docs if d["metadata"]["name"] == "spillover-gateway-bootstrap"]) == (
+            values.get("gateway") is None)
+
+
+def test_split_weights_runtime_runs_a_gateway_that_takes_the_layer(helm_binary: Path, tmp_path: Path) -> None:
+    """The render started as the cluster would start it (tests/harness/installed.py): spillover in the
+    runtime mode, and the gateway Envoy of the chart's bootstrap, which asks for the layer, gets it and is
+    ready. With the route bootstrap it never asks (no RTDS state at all)."""
+    from tests.harness.installed import run_like_installed
+
+    for mode in ("runtime", "route"):
+        docs = helm_template(helm_binary, tmp_path, values={"tls": {"enabled": False}, "splitWeights": mode})
+        (tmp_path / mode).mkdir()
+        started = run_like_installed(tmp_path / mode, docs, "chart-admin-token-0123456789")
+        states = {state["type"]: state["status"] for state in started.proxy["types"].values()}
+        if mode == "runtime":
+            assert states.get("RTDS") == "SYNCED", states
+        else:
+            assert "RTDS" not in states, states
 
 
 DASHBOARD = {"title": "Fleet: \"overview\"", "uid": "spillover-fleet", "panels": [{"type": "timeseries"}],
@@ -339,6 +427,21 @@ def test_invalid_values_fail_with_a_clear_message(helm_binary: Path, tmp_path: P
         ({"gateway": {"listenPort": 70000}}, "at '/gateway/listenPort'"),
         ({"watchNamespaces": ["Models"]}, "at '/watchNamespaces/0'"),
         ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy'"),
+        ({"splitWeights": "rtds"}, "at '/splitWeights': value must be one of 'route', 'runtime'"),
+        ({"splitWeightsLayerConfirmed": "yes"}, "at '/splitWeightsLayerConfirmed': got string, want boolean"),
+        # Envoys whose bootstrap the chart does not write: runtime only once their layer is confirmed.
+        ({"splitWeights": "runtime", "gateway": {"enabled": False}},
+         "splitWeights=runtime with Envoys whose bootstrap this chart does not write (gateway.enabled=false): "
+         "each one routes every model all local unless its bootstrap has the RTDS layer spillover_split"),
+        ({"splitWeights": "runtime", "admission": {"rules": [{"name": "b", "unauthenticated": True, "groups": ["b"]}]}},
+         "(the fleets of admission.rules)"),
+        # A controller config's own splitWeights must agree with the chart's (map or file text).
+        ({"controller": {"config": {"splitWeights": "runtime"}}},
+         'controller.config sets splitWeights: runtime but the chart value splitWeights is "route"'),
+        ({"splitWeights": "runtime", "controller": {"config": "beamlit: true\nsplitWeights: route\n"}},
+         'controller.config sets splitWeights: route but the chart value splitWeights is "runtime"'),
+        ({"controller": {"extraArgs": ["--split-weights=runtime"]}},
+         "controller.extraArgs: --split-weights=runtime: set the chart value splitWeights instead"),
     ):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(values))

@@ -33,6 +33,9 @@ writes the ConfigMap's three files). */}}
 {{- if .Values.tls.enabled -}}
 {{- printf " --xds-tls-dir /etc/spillover/xds-tls --xds-sds-dir /etc/envoy --xds-server-name %s" (include "spillover.serverName" .) -}}
 {{- end -}}
+{{- if eq .Values.splitWeights "runtime" -}}
+{{- printf " --split-weights runtime" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "true" when an optional value is given: 0 counts (a debounce of 0 is meaningful), "" and null do not. */}}
@@ -52,4 +55,29 @@ minAvailable: {{ .minAvailable }}
 {{/* "true" when the replicas run the fleet's peer channel (leader election, the fleet, a token Secret). */}}
 {{- define "spillover.peerChannel" -}}
 {{- if and .Values.leaderElection.enabled .Values.fleet.enabled .Values.fleet.tokenSecret }}true{{ end }}
+{{- end }}
+
+{{/* Refuses a splitWeights the Envoys cannot follow. With `runtime` every Envoy of the control plane must
+have the RTDS layer in its bootstrap, or it routes every model all local: the chart's gateway gets it from
+the chart; Envoys whose bootstrap the chart does not write (gateway.enabled=false, the fleets of
+admission.rules) need splitWeightsLayerConfirmed. A controller config's own splitWeights must agree
+(the chart's flag would win over it silently), and extraArgs may not set the mode behind the chart's back. */}}
+{{- define "spillover.checkSplitWeights" -}}
+{{- $mode := .Values.splitWeights -}}
+{{- $c := .Values.controller -}}
+{{- if $c.config }}
+{{- $parsed := dict -}}
+{{- if kindIs "string" $c.config }}{{ $parsed = fromYaml $c.config }}{{ else }}{{ $parsed = $c.config }}{{ end -}}
+{{- if and (hasKey $parsed "splitWeights") (ne (toString (get $parsed "splitWeights")) $mode) }}
+{{- fail (printf "controller.config sets splitWeights: %v but the chart value splitWeights is %q: set splitWeights (the chart's value, which also writes the gateway's bootstrap) and leave it out of controller.config" (get $parsed "splitWeights") $mode) }}
+{{- end }}
+{{- end }}
+{{- range $c.extraArgs }}
+{{- if hasPrefix "--split-weights" (toString .) }}
+{{- fail (printf "controller.extraArgs: %s: set the chart value splitWeights instead (it also writes the gateway's bootstrap, whose RTDS layer the runtime mode needs)" (toString .)) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $mode "runtime") (not .Values.splitWeightsLayerConfirmed) (or (not .Values.gateway.enabled) (and .Values.admission.enabled .Values.admission.rules)) }}
+{{- fail (printf "splitWeights=runtime with Envoys whose bootstrap this chart does not write (%s): each one routes every model all local unless its bootstrap has the RTDS layer spillover_split (`spillover bootstrap --split-weights runtime` adds it; README.md, \"Splits in Envoy's runtime\"). Once their bootstraps have it, set splitWeightsLayerConfirmed=true" (ternary "gateway.enabled=false" "the fleets of admission.rules" (not .Values.gateway.enabled))) }}
+{{- end }}
 {{- end }}
