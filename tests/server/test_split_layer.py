@@ -113,6 +113,16 @@ async def test_a_stream_asking_for_clusters_before_the_layer_is_reported(
     assert await gauge(plain) == 0
 
 
+async def test_the_warnings_are_rate_limited(plain: SecureServer, caplog: pytest.LogCaptureFixture) -> None:
+    # A fleet rolled out with the wrong bootstrap must not flood the log: every stream counted, 20 lines a minute.
+    caplog.set_level(logging.WARNING, logger="spillover.server.service")
+    plain.publish(GROUP, resources("runtime"))
+    for _ in range(23):
+        await without_layer(plain, "sotw")
+    assert await gauge(plain) == 23
+    assert len(warnings(caplog)) == 20
+
+
 @pytest.mark.parametrize("mode", ["sotw", "delta"])
 async def test_the_gauge_counts_streams_lacking_it_now(mode: str, plain: SecureServer) -> None:
     # Not an Envoy's order (its layers are fixed at start), but the gauge says what holds now.
