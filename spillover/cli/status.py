@@ -250,25 +250,36 @@ def format_copy(model: str, copy: dict[str, Any]) -> str:
 
 def format_status(proxies: list[dict[str, Any]]) -> str:
     """A table like `istioctl proxy-status`: one row per stream, one column per xDS type; then the NACK
-    message of each NACKed type (escaped and cut: it is the client's text)."""
+    message of each NACKed type (escaped and cut: it is the client's text), and a warning for each proxy that
+    lacks the split weights' RTDS layer its group is served."""
     columns = ["CDS", "EDS", "SDS", "LDS", "RDS"]
-    if any(state.get("type") == "RTDS" for proxy in proxies for state in proxy["types"].values()):
+    takes_layer = any(state.get("type") == "RTDS" for proxy in proxies for state in proxy["types"].values())
+    if takes_layer or any(proxy.get("without_split_layer") for proxy in proxies):
         columns.insert(3, "RTDS")  # the split weights' layer (--split-weights runtime), before the routes
     header = ["NODE", "GROUP", "MODE", "STATUS", *columns]
     rows = [header]
-    nacks = []
+    nacks: list[str] = []
+    missing: list[str] = []
     for proxy in proxies:
         by_type = {state["type"]: state for state in proxy["types"].values()}
         cells = []
         for column in columns:
             state = by_type.get(column)
+            if column == "RTDS" and proxy.get("without_split_layer"):
+                cells.append("MISSING")  # its group is served the layer, its bootstrap lacks it
+                continue
             # The acked version's prefix tells at a glance whether two proxies run the same config.
             cells.append("-" if state is None else f"{state['status']} {state['acked_version'][:8]}".rstrip())
         node = _shown(proxy["node_id"])
+        if proxy.get("without_split_layer"):
+            missing.append(
+                f"warning: {node} has no RTDS layer for the split weights in its bootstrap: it routes every model "
+                "all local (spillover bootstrap --split-weights runtime adds it)"
+            )
         rows.append([node, _shown(proxy["group"]), proxy["mode"], proxy["status"], *cells])
         for short, state in sorted(by_type.items()):
             if state.get("status") == "NACKED" and state.get("nack_error"):
                 nacks.append(f"NACK {node} {short}: {_shown(state['nack_error'], 300)}")
     if len(rows) == 1:
         return _table(rows) + "\n(no proxies connected)"
-    return "\n".join([_table(rows), *nacks])
+    return "\n".join([_table(rows), *nacks, *missing])

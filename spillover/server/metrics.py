@@ -19,7 +19,7 @@ from spillover.server.bounds import LogThrottle, printable
 from spillover.server.resources import PUSH_ORDER, SHORT_NAMES
 from spillover.server.streams import BaseStream, StreamEvents, SyncStatus
 
-__all__ = ["GroupSeries", "StreamMetricEvents", "SyncStates", "XdsMetrics", "type_label"]
+__all__ = ["GroupSeries", "StreamMetricEvents", "SyncStates", "WithoutSplitLayer", "XdsMetrics", "type_label"]
 
 log = logging.getLogger("spillover.server.service")
 
@@ -176,6 +176,31 @@ class SyncStates(Collector):
         return [family]
 
 
+class WithoutSplitLayer(Collector):
+    """spillover_xds_streams_without_split_layer: streams of a group served its split weights over RTDS that
+    asked for clusters, listeners or routes without the layer (their Envoy's bootstrap lacks it), counted when
+    Prometheus scrapes. No labels: the node and group are in the log and /debug/proxies."""
+
+    NAME = "spillover_xds_streams_without_split_layer"
+
+    def __init__(self, streams: Callable[[], Iterable[BaseStream]]) -> None:
+        self.streams = streams
+
+    def _family(self, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            self.NAME,
+            "xDS streams whose Envoy never asked for the split weights' RTDS layer its group is served "
+            "(--split-weights runtime): their bootstrap lacks it, and they route every model all local",
+            value=value,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family(0)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._family(sum(1 for stream in self.streams() if stream.without_split_layer))]
+
+
 class StreamMetricEvents(StreamEvents):
     def __init__(self, metrics: XdsMetrics) -> None:
         self.metrics = metrics
@@ -210,4 +235,17 @@ class StreamMetricEvents(StreamEvents):
                 "refers to; not sent%s",
                 printable(stream.node_id, 64), printable(stream.group, 64), printable(stream.identity or "-", 128),
                 printable(name, 128), more,
+            )
+
+    def on_split_layer_missing(self, stream: BaseStream) -> None:
+        allowed, suppressed = self.throttle.allow("split_layer")
+        if allowed:
+            more = f" ({suppressed} such streams not logged before this one)" if suppressed else ""
+            log.warning(
+                "node '%s' (group '%s', identity %s) asked for its configuration without the split weights' RTDS "
+                "layer, which its group is served (--split-weights runtime): its bootstrap lacks the layer, so it "
+                "routes every model all local and never spills. Give it the layer (spillover bootstrap "
+                "--split-weights runtime, or the README's layered_runtime)%s",
+                printable(stream.node_id, 64), printable(stream.group, 64), printable(stream.identity or "-", 128),
+                more,
             )

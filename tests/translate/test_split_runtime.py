@@ -5,13 +5,15 @@ splits are the entries of one Runtime resource, which Envoy takes over ADS throu
 its bootstrap (`build_bootstrap(..., split_weights="runtime")`). What must hold, SotW and Delta alike:
 a flip moves traffic without an RDS update (the route table Envoy runs keeps its version), a model's
 return to all-local (its keys leave the layer) sends everything local again, an Envoy waits for the
-layer before it takes any traffic, and an Envoy that starts while spillover serves gets the current
-splits before its first request.
+layer before it takes any traffic, an Envoy that starts while spillover serves gets the current
+splits before its first request, and an Envoy whose bootstrap lacks the layer (it serves, all local) is
+reported: a warning, `spillover_xds_streams_without_split_layer`, /debug/proxies and `spillover status`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -39,6 +41,7 @@ ALL_REMOTE = TrafficSplit(0, 100)
 HALF = TrafficSplit(50, 50)
 PROBES = 60
 RDS_UPDATES = "http.spillover.rds.spillover_routes.update_success"
+WITHOUT_LAYER = "spillover_xds_streams_without_split_layer"
 
 
 class Edge:
@@ -57,9 +60,10 @@ class Edge:
         gateway = Gateway(GROUP, Listener("127.0.0.1", self.port), (model,), split_weights=split_weights)
         return list(translate(gateway).messages())
 
-    def start(self, factory: Callable[..., Envoy], node: str, ready: bool = True) -> Envoy:
+    def start(self, factory: Callable[..., Envoy], node: str, ready: bool = True, layer: bool = True) -> Envoy:
+        """`layer=False`: a bootstrap without the RTDS layer (the default mode's)."""
         bootstrap = build_bootstrap(node, GROUP, self.xds.xds_address, admin_port=0, delta=self.delta,
-                                    split_weights="runtime")
+                                    split_weights="runtime" if layer else "route")
         self.envoy, self.node = factory(bootstrap, name=node), node
         if ready:
             self.wait_serving()
@@ -85,6 +89,10 @@ class Edge:
             assert response.status == 200, (response.status, response.body)
             served[json.loads(response.body)["upstream"]] += 1
         return served
+
+    def without_layer(self) -> float:
+        """spillover_xds_streams_without_split_layer, as of now (worker processes asked)."""
+        return self.xds.metric(WITHOUT_LAYER)
 
     def rds_version(self) -> str | None:
         assert self.envoy is not None
@@ -132,6 +140,8 @@ def test_a_flip_moves_the_traffic_without_an_rds_update(edge: Edge, envoy_factor
     assert table[0].split() == ["NODE", "GROUP", "MODE", "STATUS", "CDS", "EDS", "SDS", "RTDS", "LDS", "RDS"]
     (row,) = [line for line in table if line.startswith(edge.node)]
     assert f"SYNCED {state['acked_version'][:8]}" in row, table
+    # It asked for the layer before its clusters: not reported as lacking it.
+    assert edge.without_layer() == 0 and edge.xds.proxy(edge.node)["without_split_layer"] is False  # type: ignore[index]
     edge.flip(HALF)
     half = edge.sides()
     assert set(half) == {"local", "remote"} and min(half.values()) >= PROBES // 5, half
@@ -177,6 +187,30 @@ def test_an_envoy_started_while_spilling_gets_the_current_split(
     assert SPLIT_RUNTIME_LAYER in layer, layer
 
 
+def test_an_envoy_without_the_layer_is_reported(
+    edge: Edge, envoy_factory: Callable[..., Envoy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The danger: it serves, and serves everything locally whatever the split. The server tells it from the
+    order of its requests (its clusters asked for without the layer) and says so."""
+    caplog.set_level(logging.WARNING, logger="spillover.server.service")
+    edge.xds.set_snapshot(GROUP, edge.messages(ALL_REMOTE))
+    edge.start(envoy_factory, "edge-no-layer", layer=False)
+    assert edge.sides() == {"local": PROBES}  # the routes' fallback weights: no spill ever
+    assert edge.without_layer() == 1
+    proxy = edge.xds.proxy(edge.node)
+    assert proxy is not None and proxy["without_split_layer"] is True and edge.xds.type_state(edge.node, "RTDS") is None
+    (line,) = [r.getMessage() for r in caplog.records if "RTDS layer" in r.getMessage()]
+    assert "node 'edge-no-layer' (group 'edge'" in line and "bootstrap" in line, line
+    table = format_status(edge.xds.proxies()).splitlines()
+    (row,) = [line for line in table if line.startswith(edge.node)]
+    assert row.find("MISSING") == table[0].index("RTDS"), table  # in the RTDS column (the table is aligned)
+    assert any(line.startswith("warning: edge-no-layer has no RTDS layer") for line in table), table
+    assert edge.envoy is not None
+    edge.envoy.stop()
+    wait_until(lambda: edge.xds.proxy(edge.node) is None, timeout=10, message="its stream never ended")
+    assert edge.without_layer() == 0
+
+
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_a_flip_through_xds_workers(
     delta: bool, envoy_factory: Callable[..., Envoy], upstream_factory: Callable[..., HttpUpstream]
@@ -191,3 +225,13 @@ def test_a_flip_through_xds_workers(
         assert edge.sides() == {"remote": PROBES}
         proxy = xds.proxy(edge.node)
         assert proxy is not None and proxy.get("worker") in (0, 1), proxy  # served by a worker process
+        assert edge.without_layer() == 0
+        # The same gateway restarted without the layer, on whichever worker: reported by the main process.
+        assert edge.envoy is not None
+        edge.envoy.stop()
+        wait_until(lambda: xds.proxy(edge.node) is None, timeout=10, message="its stream never ended")
+        edge.start(envoy_factory, "edge-workers-no-layer", layer=False)
+        assert edge.sides() == {"local": PROBES}  # all remote decided, all local served
+        assert edge.without_layer() == 1
+        proxy = xds.proxy(edge.node)
+        assert proxy is not None and proxy["without_split_layer"] is True and proxy.get("worker") in (0, 1), proxy

@@ -20,6 +20,9 @@ Rules implemented here (Envoy's xds_protocol documentation):
   `warm_timeout`), and clusters that left the snapshot are removed only in a later push, once the
   listeners/routes sent alongside are acknowledged.
 - Delta: `initial_resource_versions` on reconnect are trusted, removals go in `removed_resources`.
+- The split weights' RTDS layer: an Envoy with it in its bootstrap asks for it before its clusters,
+  listeners and routes. An ADS stream of a group whose snapshot holds Runtime resources that asks for any
+  of those first lacks it (`without_split_layer`, reported once through `events`).
 
 How a transport drives a stream (service.py over grpc.aio, with spillover.server.stream_writer; any other
 transport, e.g. a worker process, the same way). Every call is synchronous and returns the encoded

@@ -39,6 +39,7 @@ class DeltaStream(BaseStream):
             request.resource_names_subscribe
         ) else set()
         snapshot = self.snapshot_of(self.group)
+        first = state is None
         if state is None:
             initial = request.initial_resource_versions
             if initial:
@@ -98,10 +99,14 @@ class DeltaStream(BaseStream):
                 if state.acked_nonce == state.nonce:
                     state.nack_error = ""
                 self.events.on_ack(type_url)
+        if first:
+            self._check_split_layer(snapshot)
         return self._respond(snapshot)
 
     def on_snapshot(self) -> list[Outgoing]:
-        return self._respond(self.snapshot_of(self.group))
+        snapshot = self.snapshot_of(self.group)
+        self._check_split_layer(snapshot)
+        return self._respond(snapshot)
 
     def on_tick(self) -> list[Outgoing]:
         return self._respond(self.snapshot_of(self.group))

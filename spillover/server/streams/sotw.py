@@ -81,13 +81,18 @@ class SotwStream(BaseStream):
             state.sent = self._wanted(type_url, state, snapshot)
             state.sent_key = self._content_key(type_url, state, snapshot, {})
             state.sent_version = state.acked_version = snapshot.version(type_url)
+            self._check_split_layer(snapshot)
             return self._respond(snapshot, force)
         if first or newly_requested:
             force.add(type_url)
+        if first:
+            self._check_split_layer(snapshot)
         return self._respond(snapshot, force)
 
     def on_snapshot(self) -> list[Outgoing]:
-        return self._respond(self.snapshot_of(self.group), set())
+        snapshot = self.snapshot_of(self.group)
+        self._check_split_layer(snapshot)
+        return self._respond(snapshot, set())
 
     def on_tick(self) -> list[Outgoing]:
         return self._respond(self.snapshot_of(self.group), set())

@@ -227,7 +227,12 @@ class WorkerXdsServer(XdsServer):
         states: dict[int, StreamStates] = {
             sid: {t: state.status().value for t, state in stream.types.items()} for sid, stream in streams.items()
         }
-        out: dict[str, Any] = {"states": states, "families": self._families()}
+        out: dict[str, Any] = {
+            "states": states,
+            "families": self._families(),
+            # Decided here, where the stream's requests are seen: the main process counts them.
+            "without_split_layer": [sid for sid, stream in streams.items() if stream.without_split_layer],
+        }
         if what == "describe":
             out["described"] = {sid: stream.describe() for sid, stream in streams.items()}
         if node_id is not None:

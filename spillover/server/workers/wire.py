@@ -11,7 +11,8 @@ main -> worker   ("config", group_of, warm_timeout, XdsOptions, log level)   fir
                  ("serve", address)                  bind (SO_REUSEPORT) and start serving
                  ("snapshot", group, frame)          a published snapshot, full or as changes (ShippedSnapshot)
                  ("forget", group)                   the group expired in the main process
-                 ("dump", request_id, what, node)    report stream states / metrics (see child.py)
+                 ("dump", request_id, what, node)    report stream states / metrics / streams without the
+                                                     split weights' layer (see child.py)
                  ("reply", request_id, value)        the answer to a worker's question
                  ("stop", grace)
 worker -> main   ("ready", port) / ("failed", why)   the answer to "serve"
