@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 from pydantic.alias_generators import to_camel
 
 from spillover.policy.types import Label, PortOrName, ResourceName
@@ -95,3 +95,13 @@ class ObjectMeta(Base):
     generation: int | None = None
     resource_version: str | None = None
     uid: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty_extras(cls, data: Any) -> Any:
+        # A field of Kubernetes' we don't know, set to null, is the same as one not given: keeping it would
+        # make a policy differ from its own document (which omits nulls).
+        if not isinstance(data, dict):
+            return data
+        known = set(cls.model_fields) | {field.alias for field in cls.model_fields.values() if field.alias}
+        return {key: value for key, value in data.items() if value is not None or key in known}
