@@ -38,7 +38,7 @@ from typing import Any
 from envoy.config.route.v3 import route_pb2
 
 from benchmarks import machine
-from benchmarks.datapath import BODY, SHAPES, BenchError, _cpus, _GoPeer, _Pinned, ensure_tools, wrk
+from benchmarks.datapath import BODY, SHAPES, BenchError, _cpus, _GoPeer, _Pinned, _range, ensure_tools, wrk
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile
 from spillover.names import ROUTE_CONFIG_NAME
 from spillover.translate import Resources, translate
@@ -171,10 +171,6 @@ def summarise(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
             per[str(n)]["extra_cpu_us_per_req"] = _summary(extra)
         out[shape] = per
     return out
-
-
-def _range(s: dict[str, float], fmt: str) -> str:
-    return f"{format(s['median'], fmt)} ({format(s['min'], fmt)}-{format(s['max'], fmt)})"
 
 
 def section(result: dict[str, Any], title: str) -> list[str]:
