@@ -34,7 +34,8 @@ from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
-from spillover.server.resources import LISTENER, ROUTE
+from spillover.server.cache import Snapshot
+from spillover.server.resources import LISTENER, PUSH_ORDER, ROUTE
 from spillover.translate import translate
 from spillover.translate.bootstrap import build_bootstrap
 from tests.harness.client import Response
@@ -311,3 +312,48 @@ def test_a_scope_before_its_table_answers_404_then_serves(edge: ScopedEdge) -> N
         render(edge.port, edge.mode, models(edge.upstreams, (LIMITED, OTHER, ADDED))), changed_tables=(ADDED,)
     )
     assert edge.served_by(edge.header_post(ADDED)) == ADDED
+
+
+def test_an_empty_scope_set_completes_the_listeners_warming(
+    xds_server: XdsThread, envoy_factory: Callable[..., Envoy]
+) -> None:
+    """No models: no scope at all. Served as an empty SRDS response (the type in the snapshot's served
+    types), it lets the new listener warm at once and answer 404s; a server that left the type out would
+    hold the listener warming until Envoy's initial fetch timeout (15 s, seen by hand, not tested)."""
+    port = free_port()
+    snapshot = Snapshot.from_messages(render(port, "rds", ()), types=(*PUSH_ORDER, SCOPED_ROUTE))
+    assert not snapshot.get(SCOPED_ROUTE) and snapshot.serves(SCOPED_ROUTE)
+    cache = xds_server.cache
+    assert cache is not None
+    xds_server.call_soon(lambda: cache.set_snapshot(GROUP, snapshot))
+    envoy = envoy_factory(build_bootstrap(NODE, GROUP, xds_server.xds_address, admin_port=0), name=NODE)
+    started = time.monotonic()
+    wait_until(envoy.is_ready, timeout=10, message="envoy never became ready")
+    assert time.monotonic() - started < 10.0
+    response = http_request("POST", f"http://127.0.0.1:{port}{CHAT}", body={"model": "x"}, timeout=5)
+    assert (response.status, response.body) == (404, NOT_FOUND % b"x")
+
+
+def test_a_sotw_route_response_without_a_table_keeps_it(
+    xds_server: XdsThread,
+    envoy_factory: Callable[..., Envoy],
+    upstream_factory: Callable[..., HttpUpstream],
+) -> None:
+    """In SotW a RouteConfiguration left out of an RDS response is not a removal (unlike a scope left
+    out of an SRDS response): a server may send only the changed tables of a one-model change."""
+    port = free_port()
+    upstreams = {name: upstream_factory(f"{name}-pod") for name in (LIMITED, OTHER, ADDED, REMOTE)}
+    xds_server.set_snapshot(GROUP, render(port, "rds", models(upstreams)))
+    envoy = envoy_factory(build_bootstrap(NODE, GROUP, xds_server.xds_address, admin_port=0), name=NODE)
+    edge = ScopedEdge(xds_server, envoy, port, upstreams, "rds")
+    wait_until(envoy.is_ready, timeout=15, message="envoy never became ready over ADS")
+    wait_until(
+        lambda: edge.served_by(edge.header_post(OTHER)) == OTHER, timeout=10, message=f"{OTHER} never served"
+    )
+    kept = model_route_config_name(OTHER)
+    others_table = [m for m in render(port, "rds", models(upstreams)) if getattr(m, "name", None) != kept]
+    edge.publish(others_table)
+    state = xds_server.type_state(NODE, "RDS")
+    assert state is not None and state["resources"] == 1 and kept in state["names"], state
+    assert kept in envoy.route_config_names()
+    assert edge.served_by(edge.header_post(OTHER)) == OTHER
