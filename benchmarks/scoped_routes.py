@@ -80,6 +80,7 @@ PROTOCOLS = ("sotw", "delta")
 SETTLE_S = 1.0
 IDLE_S = 3.0
 _GROUP_GRACE_S = 24 * 3600.0
+_START_S = 180.0
 
 
 def messages(gateway: Gateway, layout: str) -> list[Message]:
@@ -232,9 +233,10 @@ def apply_run(models: int, flips: int, delta: bool, log: Callable[[str], None]) 
             for side in sides:
                 _publish(xds, side)
                 bootstrap = build_bootstrap(side.node, side.group, xds.xds_address, admin_port=0, delta=delta)
-                side.envoy = Envoy(
-                    bootstrap, Path(workdir) / side.layout, name=side.node, log_level="warning"
-                ).start()
+                # A generous start timeout: on the shared machine (load averages past 10) 20 s was not enough.
+                envoy = Envoy(bootstrap, Path(workdir) / side.layout, name=side.node, log_level="warning")
+                side.envoy = envoy
+                envoy.start(timeout=_START_S)
                 initial[side.layout] = {"start": _Cpu(side.pid).mark()}
             for side in sides:
                 types = tuple(t for t in side.snapshot.resources if side.snapshot.get(t))
@@ -326,8 +328,9 @@ def datapath_run(models: int, rounds: int, seconds: float, log: Callable[[str], 
                         group, messages(Gateway(group, Listener("127.0.0.1", port), chosen), layout)
                     )
                     bootstrap = build_bootstrap(f"{group}-0", group, xds.xds_address, admin_port=0)
-                    envoy = _Pinned(bootstrap, workdir, name=f"{group}-0", cpus=envoy_cpu).start()
+                    envoy = _Pinned(bootstrap, workdir, name=f"{group}-0", cpus=envoy_cpu)
                     envoys.append(envoy)
+                    envoy.start(timeout=_START_S)
                     ports[side], pids[side] = port, {"envoy": int(envoy.pid or 0)}
             for port in ports.values():
                 for kind in KINDS:
@@ -350,8 +353,8 @@ def datapath_run(models: int, rounds: int, seconds: float, log: Callable[[str], 
                             f"    round {rnd + 1} {kind:6} {r['rps']:8.0f} rps  {r['envoy_cpu_us_per_req']:5.0f} µs  {side}"
                         )
         finally:
-            for envoy in envoys:
-                envoy.stop()
+            for started in envoys:
+                started.stop()
             upstream.stop()
     summary: dict[str, Any] = {}
     for kind in KINDS:
@@ -486,24 +489,33 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["proc_loadavg_before"] = Path("/proc/loadavg").read_text().strip()
     log(f"Scoped RDS vs the route table — {results['machine']['summary']}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> str:
+        # After each part and run: what was measured survives a later failure.
+        results["proc_loadavg_after"] = Path("/proc/loadavg").read_text().strip()
+        (out / f"{args.name}.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        text = markdown(results)
+        (out / f"{args.name}-measured.md").write_text(text)
+        return text
+
     try:
+        # The short part first: the per-request comparison.
+        if "datapath" in args.parts:
+            log(f"  datapath: 1 and {args.models:,} models ...")
+            results["datapath"] = datapath_run(args.models, args.wrk_rounds, args.seconds, log)
+            save()
         if "apply" in args.parts:
             results["apply"] = []
             for rnd in range(args.rounds):
                 for protocol in PROTOCOLS if rnd % 2 == 0 else tuple(reversed(PROTOCOLS)):
                     results["apply"].append(apply_run(args.models, args.flips, protocol == "delta", log))
-        if "datapath" in args.parts:
-            log(f"  datapath: 1 and {args.models:,} models ...")
-            results["datapath"] = datapath_run(args.models, args.wrk_rounds, args.seconds, log)
+                    save()
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
-    results["proc_loadavg_after"] = Path("/proc/loadavg").read_text().strip()
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    text = markdown(results)
-    (out / f"{args.name}-measured.md").write_text(text)
+    text = save()
     log("")
     log(text)
     return 0
