@@ -136,10 +136,8 @@ def not_found_replies() -> list[hcm_pb2.ResponseMapper]:
     ]
 
 
-def scoped_listener(
-    listener: listener_pb2.Listener, inline: Iterable[scoped_route_pb2.ScopedRouteConfiguration] = ()
-) -> None:
-    """The listener's HCM on scoped routes (SRDS over ADS, or the `inline` scopes), in place."""
+def scoped_listener(listener: listener_pb2.Listener) -> None:
+    """The listener's HCM on scoped routes (SRDS over ADS), in place."""
     network_filter = listener.filter_chains[0].filters[0]
     manager = hcm_pb2.HttpConnectionManager()
     network_filter.typed_config.Unpack(manager)
@@ -151,18 +149,14 @@ def scoped_listener(
     extractor.name = MODEL_HEADER
     extractor.index = 0
     scoped_routes.rds_config_source.CopyFrom(ADS)
-    scopes = list(inline)
-    if scopes:
-        scoped_routes.scoped_route_configurations_list.scoped_route_configurations.extend(scopes)
-    else:
-        scoped_routes.scoped_rds.scoped_rds_config_source.CopyFrom(ADS)
+    scoped_routes.scoped_rds.scoped_rds_config_source.CopyFrom(ADS)
     manager.local_reply_config.mappers.extend(not_found_replies())
     network_filter.typed_config.Pack(manager)
 
 
-# Where the scopes and their route tables go: SRDS scopes naming RDS tables (the module's doc), SRDS scopes
-# each carrying its table (no RDS), or the scopes, tables inside, in the listener (no xDS: a static bootstrap).
-MODES = ("rds", "srds-inline", "listener")
+# Where the route tables go: over RDS, named by their SRDS scopes (the module's doc), or inside the scopes
+# (`route_configuration`: no RDS at all).
+MODES = ("rds", "srds-inline")
 
 
 def scoped(messages: Iterable[Message], mode: str = "rds") -> list[Message]:
@@ -170,13 +164,12 @@ def scoped(messages: Iterable[Message], mode: str = "rds") -> list[Message]:
     scopes (see the module's doc), served as `mode` says (one of MODES)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    inline = mode != "rds"
     kept: list[Message] = []
     listeners: list[listener_pb2.Listener] = []
     split: list[Message] = []
     for message in messages:
         if isinstance(message, route_pb2.RouteConfiguration):
-            split.extend(split_table(message, inline=inline))
+            split.extend(split_table(message, inline=mode == "srds-inline"))
         elif isinstance(message, listener_pb2.Listener):
             copy = listener_pb2.Listener()
             copy.CopyFrom(message)
@@ -184,5 +177,5 @@ def scoped(messages: Iterable[Message], mode: str = "rds") -> list[Message]:
         else:
             kept.append(message)
     for listener in listeners:
-        scoped_listener(listener, split if mode == "listener" else ())  # type: ignore[arg-type]
-    return [*kept, *listeners, *([] if mode == "listener" else split)]
+        scoped_listener(listener)
+    return [*kept, *listeners, *split]

@@ -24,6 +24,8 @@ benchmarks/results/scoped-routes.md has the findings.
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -357,3 +359,25 @@ def test_a_sotw_route_response_without_a_table_keeps_it(
     assert state is not None and state["resources"] == 1 and kept in state["names"], state
     assert kept in envoy.route_config_names()
     assert edge.served_by(edge.header_post(OTHER)) == OTHER
+
+
+def test_two_model_headers_are_keyed_on_the_first(edge: ScopedEdge) -> None:
+    """A behaviour change to decide on: the table's matcher sees two ``x-model`` headers joined by a comma
+    (no model's name: 404); the scope key is the first value, so the request goes to that model."""
+    connection = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=5)
+    try:
+        connection.putrequest("POST", CHAT)
+        for value in (LIMITED, OTHER):
+            connection.putheader("x-model", value)
+        body = json.dumps({"model": LIMITED}).encode()
+        connection.putheader("content-type", "application/json")
+        connection.putheader("content-length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        status, data = response.status, response.read()
+    finally:
+        connection.close()
+    assert status == 200 and f'"upstream": "{edge.upstreams[LIMITED].name}"'.encode() in data, (
+        status,
+        data[:200],
+    )
