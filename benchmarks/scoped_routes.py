@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -356,6 +357,7 @@ def datapath_run(models: int, rounds: int, seconds: float, log: Callable[[str], 
             for started in envoys:
                 started.stop()
             upstream.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
     summary: dict[str, Any] = {}
     for kind in KINDS:
         at = {(r["round"], r["side"]): r for r in runs if r["kind"] == kind}
