@@ -1,18 +1,22 @@
 """The one listener: an HTTP connection manager whose filter chain picks the model and profile.
 
     HCM (RDS over ADS)
-      1. json_to_metadata              body ``model`` → metadata spillover.model    } slow path only:
-      2. Lua ``spillover.normalize``   model (x-model, model, body) → ``x-model``,  } off on the routes
+      1. transform ``spillover.body_model``  JSON body ``model`` → ``x-model``; route  } body path only
+                                       chosen again (off unless the route turns it on)  }
+      2. json_to_metadata              body ``model`` → metadata spillover.model    } slow path only:
+      3. Lua ``spillover.normalize``   model (x-model, model, body) → ``x-model``,  } off on the routes
                                        config-profile/x-aibrix-config-profile →     } of requests whose
                                        ``config-profile``; route chosen again       } headers decide
-      3. local_ratelimit               per-route token bucket (requestsPerSecond); 429 + header
-      4. Lua ``spillover.prefix_hash`` per-route (prefix-cache only): hash of the prompt prefix
-      5. router                        route = (model, profile) on the x-model / config-profile headers
+      4. local_ratelimit               per-route token bucket (requestsPerSecond); 429 + header
+      5. Lua ``spillover.prefix_hash`` per-route (prefix-cache only): hash of the prompt prefix
+      6. router                        route = (model, profile) on the x-model / config-profile headers
 
-A request that names its model in ``x-model`` is routed on its headers alone: its route switches 1 and
-2 off, so it costs no Lua and no body buffering (see routes.py). The chain is the same for every
-gateway whatever its models use, so a policy change never touches LDS (a listener update drains
-connections): routes switch the per-route filters on and off.
+A request that names its model in ``x-model`` is routed on its headers alone: its route switches 2 and
+3 off, so it costs no Lua and no body buffering (see routes.py). A JSON request that names its model in
+its body only (no ``model`` or ``x-aibrix-config-profile`` header) takes 1 alone: Envoy's own filter
+reads the body and copies the model into ``x-model``, with no Lua and no metadata (see routes.py
+``body-model``). The chain is the same for every gateway whatever its models use, so a policy change
+never touches LDS (a listener update drains connections): routes switch the per-route filters on and off.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metada
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.transform.v3 import transform_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import regex_pb2
 from google.protobuf import wrappers_pb2
@@ -33,6 +38,7 @@ from spillover.names import LISTENER_NAME, METADATA_NAMESPACE, RATE_LIMIT_STAT_P
 from spillover.translate import lua
 from spillover.translate.common import (
     ADS,
+    BODY_MODEL_FILTER,
     CLIENT_HOST_FILTER,
     JSON_TO_METADATA_FILTER,
     NORMALIZE_FILTER,
@@ -56,6 +62,13 @@ def _client_host() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name=CLIENT_HOST_FILTER, typed_config=pack(header_to_metadata_pb2.Config()))
 
 
+def _body_model() -> hcm_pb2.HttpFilter:
+    """Off by default, and configured where it is on: on the ``body-model`` route (routes.py)."""
+    return hcm_pb2.HttpFilter(
+        name=BODY_MODEL_FILTER, typed_config=pack(transform_pb2.TransformConfig()), disabled=True
+    )
+
+
 def _http_filters() -> list[hcm_pb2.HttpFilter]:
     json_rules = json_to_metadata_pb2.JsonToMetadata(
         request_rules=json_to_metadata_pb2.JsonToMetadata.MatchRules(
@@ -74,6 +87,7 @@ def _http_filters() -> list[hcm_pb2.HttpFilter]:
         )
     )
     return [
+        _body_model(),
         hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(json_rules)),
         lua_filter(
             NORMALIZE_FILTER,

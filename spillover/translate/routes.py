@@ -12,10 +12,13 @@ is read before ``x-aibrix-config-profile``. Each route carries its own rate limi
 
 The common case is cheap: model routes match the ``x-model`` and ``config-profile`` headers and switch
 the listener's json_to_metadata and Lua normaliser off, so a request that names its model in
-``x-model`` is routed without Lua and without buffering its body. Any other request first matches a
-route that leaves them on: ``model`` without ``x-model``, ``x-aibrix-config-profile`` without
-``config-profile``, or no ``x-model`` at all (``missing-model``); the normaliser writes the model and
-profile it finds into ``x-model`` / ``config-profile`` and the route is chosen again.
+``x-model`` is routed without Lua and without buffering its body. A JSON request that names its model
+in the body only first matches ``body-model``, which switches them off too and Envoy's transform filter
+on: that copies the body's model into ``x-model`` and the route is chosen again (no Lua, no metadata).
+Any other request first matches a route that leaves them on: ``model`` without ``x-model``,
+``x-aibrix-config-profile`` without ``config-profile``, or no ``x-model`` and a media type only
+json_to_metadata reads (``missing-model``); the normaliser writes the model and profile it finds into
+``x-model`` / ``config-profile`` and the route is chosen again.
 
 Host rewrite and extra headers of a remote backend sit on the route's remote weighted-cluster entry
 (or on the route when all traffic goes remote), so they only touch requests sent there.
@@ -31,11 +34,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.config.route.v3.route_components_pb2 import FilterConfig, HeaderMatcher
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.transform.v3 import transform_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_pb2
@@ -57,6 +62,7 @@ from spillover.names import (
 )
 from spillover.translate import lua
 from spillover.translate.common import (
+    BODY_MODEL_FILTER,
     CLIENT_HOST_FILTER,
     JSON_TO_METADATA_FILTER,
     NORMALIZE_FILTER,
@@ -73,10 +79,20 @@ from spillover.translate.common import (
 from spillover.translate.failover import host_only
 from spillover.translate.strategies import Serving
 
-__all__ = ["FALLBACK_SPLIT", "model_route", "not_found_routes", "runtime_split", "slow_path_routes"]
+__all__ = [
+    "FALLBACK_SPLIT",
+    "JSON_CONTENT_TYPE_REGEX",
+    "model_route",
+    "not_found_routes",
+    "runtime_split",
+    "slow_path_routes",
+]
 
 # What a route whose weights come from runtime sends where runtime says nothing: all local.
 FALLBACK_SPLIT = TrafficSplit(100, 0)
+
+# The JSON content types the body path reads: lower-case `application/json`, parameters allowed.
+JSON_CONTENT_TYPE_REGEX = r"application/json\s*(;.*)?"
 
 # The request headers routes match on (lua.NORMALIZE writes the first and the third).
 MODEL_HEADER, MODEL_HEADER_ALT = "x-model", "model"
@@ -394,6 +410,22 @@ def slow_path_routes() -> list[route_components_pb2.Route]:
     return [model_header, aibrix_profile]
 
 
+def _body_model_transform() -> transform_pb2.TransformConfig:
+    """The listener's transform filter, on the ``body-model`` route only: a JSON request without
+    ``x-model`` (or with an empty one), ``model`` and ``x-aibrix-config-profile`` reaches that route
+    first, so the body alone decides and its model is written over an empty ``x-model``. A body with no
+    string-or-number ``model`` writes nothing, and the route chosen again is that route's 404."""
+    copy = mutation_rules_pb2.HeaderMutation(
+        append=base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=MODEL_HEADER, value="%REQUEST_BODY(model)%"),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+    )
+    return transform_pb2.TransformConfig(
+        request_transformation=transform_pb2.Transformation(headers_mutations=[copy]), clear_route_cache=True
+    )
+
+
 def not_found_routes() -> list[route_components_pb2.Route]:
     unknown = route_components_pb2.Route(
         name="unknown-model",
@@ -429,8 +461,31 @@ def not_found_routes() -> list[route_components_pb2.Route]:
             }
         }
     )
+    # A JSON body decides the model alone: Envoy's transform filter copies it into x-model, which
+    # costs less than json_to_metadata and the normaliser. The content types are the ones both that
+    # filter (a substring, case-sensitive) and json_to_metadata (below) accept; any other spelling
+    # json_to_metadata accepts (`Application/JSON`) falls through to `missing-model` and its slow path.
+    body_model = route_components_pb2.Route(
+        name="body-model",
+        match=route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[
+                HeaderMatcher(
+                    name="content-type",
+                    string_match=string_pb2.StringMatcher(
+                        safe_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPE_REGEX)
+                    ),
+                )
+            ],
+        ),
+    )
+    body_model.typed_per_filter_config[BODY_MODEL_FILTER].CopyFrom(
+        pack(FilterConfig(config=pack(_body_model_transform())))
+    )
+    _fast_path(body_model)
+    _missing_model_reply(body_model)
     missing = route_components_pb2.Route(
         name="missing-model", match=route_components_pb2.RouteMatch(prefix="/")
     )
     _missing_model_reply(missing)
-    return [unknown, unknown_body, missing]
+    return [unknown, unknown_body, body_model, missing]
