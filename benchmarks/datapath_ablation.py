@@ -81,6 +81,70 @@ def variants(upstream: tuple[str, int]) -> dict[str, Model]:
     }
 
 
+def _model_routes(node: Any, name: str) -> list[dict[str, Any]]:
+    """Every route called `name` anywhere in a static bootstrap (the table nests them in RouteLists)."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("name") == name and "match" in node:
+            found.append(node)
+        for value in node.values():
+            found += _model_routes(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            found += _model_routes(value, name)
+    return found
+
+
+def _turn_on(*filters: str, copy_from: str | None = None) -> Any:
+    """A patch of the full config's bootstrap: the model's route (the one header-routed requests match
+    first) leaves `filters` on instead of switching them off, or, with `copy_from`, takes that route's
+    per-filter configs of `filters`. Header-routed requests then pay for just those filters."""
+
+    def patch(bootstrap: dict[str, Any]) -> dict[str, Any]:
+        routes = _model_routes(bootstrap, f"{MODEL}/default")
+        assert routes, "the model's route is not in the bootstrap"
+        source = _model_routes(bootstrap, copy_from)[0] if copy_from else None
+        for route in routes:
+            per_filter = route.setdefault("typed_per_filter_config", {})
+            for name in filters:
+                if source is not None:
+                    per_filter[name] = source["typed_per_filter_config"][name]
+                else:
+                    per_filter.pop(name, None)
+        return bootstrap
+
+    return patch
+
+
+def _body_route_keeps(*filters: str) -> Any:
+    """A patch: the `body-model` route (body-routed requests' first) leaves `filters` on as well."""
+
+    def patch(bootstrap: dict[str, Any]) -> dict[str, Any]:
+        routes = _model_routes(bootstrap, "body-model")
+        assert routes, "no body-model route in the bootstrap"
+        for route in routes:
+            for name in filters:
+                route["typed_per_filter_config"].pop(name, None)
+        return bootstrap
+
+    return patch
+
+
+# Costs of the pieces, measured on the header-routed side (the body-routed side is the full config's):
+# each is the full config with one more filter on for header-routed requests.
+PATCHED = {
+    "all of it, header path + json_to_metadata": _turn_on("envoy.filters.http.json_to_metadata"),
+    "all of it, header path + Lua normaliser": _turn_on("spillover.normalize"),
+    "all of it, header path + json_to_metadata + Lua": _turn_on(
+        "envoy.filters.http.json_to_metadata", "spillover.normalize"
+    ),
+    "all of it, header path + transform (body copy, route again)": _turn_on(
+        "spillover.body_model", copy_from="body-model"
+    ),
+    "all of it, body path + json_to_metadata": _body_route_keeps("envoy.filters.http.json_to_metadata"),
+}
+
+
 # Run inside the baseline tree: its own translator and variants, the same harness helpers.
 _BASELINE_SCRIPT = """
 import json, sys
@@ -109,9 +173,15 @@ def baseline_bootstrap(tree: Path, name: str, upstream: tuple[str, int], port: i
 
 
 def run(
-    rounds: int, seconds: float, log: Any = print, baseline: Path | None = None, only: tuple[str, ...] = ()
+    rounds: int,
+    seconds: float,
+    log: Any = print,
+    baseline: Path | None = None,
+    only: tuple[str, ...] = (),
+    patched: bool = False,
 ) -> dict[str, Any]:
-    """`only`: keep the sides whose name contains one of these (plain always runs)."""
+    """`only`: keep the sides whose name contains one of these (plain always runs); `patched`: add the
+    PATCHED sides (what each body-path filter costs)."""
 
     def kept(name: str) -> bool:
         return not only or any(part in name for part in only)
@@ -133,6 +203,15 @@ def run(
             port = free_port()
             resources = translate(Gateway("bench", Listener("127.0.0.1", port), (model,)))
             envoys.append(_Pinned(to_static_bootstrap(resources), workdir, name=f"variant-{i}", cpus=envoy_cpu).start())
+            ports[name] = port
+        full = variants(("127.0.0.1", upstream.port))["spillover (all of it)"]
+        for i, (name, patch) in enumerate(PATCHED.items() if patched else ()):
+            if not kept(name):
+                continue
+            port = free_port()
+            resources = translate(Gateway("bench", Listener("127.0.0.1", port), (full,)))
+            bootstrap = patch(json.loads(json.dumps(to_static_bootstrap(resources))))
+            envoys.append(_Pinned(bootstrap, workdir, name=f"patched-{i}", cpus=envoy_cpu).start())
             ports[name] = port
         for i, name in enumerate(BASELINE_SIDES if baseline is not None else ()):
             assert baseline is not None
@@ -192,7 +271,7 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
         "| config | header-routed: Envoy CPU µs / request | rps (÷ plain) | body-routed: Envoy CPU µs / request "
         "| rps (÷ plain) |", "|---|---|---|---|---|",
     ]  # fmt: skip
-    known = ["plain", *variants(("127.0.0.1", 1))]  # the JSON's keys come back sorted
+    known = ["plain", *variants(("127.0.0.1", 1)), *PATCHED]  # the JSON's keys come back sorted
     for side in sorted(result["summary"]["header"], key=lambda name: known.index(name) if name in known else 99):
         cells = []
         for kind in KINDS:
@@ -234,18 +313,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--name", default="datapath-ablation", help="results/NAME.{md,json}")
     parser.add_argument("--baseline", type=Path, help="a source tree whose translation runs beside this one's")
+    parser.add_argument("--pieces", action="store_true",
+                        help="add the sides that price the body path's filters one by one (PATCHED)")  # fmt: skip
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sides whose name contains this (repeatable; plain always runs)")  # fmt: skip
     args = parser.parse_args(argv)
     info = machine.describe()
     try:
         result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
-                     only=tuple(args.only))  # fmt: skip
+                     only=tuple(args.only), patched=args.pieces)  # fmt: skip
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
     baseline = f" --baseline {args.baseline}" if args.baseline else ""
-    baseline += "".join(f" --only {part!r}" for part in args.only)
+    baseline += "".join(f" --only {part!r}" for part in args.only) + (" --pieces" if args.pieces else "")
     result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
                           f"{baseline}",
                   date=info["date"], git=info["git"], machine=info)  # fmt: skip
