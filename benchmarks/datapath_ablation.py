@@ -9,6 +9,10 @@ results/datapath-ablation.json; benchmarks/datapath.py shows it in results/datap
 `--baseline TREE` (a source tree, e.g. `git archive` of main unpacked) adds that tree's translation of the
 full config and of the config without failover as two more sides of the same rounds: two translator
 versions compared under the same load, which separate runs on a shared machine can't do.
+
+`--pieces` adds sides that price the body path's filters one at a time (PATCHED): the full config with the
+model's route leaving json_to_metadata, the Lua normaliser, both, or the transform filter on for
+header-routed requests, and with the body-model route keeping json_to_metadata on for body-routed ones.
 """
 
 from __future__ import annotations
