@@ -134,6 +134,38 @@ def _body_route_keeps(*filters: str) -> Any:
     return patch
 
 
+def _drop_routes(node: Any, name: str) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("routes"), list):
+            node["routes"] = [r for r in node["routes"] if r.get("name") != name]
+        for value in node.values():
+            _drop_routes(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_routes(value, name)
+
+
+def _without_listener_filter(name: str) -> Any:
+    """A patch: the listener's filter chain without `name`, and without the body-model route that turns
+    it on (body-routed requests take the old slow path): what a filter disabled by default costs
+    header-routed requests, whatever Envoy spends deciding to skip it."""
+
+    def patch(bootstrap: dict[str, Any]) -> dict[str, Any]:
+        found = 0
+        for listener in bootstrap["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for network_filter in chain["filters"]:
+                    filters = network_filter["typed_config"].get("http_filters", [])
+                    kept = [f for f in filters if f["name"] != name]
+                    found += len(filters) - len(kept)
+                    network_filter["typed_config"]["http_filters"] = kept
+        assert found, f"no {name} in the listener"
+        _drop_routes(bootstrap, "body-model")
+        return bootstrap
+
+    return patch
+
+
 # Costs of the pieces, measured on the header-routed side (the body-routed side is the full config's):
 # each is the full config with one more filter on for header-routed requests.
 PATCHED = {
@@ -146,6 +178,9 @@ PATCHED = {
         "spillover.body_model", copy_from="body-model"
     ),
     "all of it, body path + json_to_metadata": _body_route_keeps("envoy.filters.http.json_to_metadata"),
+    "all of it, no transform filter in the listener (body: old slow path)": _without_listener_filter(
+        "spillover.body_model"
+    ),
 }
 
 
