@@ -11,8 +11,9 @@ full config and of the config without failover as two more sides of the same rou
 versions compared under the same load, which separate runs on a shared machine can't do.
 
 `--pieces` adds sides that price the body path's filters one at a time (PATCHED): the full config with the
-model's route leaving json_to_metadata, the Lua normaliser, both, or the transform filter on for
-header-routed requests, and with the body-model route keeping json_to_metadata on for body-routed ones.
+model's route leaving json_to_metadata, the Lua normaliser, both, or the body path's pair (json_to_metadata
+and the header_mutation copy) on for header-routed requests, and without the listener's header_mutation
+filter (what a filter disabled by default costs). `--other TREE` adds more trees' full config as sides.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _model_routes(node: Any, name: str) -> list[dict[str, Any]]:
 def _turn_on(*filters: str, copy_from: str | None = None) -> Any:
     """A patch of the full config's bootstrap: the model's route (the one header-routed requests match
     first) leaves `filters` on instead of switching them off, or, with `copy_from`, takes that route's
-    per-filter configs of `filters`. Header-routed requests then pay for just those filters."""
+    per-filter configs of `filters` (where it has one). Header-routed requests then pay for just those."""
 
     def patch(bootstrap: dict[str, Any]) -> dict[str, Any]:
         routes = _model_routes(bootstrap, f"{MODEL}/default")
@@ -111,24 +112,10 @@ def _turn_on(*filters: str, copy_from: str | None = None) -> Any:
         for route in routes:
             per_filter = route.setdefault("typed_per_filter_config", {})
             for name in filters:
-                if source is not None:
+                if source is not None and name in source["typed_per_filter_config"]:
                     per_filter[name] = source["typed_per_filter_config"][name]
                 else:
                     per_filter.pop(name, None)
-        return bootstrap
-
-    return patch
-
-
-def _body_route_keeps(*filters: str) -> Any:
-    """A patch: the `body-model` route (body-routed requests' first) leaves `filters` on as well."""
-
-    def patch(bootstrap: dict[str, Any]) -> dict[str, Any]:
-        routes = _model_routes(bootstrap, "body-model")
-        assert routes, "no body-model route in the bootstrap"
-        for route in routes:
-            for name in filters:
-                route["typed_per_filter_config"].pop(name, None)
         return bootstrap
 
     return patch
@@ -174,10 +161,9 @@ PATCHED = {
     "all of it, header path + json_to_metadata + Lua": _turn_on(
         "envoy.filters.http.json_to_metadata", "spillover.normalize"
     ),
-    "all of it, header path + transform (body copy, route again)": _turn_on(
-        "spillover.body_model", copy_from="body-model"
+    "all of it, header path + json_to_metadata + header_mutation (the body path's pair)": _turn_on(
+        "envoy.filters.http.json_to_metadata", "spillover.body_model", copy_from="body-model"
     ),
-    "all of it, body path + json_to_metadata": _body_route_keeps("envoy.filters.http.json_to_metadata"),
     "all of it, no transform filter in the listener (body: old slow path)": _without_listener_filter(
         "spillover.body_model"
     ),
@@ -218,9 +204,11 @@ def run(
     baseline: Path | None = None,
     only: tuple[str, ...] = (),
     patched: bool = False,
+    others: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
     """`only`: keep the sides whose name contains one of these (plain always runs); `patched`: add the
-    PATCHED sides (what each body-path filter costs)."""
+    PATCHED sides (what each body-path filter costs); `others`: more trees whose full config runs as a
+    side (named after the tree's directory)."""
 
     def kept(name: str) -> bool:
         return not only or any(part in name for part in only)
@@ -252,6 +240,11 @@ def run(
             bootstrap = patch(json.loads(json.dumps(to_static_bootstrap(resources))))
             envoys.append(_Pinned(bootstrap, workdir, name=f"patched-{i}", cpus=envoy_cpu).start())
             ports[name] = port
+        for i, tree in enumerate(others):
+            port = free_port()
+            bootstrap = baseline_bootstrap(tree, BASELINE_SIDES[0], ("127.0.0.1", upstream.port), port)
+            envoys.append(_Pinned(bootstrap, workdir, name=f"other-{i}", cpus=envoy_cpu).start())
+            ports[f"{BASELINE_SIDES[0]} @ {tree.name}"] = port
         for i, name in enumerate(BASELINE_SIDES if baseline is not None else ()):
             assert baseline is not None
             if not kept(f"{name} @ baseline"):
@@ -352,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--name", default="datapath-ablation", help="results/NAME.{md,json}")
     parser.add_argument("--baseline", type=Path, help="a source tree whose translation runs beside this one's")
+    parser.add_argument("--other", action="append", type=Path, default=[],
+                        help="another source tree whose full config runs as a side too (repeatable)")  # fmt: skip
     parser.add_argument("--pieces", action="store_true",
                         help="add the sides that price the body path's filters one by one (PATCHED)")  # fmt: skip
     parser.add_argument("--only", action="append", default=[],
@@ -360,12 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     info = machine.describe()
     try:
         result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
-                     only=tuple(args.only), patched=args.pieces)  # fmt: skip
+                     only=tuple(args.only), patched=args.pieces, others=tuple(args.other))  # fmt: skip
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
     baseline = f" --baseline {args.baseline}" if args.baseline else ""
     baseline += "".join(f" --only {part!r}" for part in args.only) + (" --pieces" if args.pieces else "")
+    baseline += "".join(f" --other {tree}" for tree in args.other)
     result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
                           f"{baseline}",
                   date=info["date"], git=info["git"], machine=info)  # fmt: skip

@@ -47,7 +47,7 @@ __all__ = [
 
 # HTTP filter names: the listener installs them, routes configure them per route by these names.
 NORMALIZE_FILTER = "spillover.normalize"
-# Envoy's transform filter (native, no Lua): the JSON body's model into x-model, then the route again.
+# A header_mutation filter (native, no Lua): the body's model (json_to_metadata's metadata) into x-model.
 BODY_MODEL_FILTER = "spillover.body_model"
 JSON_TO_METADATA_FILTER = "envoy.filters.http.json_to_metadata"
 PREFIX_HASH_FILTER = "spillover.prefix_hash"

@@ -13,8 +13,9 @@ is read before ``x-aibrix-config-profile``. Each route carries its own rate limi
 The common case is cheap: model routes match the ``x-model`` and ``config-profile`` headers and switch
 the listener's json_to_metadata and Lua normaliser off, so a request that names its model in
 ``x-model`` is routed without Lua and without buffering its body. A JSON request that names its model
-in the body only first matches ``body-model``, which switches them off too and Envoy's transform filter
-on: that copies the body's model into ``x-model`` and the route is chosen again (no Lua, no metadata).
+in the body only first matches ``body-model``, which keeps json_to_metadata on, switches the normaliser
+off and a header_mutation filter on: that copies the body's model into ``x-model`` before the route is
+chosen again (json_to_metadata asks for that), with no Lua.
 Any other request first matches a route that leaves them on: ``model`` without ``x-model``,
 ``x-aibrix-config-profile`` without ``config-profile``, or no ``x-model`` and a media type only
 json_to_metadata reads (``missing-model``); the normaliser writes the model and profile it finds into
@@ -34,13 +35,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.config.route.v3.route_components_pb2 import FilterConfig, HeaderMatcher
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
-from envoy.extensions.filters.http.transform.v3 import transform_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_pb2
@@ -410,22 +410,6 @@ def slow_path_routes() -> list[route_components_pb2.Route]:
     return [model_header, aibrix_profile]
 
 
-def _body_model_transform() -> transform_pb2.TransformConfig:
-    """The listener's transform filter, on the ``body-model`` route only: a JSON request without
-    ``x-model`` (or with an empty one), ``model`` and ``x-aibrix-config-profile`` reaches that route
-    first, so the body alone decides and its model is written over an empty ``x-model``. A body with no
-    string-or-number ``model`` writes nothing, and the route chosen again is that route's 404."""
-    copy = mutation_rules_pb2.HeaderMutation(
-        append=base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=MODEL_HEADER, value="%REQUEST_BODY(model)%"),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
-    )
-    return transform_pb2.TransformConfig(
-        request_transformation=transform_pb2.Transformation(headers_mutations=[copy]), clear_route_cache=True
-    )
-
-
 def not_found_routes() -> list[route_components_pb2.Route]:
     unknown = route_components_pb2.Route(
         name="unknown-model",
@@ -461,10 +445,10 @@ def not_found_routes() -> list[route_components_pb2.Route]:
             }
         }
     )
-    # A JSON body decides the model alone: Envoy's transform filter copies it into x-model, which
-    # costs less than json_to_metadata and the normaliser. The content types are the ones both that
-    # filter (a substring, case-sensitive) and json_to_metadata (below) accept; any other spelling
-    # json_to_metadata accepts (`Application/JSON`) falls through to `missing-model` and its slow path.
+    # A JSON body decides the model alone: json_to_metadata reads it and the listener's header_mutation
+    # copies it into x-model, with no Lua. Only lower-case `application/json`, so that the route's
+    # condition is simple; any other spelling json_to_metadata accepts (`Application/JSON`) falls
+    # through to `missing-model` and its slow path, which routes it the same.
     body_model = route_components_pb2.Route(
         name="body-model",
         match=route_components_pb2.RouteMatch(
@@ -479,10 +463,11 @@ def not_found_routes() -> list[route_components_pb2.Route]:
             ],
         ),
     )
+    # The listener's header_mutation filter is off by default: an (empty) per-route config turns it on.
     body_model.typed_per_filter_config[BODY_MODEL_FILTER].CopyFrom(
-        pack(FilterConfig(config=pack(_body_model_transform())))
+        pack(FilterConfig(config=pack(header_mutation_pb2.HeaderMutationPerRoute())))
     )
-    _fast_path(body_model)
+    body_model.typed_per_filter_config[NORMALIZE_FILTER].CopyFrom(pack(FilterConfig(disabled=True)))
     _missing_model_reply(body_model)
     missing = route_components_pb2.Route(
         name="missing-model", match=route_components_pb2.RouteMatch(prefix="/")
