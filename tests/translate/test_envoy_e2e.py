@@ -157,7 +157,8 @@ def test_body_routing_edge_cases(gateway, upstream_factory) -> None:
     assert _served_by(gw.post({"model": "m"}, {"model": ""})) == "pod"
     assert gw.post({"model": 7}).json()["error"]["message"] == "The model `7` does not exist"
     # Not JSON, no body, no model: the 404 of no model, and nothing reaches the upstream.
-    for body in ("not json", None, {"model": None}, {"messages": []}):
+    no_model: list[dict | str | None] = ["not json", None, {"model": None}, {"messages": []}]
+    for body in no_model:
         missing = gw.post(body)
         assert (missing.status, missing.json()["error"]["code"]) == (404, "model_not_found"), body
     # The client's prefix-cache affinity never reaches the upstream (the model's route removes it).
