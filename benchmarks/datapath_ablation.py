@@ -9,6 +9,11 @@ results/datapath-ablation.json; benchmarks/datapath.py shows it in results/datap
 `--baseline TREE` (a source tree, e.g. `git archive` of main unpacked) adds that tree's translation of the
 full config and of the config without failover as two more sides of the same rounds: two translator
 versions compared under the same load, which separate runs on a shared machine can't do.
+
+`--pieces` adds sides that price the body path's filters one at a time (PATCHED): the full config with the
+model's route leaving json_to_metadata, the Lua normaliser, both, or the body path's pair (json_to_metadata
+and the header_mutation copy) on for header-routed requests, and without the listener's header_mutation
+filter (what a filter disabled by default costs). `--other TREE` adds more trees' full config as sides.
 """
 
 from __future__ import annotations
@@ -81,6 +86,90 @@ def variants(upstream: tuple[str, int]) -> dict[str, Model]:
     }
 
 
+def _model_routes(node: Any, name: str) -> list[dict[str, Any]]:
+    """Every route called `name` anywhere in a static bootstrap (the table nests them in RouteLists)."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("name") == name and "match" in node:
+            found.append(node)
+        for value in node.values():
+            found += _model_routes(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            found += _model_routes(value, name)
+    return found
+
+
+def _turn_on(*filters: str, copy_from: str | None = None) -> Any:
+    """A patch of the full config's bootstrap: the model's route (the one header-routed requests match
+    first) leaves `filters` on instead of switching them off, or, with `copy_from`, takes that route's
+    per-filter configs of `filters` (where it has one). Header-routed requests then pay for just those."""
+
+    def patch(bootstrap: dict[str, Any]) -> dict[str, Any]:
+        routes = _model_routes(bootstrap, f"{MODEL}/default")
+        assert routes, "the model's route is not in the bootstrap"
+        source = _model_routes(bootstrap, copy_from)[0] if copy_from else None
+        for route in routes:
+            per_filter = route.setdefault("typed_per_filter_config", {})
+            for name in filters:
+                if source is not None and name in source["typed_per_filter_config"]:
+                    per_filter[name] = source["typed_per_filter_config"][name]
+                else:
+                    per_filter.pop(name, None)
+        return bootstrap
+
+    return patch
+
+
+def _drop_routes(node: Any, name: str) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("routes"), list):
+            node["routes"] = [r for r in node["routes"] if r.get("name") != name]
+        for value in node.values():
+            _drop_routes(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_routes(value, name)
+
+
+def _without_listener_filter(name: str) -> Any:
+    """A patch: the listener's filter chain without `name`, and without the body-model route that turns
+    it on (body-routed requests take the old slow path): what a filter disabled by default costs
+    header-routed requests, whatever Envoy spends deciding to skip it."""
+
+    def patch(bootstrap: dict[str, Any]) -> dict[str, Any]:
+        found = 0
+        for listener in bootstrap["static_resources"]["listeners"]:
+            for chain in listener["filter_chains"]:
+                for network_filter in chain["filters"]:
+                    filters = network_filter["typed_config"].get("http_filters", [])
+                    kept = [f for f in filters if f["name"] != name]
+                    found += len(filters) - len(kept)
+                    network_filter["typed_config"]["http_filters"] = kept
+        assert found, f"no {name} in the listener"
+        _drop_routes(bootstrap, "body-model")
+        return bootstrap
+
+    return patch
+
+
+# Costs of the pieces, measured on the header-routed side (the body-routed side is the full config's):
+# each is the full config with one more filter on for header-routed requests.
+PATCHED = {
+    "all of it, header path + json_to_metadata": _turn_on("envoy.filters.http.json_to_metadata"),
+    "all of it, header path + Lua normaliser": _turn_on("spillover.normalize"),
+    "all of it, header path + json_to_metadata + Lua": _turn_on(
+        "envoy.filters.http.json_to_metadata", "spillover.normalize"
+    ),
+    "all of it, header path + json_to_metadata + header_mutation (the body path's pair)": _turn_on(
+        "envoy.filters.http.json_to_metadata", "spillover.body_model", copy_from="body-model"
+    ),
+    "all of it, no transform filter in the listener (body: old slow path)": _without_listener_filter(
+        "spillover.body_model"
+    ),
+}
+
+
 # Run inside the baseline tree: its own translator and variants, the same harness helpers.
 _BASELINE_SCRIPT = """
 import json, sys
@@ -109,9 +198,17 @@ def baseline_bootstrap(tree: Path, name: str, upstream: tuple[str, int], port: i
 
 
 def run(
-    rounds: int, seconds: float, log: Any = print, baseline: Path | None = None, only: tuple[str, ...] = ()
+    rounds: int,
+    seconds: float,
+    log: Any = print,
+    baseline: Path | None = None,
+    only: tuple[str, ...] = (),
+    patched: bool = False,
+    others: tuple[Path, ...] = (),
 ) -> dict[str, Any]:
-    """`only`: keep the sides whose name contains one of these (plain always runs)."""
+    """`only`: keep the sides whose name contains one of these (plain always runs); `patched`: add the
+    PATCHED sides (what each body-path filter costs); `others`: more trees whose full config runs as a
+    side (named after the tree's directory)."""
 
     def kept(name: str) -> bool:
         return not only or any(part in name for part in only)
@@ -134,6 +231,20 @@ def run(
             resources = translate(Gateway("bench", Listener("127.0.0.1", port), (model,)))
             envoys.append(_Pinned(to_static_bootstrap(resources), workdir, name=f"variant-{i}", cpus=envoy_cpu).start())
             ports[name] = port
+        full = variants(("127.0.0.1", upstream.port))["spillover (all of it)"]
+        for i, (name, patch) in enumerate(PATCHED.items() if patched else ()):
+            if not kept(name):
+                continue
+            port = free_port()
+            resources = translate(Gateway("bench", Listener("127.0.0.1", port), (full,)))
+            bootstrap = patch(json.loads(json.dumps(to_static_bootstrap(resources))))
+            envoys.append(_Pinned(bootstrap, workdir, name=f"patched-{i}", cpus=envoy_cpu).start())
+            ports[name] = port
+        for i, tree in enumerate(others):
+            port = free_port()
+            bootstrap = baseline_bootstrap(tree, BASELINE_SIDES[0], ("127.0.0.1", upstream.port), port)
+            envoys.append(_Pinned(bootstrap, workdir, name=f"other-{i}", cpus=envoy_cpu).start())
+            ports[f"{BASELINE_SIDES[0]} @ {tree.name}"] = port
         for i, name in enumerate(BASELINE_SIDES if baseline is not None else ()):
             assert baseline is not None
             if not kept(f"{name} @ baseline"):
@@ -192,7 +303,7 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
         "| config | header-routed: Envoy CPU µs / request | rps (÷ plain) | body-routed: Envoy CPU µs / request "
         "| rps (÷ plain) |", "|---|---|---|---|---|",
     ]  # fmt: skip
-    known = ["plain", *variants(("127.0.0.1", 1))]  # the JSON's keys come back sorted
+    known = ["plain", *variants(("127.0.0.1", 1)), *PATCHED]  # the JSON's keys come back sorted
     for side in sorted(result["summary"]["header"], key=lambda name: known.index(name) if name in known else 99):
         cells = []
         for kind in KINDS:
@@ -234,18 +345,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--name", default="datapath-ablation", help="results/NAME.{md,json}")
     parser.add_argument("--baseline", type=Path, help="a source tree whose translation runs beside this one's")
+    parser.add_argument("--other", action="append", type=Path, default=[],
+                        help="another source tree whose full config runs as a side too (repeatable)")  # fmt: skip
+    parser.add_argument("--pieces", action="store_true",
+                        help="add the sides that price the body path's filters one by one (PATCHED)")  # fmt: skip
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sides whose name contains this (repeatable; plain always runs)")  # fmt: skip
     args = parser.parse_args(argv)
     info = machine.describe()
     try:
         result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
-                     only=tuple(args.only))  # fmt: skip
+                     only=tuple(args.only), patched=args.pieces, others=tuple(args.other))  # fmt: skip
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
     baseline = f" --baseline {args.baseline}" if args.baseline else ""
-    baseline += "".join(f" --only {part!r}" for part in args.only)
+    baseline += "".join(f" --only {part!r}" for part in args.only) + (" --pieces" if args.pieces else "")
+    baseline += "".join(f" --other {tree}" for tree in args.other)
     result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
                           f"{baseline}",
                   date=info["date"], git=info["git"], machine=info)  # fmt: skip

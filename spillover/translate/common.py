@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 
 __all__ = [
     "ADS",
+    "BODY_MODEL_FILTER",
     "CLIENT_HOST_FILTER",
     "CLIENT_HOST_KEY",
     "CLIENT_HOST_NAMESPACE",
@@ -46,6 +47,8 @@ __all__ = [
 
 # HTTP filter names: the listener installs them, routes configure them per route by these names.
 NORMALIZE_FILTER = "spillover.normalize"
+# A header_mutation filter (native, no Lua): the body's model (json_to_metadata's metadata) into x-model.
+BODY_MODEL_FILTER = "spillover.body_model"
 JSON_TO_METADATA_FILTER = "envoy.filters.http.json_to_metadata"
 PREFIX_HASH_FILTER = "spillover.prefix_hash"
 CLIENT_HOST_FILTER = "spillover.client_host"

@@ -1,25 +1,32 @@
 """The one listener: an HTTP connection manager whose filter chain picks the model and profile.
 
     HCM (RDS over ADS)
-      1. json_to_metadata              body ``model`` → metadata spillover.model    } slow path only:
-      2. Lua ``spillover.normalize``   model (x-model, model, body) → ``x-model``,  } off on the routes
-                                       config-profile/x-aibrix-config-profile →     } of requests whose
-                                       ``config-profile``; route chosen again       } headers decide
-      3. local_ratelimit               per-route token bucket (requestsPerSecond); 429 + header
-      4. Lua ``spillover.prefix_hash`` per-route (prefix-cache only): hash of the prompt prefix
-      5. router                        route = (model, profile) on the x-model / config-profile headers
+      1. json_to_metadata              body ``model`` → metadata spillover.model;   } body and slow path
+                                       route chosen again                           } only: off on the
+      2. header_mutation               metadata spillover.model → ``x-model``       } routes of requests
+         ``spillover.body_model``      (off unless the route turns it on)           } whose headers
+      3. Lua ``spillover.normalize``   model (x-model, model, body) → ``x-model``,  } decide; 2 on the
+                                       config-profile/x-aibrix-config-profile →     } body path, 3 on
+                                       ``config-profile``; route chosen again       } the slow path
+      4. local_ratelimit               per-route token bucket (requestsPerSecond); 429 + header
+      5. Lua ``spillover.prefix_hash`` per-route (prefix-cache only): hash of the prompt prefix
+      6. router                        route = (model, profile) on the x-model / config-profile headers
 
 A request that names its model in ``x-model`` is routed on its headers alone: its route switches 1 and
-2 off, so it costs no Lua and no body buffering (see routes.py). The chain is the same for every
-gateway whatever its models use, so a policy change never touches LDS (a listener update drains
-connections): routes switch the per-route filters on and off.
+3 off, so it costs no Lua and no body buffering (see routes.py). A JSON request that names its model in
+its body only (no ``model`` or ``x-aibrix-config-profile`` header) takes 1 and 2: Envoy's own filters
+read the body and copy the model into ``x-model``, with no Lua (see routes.py ``body-model``). The chain
+is the same for every gateway whatever its models use, so a policy change never touches LDS (a listener
+update drains connections): routes switch the per-route filters on and off.
 """
 
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metadata_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
@@ -33,6 +40,7 @@ from spillover.names import LISTENER_NAME, METADATA_NAMESPACE, RATE_LIMIT_STAT_P
 from spillover.translate import lua
 from spillover.translate.common import (
     ADS,
+    BODY_MODEL_FILTER,
     CLIENT_HOST_FILTER,
     JSON_TO_METADATA_FILTER,
     NORMALIZE_FILTER,
@@ -43,6 +51,7 @@ from spillover.translate.common import (
     lua_filter,
     pack,
 )
+from spillover.translate.routes import MODEL_HEADER
 
 __all__ = ["build_listener"]
 
@@ -54,6 +63,26 @@ def _client_host() -> hcm_pb2.HttpFilter:
     default with those routes enabling it: Envoy builds a request's filter chain from the route it
     first matches, which for body-routed requests is a slow-path route, not the model's."""
     return hcm_pb2.HttpFilter(name=CLIENT_HOST_FILTER, typed_config=pack(header_to_metadata_pb2.Config()))
+
+
+def _body_model() -> hcm_pb2.HttpFilter:
+    """Off by default: only the ``body-model`` route turns it on (routes.py), with json_to_metadata before
+    it. That filter, once it has put the body's model in metadata, has Envoy choose the route again; this
+    one's filter-level mutation runs before it asks for the route, so the route chosen then sees the
+    model in ``x-model``. A model no header can carry (a line break) is not written, and the route chosen
+    again is the 404 that names it from metadata (``unknown-body-model``); no model, no header."""
+    copy = mutation_rules_pb2.HeaderMutation(
+        append=base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(
+                key=MODEL_HEADER, value=f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:model)%"
+            ),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+    )
+    config = header_mutation_pb2.HeaderMutation(
+        mutations=header_mutation_pb2.Mutations(request_mutations=[copy])
+    )
+    return hcm_pb2.HttpFilter(name=BODY_MODEL_FILTER, typed_config=pack(config), disabled=True)
 
 
 def _http_filters() -> list[hcm_pb2.HttpFilter]:
@@ -75,6 +104,7 @@ def _http_filters() -> list[hcm_pb2.HttpFilter]:
     )
     return [
         hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(json_rules)),
+        _body_model(),
         lua_filter(
             NORMALIZE_FILTER,
             default_source_code=base_pb2.DataSource(inline_string=lua.NORMALIZE),

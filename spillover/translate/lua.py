@@ -17,7 +17,8 @@ PREFIX_HASH_NAME = "prefix_hash"
 
 # The slow path only. Routes match the `x-model` (and `config-profile`) request headers, so a request
 # that names its model there is routed with no Lua and no body buffering: its route switches this
-# filter and json_to_metadata off. Every other request lands first on a route that leaves them on
+# filter and json_to_metadata off, and so does `body-model`, where a JSON body alone names the model
+# (json_to_metadata and a header_mutation filter copy it). Every other request lands first on a route that leaves them on
 # (`missing-model`, or the two that catch `model` / `x-aibrix-config-profile` alone); this script,
 # after json_to_metadata, writes the model and profile into those headers with the precedence below,
 # and the header change clears the route cache (clear_route_cache), so the route is chosen again.

@@ -12,10 +12,14 @@ is read before ``x-aibrix-config-profile``. Each route carries its own rate limi
 
 The common case is cheap: model routes match the ``x-model`` and ``config-profile`` headers and switch
 the listener's json_to_metadata and Lua normaliser off, so a request that names its model in
-``x-model`` is routed without Lua and without buffering its body. Any other request first matches a
-route that leaves them on: ``model`` without ``x-model``, ``x-aibrix-config-profile`` without
-``config-profile``, or no ``x-model`` at all (``missing-model``); the normaliser writes the model and
-profile it finds into ``x-model`` / ``config-profile`` and the route is chosen again.
+``x-model`` is routed without Lua and without buffering its body. A JSON request that names its model
+in the body only first matches ``body-model``, which keeps json_to_metadata on, switches the normaliser
+off and a header_mutation filter on: that copies the body's model into ``x-model`` before the route is
+chosen again (json_to_metadata asks for that), with no Lua.
+Any other request first matches a route that leaves them on: ``model`` without ``x-model``,
+``x-aibrix-config-profile`` without ``config-profile``, or no ``x-model`` and a media type only
+json_to_metadata reads (``missing-model``); the normaliser writes the model and profile it finds into
+``x-model`` / ``config-profile`` and the route is chosen again.
 
 Host rewrite and extra headers of a remote backend sit on the route's remote weighted-cluster entry
 (or on the route when all traffic goes remote), so they only touch requests sent there.
@@ -34,6 +38,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.config.route.v3.route_components_pb2 import FilterConfig, HeaderMatcher
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -57,6 +62,7 @@ from spillover.names import (
 )
 from spillover.translate import lua
 from spillover.translate.common import (
+    BODY_MODEL_FILTER,
     CLIENT_HOST_FILTER,
     JSON_TO_METADATA_FILTER,
     NORMALIZE_FILTER,
@@ -73,10 +79,20 @@ from spillover.translate.common import (
 from spillover.translate.failover import host_only
 from spillover.translate.strategies import Serving
 
-__all__ = ["FALLBACK_SPLIT", "model_route", "not_found_routes", "runtime_split", "slow_path_routes"]
+__all__ = [
+    "FALLBACK_SPLIT",
+    "JSON_CONTENT_TYPE_REGEX",
+    "model_route",
+    "not_found_routes",
+    "runtime_split",
+    "slow_path_routes",
+]
 
 # What a route whose weights come from runtime sends where runtime says nothing: all local.
 FALLBACK_SPLIT = TrafficSplit(100, 0)
+
+# The JSON content types the body path reads: lower-case `application/json`, parameters allowed.
+JSON_CONTENT_TYPE_REGEX = r"application/json\s*(;.*)?"
 
 # The request headers routes match on (lua.NORMALIZE writes the first and the third).
 MODEL_HEADER, MODEL_HEADER_ALT = "x-model", "model"
@@ -429,8 +445,32 @@ def not_found_routes() -> list[route_components_pb2.Route]:
             }
         }
     )
+    # A JSON body decides the model alone: json_to_metadata reads it and the listener's header_mutation
+    # copies it into x-model, with no Lua. Only lower-case `application/json`, so that the route's
+    # condition is simple; any other spelling json_to_metadata accepts (`Application/JSON`) falls
+    # through to `missing-model` and its slow path, which routes it the same.
+    body_model = route_components_pb2.Route(
+        name="body-model",
+        match=route_components_pb2.RouteMatch(
+            prefix="/",
+            headers=[
+                HeaderMatcher(
+                    name="content-type",
+                    string_match=string_pb2.StringMatcher(
+                        safe_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPE_REGEX)
+                    ),
+                )
+            ],
+        ),
+    )
+    # The listener's header_mutation filter is off by default: an (empty) per-route config turns it on.
+    body_model.typed_per_filter_config[BODY_MODEL_FILTER].CopyFrom(
+        pack(FilterConfig(config=pack(header_mutation_pb2.HeaderMutationPerRoute())))
+    )
+    body_model.typed_per_filter_config[NORMALIZE_FILTER].CopyFrom(pack(FilterConfig(disabled=True)))
+    _missing_model_reply(body_model)
     missing = route_components_pb2.Route(
         name="missing-model", match=route_components_pb2.RouteMatch(prefix="/")
     )
     _missing_model_reply(missing)
-    return [unknown, unknown_body, missing]
+    return [unknown, unknown_body, body_model, missing]

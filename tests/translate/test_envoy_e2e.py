@@ -133,17 +133,38 @@ def _json_to_metadata_runs(gw: Gw) -> int:
     return sum(v for k, v in gw.envoy.stats().items() if k.startswith("json_to_metadata.rq."))
 
 
-def test_header_routed_requests_skip_the_body_filter(gateway, upstream_factory) -> None:
+def test_header_routed_requests_skip_the_body_filters(gateway, upstream_factory) -> None:
     up = upstream_factory("pod")
     gw = gateway(Model("m", (_ep(up),), profiles=(Profile("default", "random"), Profile("b", "random"))))
     before = _json_to_metadata_runs(gw)
     for headers in ({"x-model": "m"}, {"x-model": "m", "config-profile": "b"}, {"x-model": "nope"}):
         gw.post({"model": "m", "messages": []}, headers)
     assert _json_to_metadata_runs(gw) == before
-    assert _served_by(gw.post({"model": "m", "messages": []})) == "pod"
+    # A body-routed request: json_to_metadata reads it, header_mutation (no Lua) writes x-model.
+    assert _served_by(gw.post({"model": "m", "messages": []}, {"config-profile": "b"})) == "pod"
     wait_until(lambda: _json_to_metadata_runs(gw) == before + 1, timeout=5, message="body routing")
-    # The body-routed request reaches the upstream with the model the normaliser put in x-model.
     assert up.requests[-1]["headers"]["x-model"] == "m"
+    assert up.requests[-1]["headers"]["config-profile"] == "b"
+
+
+def test_body_routing_edge_cases(gateway, upstream_factory) -> None:
+    """What the native body path hands to the slow path, and what it answers itself."""
+    up = upstream_factory("pod")
+    gw = gateway(Model("m", (_ep(up),)))
+    # A JSON media type in capitals is JSON too (the slow path reads it).
+    assert _served_by(gw.post({"model": "m"}, {"content-type": "Application/JSON"})) == "pod"
+    # The body decides over an empty `model` header; a number is no model's name.
+    assert _served_by(gw.post({"model": "m"}, {"model": ""})) == "pod"
+    assert gw.post({"model": 7}).json()["error"]["message"] == "The model `7` does not exist"
+    # Not JSON, no body, no model: the 404 of no model, and nothing reaches the upstream.
+    no_model: list[dict | str | None] = ["not json", None, {"model": None}, {"messages": []}]
+    for body in no_model:
+        missing = gw.post(body)
+        assert (missing.status, missing.json()["error"]["code"]) == (404, "model_not_found"), body
+    # The client's prefix-cache affinity never reaches the upstream (the model's route removes it).
+    assert _served_by(gw.post({"model": "m"}, {"x-spillover-prefix-hash": "forged"})) == "pod"
+    assert "x-spillover-prefix-hash" not in up.requests[-1]["headers"]
+    assert up.request_count == 3
 
 
 def test_profile_header_selects_the_profile_cluster(gateway, upstream_factory) -> None:

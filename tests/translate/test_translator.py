@@ -154,6 +154,7 @@ def test_default_profile_has_a_single_route_so_a_single_token_bucket() -> None:
         "m/default",
         "unknown-model",
         "unknown-body-model",
+        "body-model",
         "missing-model",
     ]
 
