@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,14 @@ from benchmarks.datapath import (
 )
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
 from spillover.translate import translate
-from tests.harness.envoy import Envoy
+from spillover.translate.common import (
+    CLIENT_HOST_FILTER,
+    HTTP_PROTOCOL_OPTIONS,
+    JSON_TO_METADATA_FILTER,
+    NORMALIZE_FILTER,
+    PREFIX_HASH_FILTER,
+)
+from tests.harness.envoy import Envoy, dicts_in
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
 from tests.harness.static_bootstrap import to_static_bootstrap
@@ -73,12 +81,126 @@ def variants(upstream: tuple[str, int]) -> dict[str, Model]:
         "- the aggregates' upstream filters (remote keeps the host)": dataclasses.replace(
             full, remote=dataclasses.replace(full.remote, host_rewrite=None) if full.remote else None
         ),
-        "- failover, - weighted split (local only)": dataclasses.replace(no_failover, split=TrafficSplit(100, 0)),
+        "- failover, - weighted split (local only)": dataclasses.replace(
+            no_failover, split=TrafficSplit(100, 0)
+        ),
         "- rate limit": dataclasses.replace(full, profiles=(Profile("default", "least-request"),)),
         "random instead of least-request": dataclasses.replace(
             full, profiles=(Profile("default", "random", 1_000_000, 1_000_000),)
         ),
     }
+
+
+Bootstrap = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Side:
+    """One Envoy of the run: a model translated (`split_weights` as the gateway's), then `edit` applied to
+    the static bootstrap, for the parts of the chain the IR can't switch off (an inert filter, a mapper).
+    `kinds`: the requests it can serve (without the normaliser a body-routed request is a 404)."""
+
+    model: Model
+    split_weights: str = "route"
+    edit: Callable[[Bootstrap], None] | None = None
+    kinds: tuple[str, ...] = KINDS
+
+
+def _managers(bootstrap: Bootstrap) -> Iterator[dict[str, Any]]:
+    for listener in bootstrap["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"] == "envoy.filters.network.http_connection_manager":
+                    yield network_filter["typed_config"]
+
+
+def _routes(bootstrap: Bootstrap) -> Iterator[dict[str, Any]]:
+    return (d for manager in _managers(bootstrap) for d in dicts_in(manager["route_config"])
+            if "match" in d and "name" in d)  # fmt: skip
+
+
+def _without_filters(*names: str) -> Callable[[Bootstrap], None]:
+    """The listener without these HTTP filters, and the routes without their per-route configs."""
+
+    def edit(bootstrap: Bootstrap) -> None:
+        for manager in _managers(bootstrap):
+            manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] not in names]
+        for route in _routes(bootstrap):
+            for name in names:
+                route.get("typed_per_filter_config", {}).pop(name, None)
+
+    return edit
+
+
+def _without_reply_mapper(bootstrap: Bootstrap) -> None:
+    for manager in _managers(bootstrap):
+        manager.pop("local_reply_config", None)
+
+
+def _without_route_stats(bootstrap: Bootstrap) -> None:
+    for route in _routes(bootstrap):
+        route.pop("stat_prefix", None)
+
+
+def _without_retries(bootstrap: Bootstrap) -> None:
+    for route in _routes(bootstrap):
+        route.get("route", {}).pop("retry_policy", None)
+
+
+def _aggregate_filters(keep: Callable[[str], bool]) -> Callable[[Bootstrap], None]:
+    """The failover aggregates' upstream filters reduced to those whose name `keep` says (none left: no
+    upstream chain of their own, Envoy's default codec)."""
+
+    def edit(bootstrap: Bootstrap) -> None:
+        for cluster in bootstrap["static_resources"]["clusters"]:
+            if cluster.get("cluster_type", {}).get("name") != "envoy.clusters.aggregate":
+                continue
+            options = cluster["typed_extension_protocol_options"][HTTP_PROTOCOL_OPTIONS]
+            kept = [f for f in options.get("http_filters", []) if keep(f["name"])]
+            if any(f["name"] != "envoy.filters.http.upstream_codec" for f in kept):
+                options["http_filters"] = kept
+            else:
+                options.pop("http_filters", None)
+
+    return edit
+
+
+def sides(upstream: tuple[str, int]) -> dict[str, Side]:
+    """`variants` and the parts of the chain only an edit of the bootstrap takes away."""
+    full = _model(upstream)
+    all_local = dataclasses.replace(full, split=TrafficSplit(100, 0))
+    result = {name: Side(model) for name, model in variants(upstream).items()}
+    result.update({
+        "- the aggregates' upstream filters (host rewrite kept, no restore)": Side(full, edit=_aggregate_filters(
+            lambda name: False)),
+        "- the aggregates' restore and side-header removal (side header kept)": Side(full, edit=_aggregate_filters(
+            lambda name: name in ("envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"))),
+        "- client_host header_to_metadata": Side(full, edit=_without_filters(CLIENT_HOST_FILTER)),
+        "- prefix_hash Lua (inert)": Side(full, edit=_without_filters(PREFIX_HASH_FILTER)),
+        "- json_to_metadata and normaliser (header only)": Side(
+            full, edit=_without_filters(JSON_TO_METADATA_FILTER, NORMALIZE_FILTER), kinds=("header",)),
+        "- local reply mapper": Side(full, edit=_without_reply_mapper),
+        "- per-route stats": Side(full, edit=_without_route_stats),
+        "- retry policy": Side(full, edit=_without_retries),
+        "split weights in runtime (spilling)": Side(full, split_weights="runtime"),
+        "all local, remote kept (route weights)": Side(all_local),
+        "all local, remote kept (runtime weights)": Side(all_local, split_weights="runtime"),
+    })  # fmt: skip
+    return result
+
+
+def side_bootstrap(side: Side, port: int) -> Bootstrap:
+    resources = translate(
+        Gateway("bench", Listener("127.0.0.1", port), (side.model,), split_weights=side.split_weights)
+    )
+    bootstrap = to_static_bootstrap(resources)
+    for runtime in resources.runtimes.values():
+        # What the RTDS layer would hold, as a static layer: the same keys, the same lookups per request.
+        layer = {key: value.number_value for key, value in runtime.layer.fields.items()}
+        bootstrap["layered_runtime"] = {"layers": [{"name": runtime.name, "static_layer": layer}]}
+    if side.edit is not None:
+        side.edit(bootstrap)
+    return bootstrap
 
 
 # Run inside the baseline tree: its own translator and variants, the same harness helpers.
@@ -127,13 +249,16 @@ def run(
         envoys.append(_Pinned(plain_bootstrap(plain_port, upstream.address), workdir, name="plain",
                               cpus=envoy_cpu).start())  # fmt: skip
         ports["plain"] = plain_port
-        for i, (name, model) in enumerate(variants(("127.0.0.1", upstream.port)).items()):
+        kinds_of: dict[str, tuple[str, ...]] = {"plain": KINDS}
+        for i, (name, spec) in enumerate(sides(("127.0.0.1", upstream.port)).items()):
             if not kept(name):
                 continue
             port = free_port()
-            resources = translate(Gateway("bench", Listener("127.0.0.1", port), (model,)))
-            envoys.append(_Pinned(to_static_bootstrap(resources), workdir, name=f"variant-{i}", cpus=envoy_cpu).start())
+            envoys.append(
+                _Pinned(side_bootstrap(spec, port), workdir, name=f"variant-{i}", cpus=envoy_cpu).start()
+            )
             ports[name] = port
+            kinds_of[name] = spec.kinds
         for i, name in enumerate(BASELINE_SIDES if baseline is not None else ()):
             assert baseline is not None
             if not kept(f"{name} @ baseline"):
@@ -142,20 +267,29 @@ def run(
             bootstrap = baseline_bootstrap(baseline, name, ("127.0.0.1", upstream.port), port)
             envoys.append(_Pinned(bootstrap, workdir, name=f"baseline-{i}", cpus=envoy_cpu).start())
             ports[f"{name} @ baseline"] = port
+            kinds_of[f"{name} @ baseline"] = KINDS
         pids = {side: {"envoy": int(envoy.pid or 0)} for side, envoy in zip(ports, envoys, strict=True)}
-        for port in ports.values():
-            for kind in KINDS:
-                wait_until(partial(_answers, port, kind), timeout=20, interval=0.1,
-                           message=f"port {port} never answered {kind}-routed requests")
-        sides = list(ports)
+        for side_name, port in ports.items():
+            for kind in kinds_of[side_name]:
+                wait_until(
+                    partial(_answers, port, kind),
+                    timeout=20,
+                    interval=0.1,
+                    message=f"port {port} never answered {kind}-routed requests",
+                )
+        names = list(ports)
         runs = []
         for rnd in range(rounds):
-            order = sides if rnd % 2 == 0 else list(reversed(sides))
+            order = names if rnd % 2 == 0 else list(reversed(names))
             for kind in KINDS:
-                for side in order:
-                    r = wrk(tools, rest, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side])
+                for side in (s for s in order if kind in kinds_of[s]):
+                    r = wrk(
+                        tools, rest, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side]
+                    )
                     runs.append({"round": rnd, "kind": kind, "side": side, **r})
-                    log(f"    round {rnd + 1} {kind:6} {r['rps']:8.0f} rps  {r['envoy_cpu_us_per_req']:5.0f} µs  {side}")
+                    log(
+                        f"    round {rnd + 1} {kind:6} {r['rps']:8.0f} rps  {r['envoy_cpu_us_per_req']:5.0f} µs  {side}"
+                    )
     finally:
         for envoy in envoys:
             envoy.stop()
@@ -166,14 +300,17 @@ def run(
         summary[kind] = {
             side: {
                 "rps": statistics.median(at[(n, side)]["rps"] for n in range(rounds)),
-                "over_plain": statistics.median(at[(n, side)]["rps"] / at[(n, "plain")]["rps"] for n in range(rounds)),
+                "over_plain": statistics.median(
+                    at[(n, side)]["rps"] / at[(n, "plain")]["rps"] for n in range(rounds)
+                ),
                 "over_plain_min": min(at[(n, side)]["rps"] / at[(n, "plain")]["rps"] for n in range(rounds)),
                 "over_plain_max": max(at[(n, side)]["rps"] / at[(n, "plain")]["rps"] for n in range(rounds)),
                 "cpu_us": statistics.median(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
                 "cpu_us_min": min(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
                 "cpu_us_max": max(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
             }
-            for side in sides
+            for side in names
+            if (0, side) in at
         }
     return {"rounds": rounds, "seconds_per_run": seconds, "connections": SHAPES["throughput"], "runs": runs,
             "summary": summary}  # fmt: skip
@@ -186,19 +323,28 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
         f"wrk at {result['connections']} connections, {result['rounds']} rounds x {result['seconds_per_run']:g} s, "
         "rps as a ratio to plain Envoy routing in the same round (median, min-max). Command: "
         f"`{result.get('command', 'python -m benchmarks.datapath_ablation')}` ({result.get('date', '?')}, "
-        f"git {result.get('git', '?')}).", "",
+        f"git {result.get('git', '?')}). Load average (1, 5, 15 min) before: "
+        f"{' '.join(result.get('load_average', {}).get('before', ['?']))}, after: "
+        f"{' '.join(result.get('load_average', {}).get('after', ['?']))}.", "",
         "Envoy CPU per request (its /proc utime + stime over the run ÷ requests) is the steadier figure: other "
         "work on the machine takes CPU away from rps, not from the CPU each request costs.", "",
         "| config | header-routed: Envoy CPU µs / request | rps (÷ plain) | body-routed: Envoy CPU µs / request "
         "| rps (÷ plain) |", "|---|---|---|---|---|",
     ]  # fmt: skip
-    known = ["plain", *variants(("127.0.0.1", 1))]  # the JSON's keys come back sorted
-    for side in sorted(result["summary"]["header"], key=lambda name: known.index(name) if name in known else 99):
+    known = ["plain", *sides(("127.0.0.1", 1))]  # the JSON's keys come back sorted
+    for side in sorted(
+        result["summary"]["header"], key=lambda name: known.index(name) if name in known else 99
+    ):
         cells = []
         for kind in KINDS:
-            s = result["summary"][kind][side]
+            s = result["summary"][kind].get(side)
+            if s is None:
+                cells += ["-", "-"]
+                continue
             cells.append(f"{s['cpu_us']:.0f} ({s['cpu_us_min']:.0f}-{s['cpu_us_max']:.0f})")
-            cells.append(f"{s['rps']:.0f} ({s['over_plain']:.2f}, {s['over_plain_min']:.2f}-{s['over_plain_max']:.2f})")
+            cells.append(
+                f"{s['rps']:.0f} ({s['over_plain']:.2f}, {s['over_plain_min']:.2f}-{s['over_plain_max']:.2f})"
+            )
         lines.append(f"| {side} | {' | '.join(cells)} |")
     lines += ["", *_chain_lines(result)]
     return [*lines, ""]
@@ -210,7 +356,11 @@ def _chain_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for suffix in ("", " @ baseline"):
         for kind in KINDS:
-            at = {(r["round"], r["side"]): r["envoy_cpu_us_per_req"] for r in result["runs"] if r["kind"] == kind}
+            at = {
+                (r["round"], r["side"]): r["envoy_cpu_us_per_req"]
+                for r in result["runs"]
+                if r["kind"] == kind
+            }
             diffs = [at[(n, full + suffix)] - at[(n, bare + suffix)] for n in range(result["rounds"])
                      if (n, full + suffix) in at and (n, bare + suffix) in at]  # fmt: skip
             if diffs:
@@ -233,11 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--name", default="datapath-ablation", help="results/NAME.{md,json}")
-    parser.add_argument("--baseline", type=Path, help="a source tree whose translation runs beside this one's")
+    parser.add_argument(
+        "--baseline", type=Path, help="a source tree whose translation runs beside this one's"
+    )
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sides whose name contains this (repeatable; plain always runs)")  # fmt: skip
     args = parser.parse_args(argv)
     info = machine.describe()
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
                      only=tuple(args.only))  # fmt: skip
@@ -248,12 +401,14 @@ def main(argv: list[str] | None = None) -> int:
     baseline += "".join(f" --only {part!r}" for part in args.only)
     result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
                           f"{baseline}",
-                  date=info["date"], git=info["git"], machine=info)  # fmt: skip
+                  date=info["date"], git=info["git"], machine=info,
+                  load_average={"before": load_before, "after": Path("/proc/loadavg").read_text().split()[:3]})  # fmt: skip
     text = "\n".join(section(result))
     print(text)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    (out / f"{args.name}.md").write_text(text + "\n")
     return 0
 
 
