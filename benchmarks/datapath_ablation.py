@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -230,10 +231,24 @@ def baseline_bootstrap(tree: Path, name: str, upstream: tuple[str, int], port: i
     return bootstrap
 
 
+def _one_run(tools: dict[str, str], cpus: str, ports: dict[str, int], kind: str, seconds: float, workdir: Path,
+             pids: dict[str, dict[str, int]], side: str) -> dict[str, Any]:  # fmt: skip
+    return wrk(tools, cpus, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side])
+
+
 def run(
-    rounds: int, seconds: float, log: Any = print, baseline: Path | None = None, only: tuple[str, ...] = ()
+    rounds: int,
+    seconds: float,
+    log: Any = print,
+    baseline: Path | None = None,
+    only: tuple[str, ...] = (),
+    concurrent: bool = False,
 ) -> dict[str, Any]:
-    """`only`: keep the sides whose name contains one of these (plain always runs)."""
+    """`only`: keep the sides whose name contains one of these (plain always runs). `concurrent`: each
+    round's wrk runs of one kind at once, one per side, all the Envoys sharing their one core over the
+    same seconds: whatever else the machine does then falls on every side alike, which makes their
+    differences steadier on a shared machine than runs one after the other (rps are then shares of
+    the core, comparable only as ratios)."""
 
     def kept(name: str) -> bool:
         return not only or any(part in name for part in only)
@@ -279,13 +294,20 @@ def run(
                 )
         names = list(ports)
         runs = []
+        for kind in KINDS:
+            # wrk() writes its script on first use; concurrent runs must not race to write it.
+            wrk(tools, rest, ports["plain"], kind, 1, 1, workdir)
         for rnd in range(rounds):
             order = names if rnd % 2 == 0 else list(reversed(names))
             for kind in KINDS:
-                for side in (s for s in order if kind in kinds_of[s]):
-                    r = wrk(
-                        tools, rest, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side]
-                    )
+                now = [side for side in order if kind in kinds_of[side]]
+                one = partial(_one_run, tools, rest, ports, kind, seconds, workdir, pids)
+                if concurrent:
+                    with ThreadPoolExecutor(len(now)) as pool:
+                        results = list(pool.map(one, now))
+                else:
+                    results = [one(side) for side in now]
+                for side, r in zip(now, results, strict=True):
                     runs.append({"round": rnd, "kind": kind, "side": side, **r})
                     log(
                         f"    round {rnd + 1} {kind:6} {r['rps']:8.0f} rps  {r['envoy_cpu_us_per_req']:5.0f} µs  {side}"
@@ -313,6 +335,7 @@ def run(
             if (0, side) in at
         }
     return {"rounds": rounds, "seconds_per_run": seconds, "connections": SHAPES["throughput"], "runs": runs,
+            "concurrent": concurrent,
             "summary": summary}  # fmt: skip
 
 
@@ -386,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--baseline", type=Path, help="a source tree whose translation runs beside this one's"
     )
+    parser.add_argument("--concurrent", action="store_true",
+                        help="run the sides of a round at once, sharing Envoy's core (see run())")  # fmt: skip
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sides whose name contains this (repeatable; plain always runs)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -393,12 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
-                     only=tuple(args.only))  # fmt: skip
+                     only=tuple(args.only), concurrent=args.concurrent)  # fmt: skip
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
     baseline = f" --baseline {args.baseline}" if args.baseline else ""
     baseline += "".join(f" --only {part!r}" for part in args.only)
+    baseline += " --concurrent" if args.concurrent else ""
     result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
                           f"{baseline}",
                   date=info["date"], git=info["git"], machine=info,
