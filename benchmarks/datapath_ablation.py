@@ -133,6 +133,20 @@ def _without_filters(*names: str) -> Callable[[Bootstrap], None]:
     return edit
 
 
+def _client_host_in_filter_state(bootstrap: Bootstrap) -> None:
+    """What saving the client's host costs with set_filter_state instead of header_to_metadata: the same two
+    headers, on every request (only the saving: the restore Lua reads dynamic metadata and would need to
+    read filter state instead)."""
+    _without_filters(CLIENT_HOST_FILTER)(bootstrap)
+    values = [{"object_key": f"spillover.client.{key}", "factory_key": "envoy.string", "skip_if_empty": True,
+               "format_string": {"text_format_source": {"inline_string": f"%REQ({header})%"}}}
+              for key, header in (("authority", ":authority"), ("original_host", "x-envoy-original-host"))]  # fmt: skip
+    for manager in _managers(bootstrap):
+        manager["http_filters"].insert(-1, {"name": "spillover.client_host_state", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+            "on_request_headers": values}})  # fmt: skip
+
+
 def _without_reply_mapper(bootstrap: Bootstrap) -> None:
     for manager in _managers(bootstrap):
         manager.pop("local_reply_config", None)
@@ -177,6 +191,7 @@ def sides(upstream: tuple[str, int]) -> dict[str, Side]:
         "- the aggregates' restore and side-header removal (side header kept)": Side(full, edit=_aggregate_filters(
             lambda name: name in ("envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"))),
         "- client_host header_to_metadata": Side(full, edit=_without_filters(CLIENT_HOST_FILTER)),
+        "client_host in filter state (set_filter_state) instead": Side(full, edit=_client_host_in_filter_state),
         "- prefix_hash Lua (inert)": Side(full, edit=_without_filters(PREFIX_HASH_FILTER)),
         "- json_to_metadata and normaliser (header only)": Side(
             full, edit=_without_filters(JSON_TO_METADATA_FILTER, NORMALIZE_FILTER), kinds=("header",)),
