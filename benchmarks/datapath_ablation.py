@@ -3,8 +3,12 @@
 `python -m benchmarks.datapath_ablation [--rounds N] [--seconds S] [--baseline TREE]` serves the translator's own output for
 the benchmark's model (tests/harness/static_bootstrap inlines RDS/EDS: what Envoy runs is what ADS would
 deliver) in variants that drop one feature each, beside plain Envoy routing, all through the same pinned
-one-worker Envoys, the same Go upstream and wrk at 16 connections, rounds alternating the order. Writes
-results/datapath-ablation.json; benchmarks/datapath.py shows it in results/datapath.md.
+one-worker Envoys, the same Go upstream and wrk at 16 connections, rounds alternating the order. A side is a
+model (`variants`) or a model plus an edit of its bootstrap for what the IR can't switch off (`sides`: an inert
+filter, the reply mapper, route stats, parts of the retry policy or of the aggregates' upstream chain), and the
+split weights in runtime (as a static layer). Writes results/NAME.{json,md} (NAME: datapath-ablation);
+benchmarks/datapath.py shows the json in results/datapath.md. benchmarks/datapath_instructions.py counts the
+same sides' instructions per request, which the machine's load doesn't move.
 
 `--baseline TREE` (a source tree, e.g. `git archive` of main unpacked) adds that tree's translation of the
 full config and of the config without failover as two more sides of the same rounds: two translator
@@ -162,6 +166,15 @@ def _without_retries(bootstrap: Bootstrap) -> None:
         route.get("route", {}).pop("retry_policy", None)
 
 
+def _without_retry_parts(*fields: str) -> Callable[[Bootstrap], None]:
+    def edit(bootstrap: Bootstrap) -> None:
+        for route in _routes(bootstrap):
+            for field in fields:
+                route.get("route", {}).get("retry_policy", {}).pop(field, None)
+
+    return edit
+
+
 def _aggregate_filters(keep: Callable[[str], bool]) -> Callable[[Bootstrap], None]:
     """The failover aggregates' upstream filters reduced to those whose name `keep` says (none left: no
     upstream chain of their own, Envoy's default codec)."""
@@ -198,6 +211,10 @@ def sides(upstream: tuple[str, int]) -> dict[str, Side]:
         "- local reply mapper": Side(full, edit=_without_reply_mapper),
         "- per-route stats": Side(full, edit=_without_route_stats),
         "- retry policy": Side(full, edit=_without_retries),
+        "- the retries' host predicate (previous_hosts)": Side(
+            full, edit=_without_retry_parts("retry_host_predicate", "host_selection_retry_max_attempts")
+        ),
+        "- the retries' priority (previous_priorities)": Side(full, edit=_without_retry_parts("retry_priority")),
         "split weights in runtime (spilling)": Side(full, split_weights="runtime"),
         "all local, remote kept (route weights)": Side(all_local),
         "all local, remote kept (runtime weights)": Side(all_local, split_weights="runtime"),
