@@ -33,6 +33,7 @@ __all__ = [
     "PREFIX_HASH_FILTER",
     "RATE_LIMIT_BODY_KEY",
     "RATE_LIMIT_FILTER",
+    "ROUTE_CONFIGURED_FILTERS",
     "address",
     "client_host_config",
     "compact_json",
@@ -78,6 +79,11 @@ def client_host_config() -> header_to_metadata_pb2.Config:
 
 
 RATE_LIMIT_FILTER = "envoy.filters.http.local_ratelimit"
+# The listener's filters that act only where a route configures them: off by default (a request whose
+# route needs none has none in its chain), on for a route that configures them, and on for the slow-path
+# routes, on which body-routed requests land first (see listener.py). local_ratelimit stays on: Envoy
+# takes no per-route config of it without a token bucket, so the slow-path routes could not switch it on.
+ROUTE_CONFIGURED_FILTERS = (PREFIX_HASH_FILTER, CLIENT_HOST_FILTER)
 CREDENTIAL_FILTER = "envoy.filters.http.credential_injector"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # The route metadata key of the rendered 429 body; the listener's local reply mapper reads it.

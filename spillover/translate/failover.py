@@ -230,12 +230,14 @@ def _host_only_filters(remote: RemoteBackend) -> list[hcm_pb2.HttpFilter]:
             predicate=[_remote_attempt(), _not(remote_host)]
         )
     )
+    # The side header is for the matchers only: it never reaches the remote. Removed on every attempt
+    # (a local attempt has none: a no-op), which costs less than a matcher deciding whether to.
     no_side = _mutation(mutation_rules_pb2.HeaderMutation(remove=UPSTREAM_SIDE_HEADER))
+    no_side.name = SIDE_HEADER_REMOVAL_FILTER
     return [
         _side_header(token=False),
         _skip_when(CLIENT_HOST_RESTORE_FILTER, restore, not_a_local_retry),
-        # The side header is for the matchers only: it never reaches the remote.
-        _skip_when(SIDE_HEADER_REMOVAL_FILTER, no_side, _not(_remote_attempt())),
+        no_side,
         upstream_codec(),
     ]
 

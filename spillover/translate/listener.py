@@ -9,15 +9,22 @@
                                        config-profile/x-aibrix-config-profile →     } body path, 3 on
                                        ``config-profile``; route chosen again       } the slow path
       4. local_ratelimit               per-route token bucket (requestsPerSecond); 429 + header
-      5. Lua ``spillover.prefix_hash`` per-route (prefix-cache only): hash of the prompt prefix
-      6. router                        route = (model, profile) on the x-model / config-profile headers
+      5. Lua ``spillover.prefix_hash`` per-route (prefix-cache only): hash of the prompt prefix } off by
+      6. header_to_metadata ``spillover.client_host``: per-route (failover, see failover.py)    } default
+      7. router                        route = (model, profile) on the x-model / config-profile headers
 
 A request that names its model in ``x-model`` is routed on its headers alone: its route switches 1 and
 3 off, so it costs no Lua and no body buffering (see routes.py). A JSON request that names its model in
 its body only (no ``model`` or ``x-aibrix-config-profile`` header) takes 1 and 2: Envoy's own filters
-read the body and copy the model into ``x-model``, with no Lua (see routes.py ``body-model``). The chain
-is the same for every gateway whatever its models use, so a policy change never touches LDS (a listener
-update drains connections): routes switch the per-route filters on and off.
+read the body and copy the model into ``x-model``, with no Lua (see routes.py ``body-model``). 5 and 6 do
+something only on the routes that configure them, so they are `disabled` here and a route enables one by
+configuring it: a request whose route needs neither (no prefix-cache, no failover remote that only
+rewrites the host) has neither in its chain. Envoy builds a request's filter chain from the route it
+first matches, and a body-routed request first matches ``body-model`` or a slow-path route, not its
+model's: those routes enable both (routes._slow_path), which then read the model route's configuration,
+after the route is chosen again. The chain is the same for every gateway whatever its models use, so a
+policy change never touches LDS (a listener update drains connections): routes switch the per-route
+filters on and off.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from spillover.translate.common import (
     PREFIX_HASH_FILTER,
     RATE_LIMIT_BODY_KEY,
     RATE_LIMIT_FILTER,
+    ROUTE_CONFIGURED_FILTERS,
     address,
     lua_filter,
     pack,
@@ -58,10 +66,8 @@ __all__ = ["build_listener"]
 
 def _client_host() -> hcm_pb2.HttpFilter:
     """Keeps the client's host for a local retry after a remote attempt of a failover aggregate
-    (lua.client_host). It has rules only on the routes that need it (failover routes whose remote
-    gets its host from Envoy's auto_host_rewrite); elsewhere it does nothing. Not `disabled` by
-    default with those routes enabling it: Envoy builds a request's filter chain from the route it
-    first matches, which for body-routed requests is a slow-path route, not the model's."""
+    (lua.client_host). Only the routes that need it (failover routes whose remote gets its host from
+    Envoy's auto_host_rewrite) configure it, and so enable it (see the module's docstring)."""
     return hcm_pb2.HttpFilter(name=CLIENT_HOST_FILTER, typed_config=pack(header_to_metadata_pb2.Config()))
 
 
@@ -102,7 +108,7 @@ def _http_filters() -> list[hcm_pb2.HttpFilter]:
             allow_content_types_regex=regex_pb2.RegexMatcher(regex=r"(?i)application/json\s*(;.*)?"),
         )
     )
-    return [
+    filters = [
         hcm_pb2.HttpFilter(name=JSON_TO_METADATA_FILTER, typed_config=pack(json_rules)),
         _body_model(),
         lua_filter(
@@ -116,13 +122,19 @@ def _http_filters() -> list[hcm_pb2.HttpFilter]:
             typed_config=pack(local_rate_limit_pb2.LocalRateLimit(stat_prefix=RATE_LIMIT_STAT_PREFIX)),
         ),
         # Present even if no model uses prefix-cache so that strategy changes never touch LDS
-        # (a listener update drains connections); it runs only where a route names its source.
+        # (a listener update drains connections); enabled only where a route names its source.
         lua_filter(
             PREFIX_HASH_FILTER,
             source_codes={lua.PREFIX_HASH_NAME: base_pb2.DataSource(inline_string=lua.PREFIX_HASH)},
             clear_route_cache=wrappers_pb2.BoolValue(value=False),
         ),
         _client_host(),
+    ]
+    for http_filter in filters:
+        # `or`: spillover.body_model is off by default too, turned on by the body-model route alone.
+        http_filter.disabled = http_filter.disabled or http_filter.name in ROUTE_CONFIGURED_FILTERS
+    return [
+        *filters,
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
     ]
 

@@ -69,6 +69,7 @@ from spillover.translate.common import (
     PREFIX_HASH_FILTER,
     RATE_LIMIT_BODY_KEY,
     RATE_LIMIT_FILTER,
+    ROUTE_CONFIGURED_FILTERS,
     client_host_config,
     compact_json,
     duration,
@@ -131,6 +132,19 @@ def _fast_path(route: route_components_pb2.Route) -> None:
     """The headers decided: no body buffering and no Lua for this route's requests."""
     for name in (JSON_TO_METADATA_FILTER, NORMALIZE_FILTER):
         route.typed_per_filter_config[name].CopyFrom(pack(FilterConfig(disabled=True)))
+
+
+def _slow_path(route: route_components_pb2.Route) -> None:
+    """A body-routed request's chain is built on this route, before the normaliser finds its model's
+    route: the filters that only a model route configures must be in it (off by default, listener.py).
+    Envoy enables a filter for a route only by a config of it (a FilterConfig without one is refused),
+    so each gets one that does nothing here; when they run, after the normaliser, they read the model
+    route's instead (or find none there and do nothing)."""
+    assert set(ROUTE_CONFIGURED_FILTERS) == {PREFIX_HASH_FILTER, CLIENT_HOST_FILTER}
+    route.typed_per_filter_config[PREFIX_HASH_FILTER].CopyFrom(pack(lua_pb2.LuaPerRoute(disabled=True)))
+    # Envoy refuses a per-route header_to_metadata without rules; saving the client's host for a 404
+    # (this route's own answer) is harmless.
+    route.typed_per_filter_config[CLIENT_HOST_FILTER].CopyFrom(pack(client_host_config()))
 
 
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
@@ -398,6 +412,7 @@ def slow_path_routes() -> list[route_components_pb2.Route]:
     )
     # The header decides the model: the body is not needed.
     model_header.typed_per_filter_config[JSON_TO_METADATA_FILTER].CopyFrom(pack(FilterConfig(disabled=True)))
+    _slow_path(model_header)
     _missing_model_reply(model_header)
     aibrix_profile = route_components_pb2.Route(
         name="normalize-profile-header",
@@ -406,6 +421,7 @@ def slow_path_routes() -> list[route_components_pb2.Route]:
             headers=[_header_match(PROFILE_HEADER, absent=True), _header_match(PROFILE_HEADER_AIBRIX)],
         ),
     )
+    _slow_path(aibrix_profile)
     _missing_model_reply(aibrix_profile)
     return [model_header, aibrix_profile]
 
@@ -468,9 +484,14 @@ def not_found_routes() -> list[route_components_pb2.Route]:
         pack(FilterConfig(config=pack(header_mutation_pb2.HeaderMutationPerRoute())))
     )
     body_model.typed_per_filter_config[NORMALIZE_FILTER].CopyFrom(pack(FilterConfig(disabled=True)))
+    # Body-routed requests land here first: their chain, built on this route, needs the filters only
+    # model routes configure.
+    _slow_path(body_model)
     _missing_model_reply(body_model)
     missing = route_components_pb2.Route(
         name="missing-model", match=route_components_pb2.RouteMatch(prefix="/")
     )
+    # Where a request that names its model only in its body lands first.
+    _slow_path(missing)
     _missing_model_reply(missing)
     return [unknown, unknown_body, body_model, missing]

@@ -249,7 +249,10 @@ def test_least_latency_follows_eds_weights(gateway, upstream_factory) -> None:
     gw = gateway(
         Model(
             "m",
-            (dataclasses.replace(_ep(a, 9), latency_weight=1), dataclasses.replace(_ep(b, 1), latency_weight=9)),
+            (
+                dataclasses.replace(_ep(a, 9), latency_weight=1),
+                dataclasses.replace(_ep(b, 1), latency_weight=9),
+            ),
             profiles=(Profile("default", "least-latency"),),
         )
     )
@@ -264,7 +267,18 @@ def _prompt(system: str, user: str) -> dict:
     }
 
 
-def test_prefix_cache_sends_equal_prefixes_to_one_endpoint(gateway, upstream_factory) -> None:
+# The filters a model route configures are off by default in the listener (listener.py): a header-routed
+# request's chain is built on its model's route, a body-routed one's on the slow-path route it lands on
+# first; both must run them.
+ROUTED = pytest.mark.parametrize("routed", ["body", "header"])
+
+
+def _routing(routed: str, model: str) -> dict[str, str]:
+    return {"x-model": model} if routed == "header" else {}
+
+
+@ROUTED
+def test_prefix_cache_sends_equal_prefixes_to_one_endpoint(gateway, upstream_factory, routed: str) -> None:
     ups = [upstream_factory(f"pod-{i}") for i in range(3)]
     params = StrategyParams(prefix_chars=80)
     gw = gateway(
@@ -276,7 +290,9 @@ def test_prefix_cache_sends_equal_prefixes_to_one_endpoint(gateway, upstream_fac
             # Same first 80 characters of "messages" (the system prompt), different tails; a
             # client-sent hash header must not steer the choice.
             body = _prompt(f"You are assistant number {system:03d}. " + "Be terse. " * 10, f"q{question}")
-            response = gw.post(body, {"x-spillover-prefix-hash": f"forged-{question}"})
+            response = gw.post(
+                body, {"x-spillover-prefix-hash": f"forged-{question}", **_routing(routed, "m")}
+            )
             homes.setdefault(system, set()).add(_served_by(response))
     assert all(len(pods) == 1 for pods in homes.values()), homes
     assert len(set().union(*homes.values())) >= 2, homes
@@ -296,7 +312,8 @@ def test_retries_move_connect_failures_to_another_endpoint(gateway, upstream_fac
 # -- rate limit ----------------------------------------------------------------------------------------
 
 
-def test_requests_per_second_429_with_exact_header_and_body(gateway, upstream_factory) -> None:
+@ROUTED
+def test_requests_per_second_429_with_exact_header_and_body(gateway, upstream_factory, routed: str) -> None:
     up = upstream_factory("pod")
     gw = gateway(
         Model(
@@ -310,7 +327,7 @@ def test_requests_per_second_429_with_exact_header_and_body(gateway, upstream_fa
     limited: Response | None = None
     start = time.monotonic()
     while time.monotonic() - start < window:
-        response = gw.post({"model": "llama"})
+        response = gw.post({"model": "llama"}, _routing(routed, "llama"))
         statuses[response.status] += 1
         if response.status == 429:
             limited = response
