@@ -82,6 +82,12 @@ def peer_markdown(results: dict[str, Any]) -> str:
             for variant, options in peer.GRPC_VARIANTS.items()
             if any(variant in name.split() for name in data.get("servers", ()))
         )
+        + (
+            f" `{peer.SPILLOVER_BASELINE}`: the same benchmark server running the spillover package of "
+            f"`{data.get('baseline_tree')}` (another checkout), alternated with the others."
+            if peer.SPILLOVER_BASELINE in data.get("servers", ())
+            else ""
+        )
         + " Sizes: " + sizes + ".",
         "",
         "Convergence: from the trigger until a stream has the new EDS version, over every stream of every "
