@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
@@ -366,6 +366,118 @@ async def test_a_closed_writer_starts_no_push() -> None:
     cache.watch(GROUP, writer)
     cache.set_snapshot(GROUP, snapshot([*NAMES, "model-y"]))
     await async_wait_until(lambda: len(written) == 1, message="the push of an open writer")
+
+
+# --- no collection while a fan-out is written ------------------------------------------------------------
+
+
+def _watching_writers(cache: SnapshotCache, count: int, write: Callable[[bytes], Awaitable[None]]) -> list[StreamWriter]:
+    writers = []
+    for _ in range(count):
+        stream = sotw_stream(cache)
+        as_received(stream, node=node(cluster=GROUP), type_url=CLUSTER)
+        writer = StreamWriter(
+            stream, write, asyncio.get_running_loop(), lambda t: None, cache.published_at, lambda s: None, lambda: None
+        )
+        cache.watch(GROUP, writer)
+        writers.append(writer)
+    return writers
+
+
+@pytest.fixture
+def collections() -> Iterator[list[int]]:
+    """The generations of the collections that run, as the collector starts them."""
+    seen: list[int] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    gc.enable()
+    gc.callbacks.append(on_gc)
+    yield seen
+    gc.callbacks.remove(on_gc)
+    gc.enable()
+
+
+async def test_no_collection_runs_while_a_publish_is_being_written(collections: list[int]) -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    release = asyncio.Event()
+    during: list[bool] = []
+
+    async def write(payload: bytes) -> None:
+        during.append(gc.isenabled())
+        garbage = [_Cycle() for _ in range(5_000)]  # past the young threshold: a collection is due
+        del garbage
+        await release.wait()
+
+    writers = _watching_writers(cache, 3, write)
+    collections.clear()
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    await async_wait_until(lambda: len(during) == 3, message="every push writing")
+    assert during == [False] * 3 and collections == []
+    release.set()
+    await async_wait_until(lambda: all(w._push_task is None for w in writers), message="the pushes done")
+    assert gc.isenabled()
+    [_Cycle() for _ in range(5_000)]
+    assert collections  # the collection that was due runs once the fan-out is written
+
+
+async def test_a_write_that_never_ends_holds_the_collector_off_for_a_bounded_time(
+    collections: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gc_tuning, "MAX_PUSH_PAUSE_S", 0.05)
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    stuck = asyncio.Event()
+
+    async def write(payload: bytes) -> None:
+        await stuck.wait()  # a client that stopped reading
+
+    writers = _watching_writers(cache, 2, write)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    await asyncio.sleep(0)
+    assert not gc.isenabled()
+    await async_wait_until(gc.isenabled, message="the collector on again after MAX_PUSH_PAUSE_S")
+    for writer in writers:
+        writer.close()
+    stuck.set()
+    await async_wait_until(lambda: all(w._push_task is None for w in writers), message="the pushes done")
+    assert gc_tuning.PUSH_PAUSE.pushes == 0 and gc.isenabled()
+
+
+async def test_pushes_called_off_before_they_ran_turn_the_collector_back_on(collections: list[int]) -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    written: list[bytes] = []
+
+    async def write(payload: bytes) -> None:
+        written.append(payload)
+
+    writers = _watching_writers(cache, 2, write)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    assert not gc.isenabled()
+    for writer in writers:
+        writer.close()  # before the push tasks ran a step
+    await async_wait_until(gc.isenabled, message="the collector on again")
+    assert written == [] and gc_tuning.PUSH_PAUSE.pushes == 0
+
+
+async def test_a_collector_turned_off_by_someone_else_stays_off(collections: list[int]) -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    written: list[bytes] = []
+
+    async def write(payload: bytes) -> None:
+        written.append(payload)
+
+    _watching_writers(cache, 2, write)
+    gc.disable()
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    await async_wait_until(lambda: len(written) == 2, message="both pushes written")
+    await asyncio.sleep(0)
+    assert not gc.isenabled()
 
 
 # --- garbage collection --------------------------------------------------------------------------------
