@@ -38,6 +38,10 @@ FLOOR = "floor"
 # spillover with `spillover serve --gc tuned` (spillover/server/gc_tuning.py): not in the default run,
 # which compares the default server; `run(servers=ALL_SERVERS)` adds it.
 SPILLOVER_GC_TUNED = "spillover gc-tuned"
+# Only `--gc tuned`'s thresholds (fewer, larger young collections), nothing frozen.
+SPILLOVER_GC_THRESHOLDS = "spillover gc-thresholds"
+# Only its young threshold (10,000 instead of 700); the older ones and nothing frozen as Python has them.
+SPILLOVER_GC_YOUNG = "spillover gc-young"
 SERVERS = (GO_CONTROL_PLANE, SPILLOVER, FLOOR)
 # spillover from another checkout (`run(baseline_tree=...)`, `peer_focus --baseline DIR`): a change is
 # compared with the tree before it in the same run, alternated with the others.
@@ -62,7 +66,8 @@ GRPC_VARIANTS: dict[str, tuple[tuple[str, Any], ...]] = {
     "throughput": (("grpc.optimization_target", "throughput"),),
 }
 ALL_SERVERS = (
-    GO_CONTROL_PLANE, SPILLOVER, SPILLOVER_BASELINE, SPILLOVER_GC_TUNED, FLOOR, *EVENT_LOOP_SERVERS[1:],
+    GO_CONTROL_PLANE, SPILLOVER, SPILLOVER_BASELINE, SPILLOVER_GC_TUNED, SPILLOVER_GC_THRESHOLDS, SPILLOVER_GC_YOUNG, FLOOR,
+    *EVENT_LOOP_SERVERS[1:],
     *(f"{name} {variant}" for name in (SPILLOVER, FLOOR) for variant in GRPC_VARIANTS),
 )
 
@@ -136,7 +141,9 @@ class PushServer(push.PushServer):
             raise push.BenchError(f"{SPILLOVER_BASELINE!r} needs the tree to run (baseline_tree)")
         super().__init__(
             kind_of(name), protocol, n_clusters, changes, log_path, name=name,
-            gc="tuned" if name == SPILLOVER_GC_TUNED else "python",
+            gc={SPILLOVER_GC_TUNED: "tuned", SPILLOVER_GC_THRESHOLDS: "thresholds", SPILLOVER_GC_YOUNG: "young"}.get(
+                name, "python"
+            ),
             loop=loop_of(name), grpc_options=grpc_options_of(name),
             tree=baseline_tree if name == SPILLOVER_BASELINE else None,
         )
@@ -367,6 +374,10 @@ RATIO_PAIRS = (
     (SPILLOVER, SPILLOVER_BASELINE),
     (SPILLOVER_GC_TUNED, GO_CONTROL_PLANE),
     (SPILLOVER_GC_TUNED, SPILLOVER),
+    (SPILLOVER_GC_THRESHOLDS, GO_CONTROL_PLANE),
+    (SPILLOVER_GC_THRESHOLDS, SPILLOVER),
+    (SPILLOVER_GC_YOUNG, GO_CONTROL_PLANE),
+    (SPILLOVER_GC_YOUNG, SPILLOVER),
     *(pair for loop in event_loops.KINDS for pair in (
         (on_loop(SPILLOVER, loop), GO_CONTROL_PLANE),
         (on_loop(FLOOR, loop), GO_CONTROL_PLANE),

@@ -72,6 +72,16 @@ def peer_markdown(results: dict[str, Any]) -> str:
             else ""
         )
         + (
+            f" `{peer.SPILLOVER_GC_THRESHOLDS}`: only those settings' thresholds, nothing frozen."
+            if peer.SPILLOVER_GC_THRESHOLDS in data.get("servers", ())
+            else ""
+        )
+        + (
+            f" `{peer.SPILLOVER_GC_YOUNG}`: only their young threshold (10,000 instead of 700), nothing frozen."
+            if peer.SPILLOVER_GC_YOUNG in data.get("servers", ())
+            else ""
+        )
+        + (
             " `spillover uvloop`, `floor asyncio`, ...: the same server on that event loop "
             "(spillover/server/event_loop.py; `spillover serve --event-loop`); the clients always run on asyncio."
             if any(loop in name.split() for name in data.get("servers", ()) for loop in event_loops.KINDS)

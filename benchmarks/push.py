@@ -205,6 +205,11 @@ async def _server(
             from spillover.server import gc_tuning
 
             gc_tuning.install()
+        elif gc in ("thresholds", "young"):  # only --gc tuned's thresholds (or its young one), nothing frozen
+            from spillover.server import gc_tuning
+
+            older = {} if gc == "thresholds" else {"threshold1": 10, "threshold2": 10}  # Python's for "young"
+            gc_tuning.install(gc_tuning.GcSettings(freeze=False, **older))
 
         def change(i: int) -> str:
             nonlocal resources
