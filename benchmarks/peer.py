@@ -38,7 +38,14 @@ FLOOR = "floor"
 # spillover with `spillover serve --gc tuned` (spillover/server/gc_tuning.py): not in the default run,
 # which compares the default server; `run(servers=ALL_SERVERS)` adds it.
 SPILLOVER_GC_TUNED = "spillover gc-tuned"
+# Only `--gc tuned`'s thresholds (fewer, larger young collections), nothing frozen.
+SPILLOVER_GC_THRESHOLDS = "spillover gc-thresholds"
+# Only its young threshold (10,000 instead of 700); the older ones and nothing frozen as Python has them.
+SPILLOVER_GC_YOUNG = "spillover gc-young"
 SERVERS = (GO_CONTROL_PLANE, SPILLOVER, FLOOR)
+# spillover from another checkout (`run(baseline_tree=...)`, `peer_focus --baseline DIR`): a change is
+# compared with the tree before it in the same run, alternated with the others.
+SPILLOVER_BASELINE = "spillover baseline"
 
 
 def on_loop(name: str, loop: str) -> str:
@@ -59,7 +66,8 @@ GRPC_VARIANTS: dict[str, tuple[tuple[str, Any], ...]] = {
     "throughput": (("grpc.optimization_target", "throughput"),),
 }
 ALL_SERVERS = (
-    GO_CONTROL_PLANE, SPILLOVER, SPILLOVER_GC_TUNED, FLOOR, *EVENT_LOOP_SERVERS[1:],
+    GO_CONTROL_PLANE, SPILLOVER, SPILLOVER_BASELINE, SPILLOVER_GC_TUNED, SPILLOVER_GC_THRESHOLDS, SPILLOVER_GC_YOUNG, FLOOR,
+    *EVENT_LOOP_SERVERS[1:],
     *(f"{name} {variant}" for name in (SPILLOVER, FLOOR) for variant in GRPC_VARIANTS),
 )
 
@@ -126,11 +134,18 @@ def build_peer() -> str:
 class PushServer(push.PushServer):
     """spillover or the floor, by their names here: benchmarks/push.py's server process."""
 
-    def __init__(self, name: str, protocol: str, n_clusters: int, changes: int, log_path: str) -> None:
+    def __init__(
+        self, name: str, protocol: str, n_clusters: int, changes: int, log_path: str, baseline_tree: str | None = None
+    ) -> None:
+        if name == SPILLOVER_BASELINE and baseline_tree is None:
+            raise push.BenchError(f"{SPILLOVER_BASELINE!r} needs the tree to run (baseline_tree)")
         super().__init__(
             kind_of(name), protocol, n_clusters, changes, log_path, name=name,
-            gc="tuned" if name == SPILLOVER_GC_TUNED else "python",
+            gc={SPILLOVER_GC_TUNED: "tuned", SPILLOVER_GC_THRESHOLDS: "thresholds", SPILLOVER_GC_YOUNG: "young"}.get(
+                name, "python"
+            ),
             loop=loop_of(name), grpc_options=grpc_options_of(name),
+            tree=baseline_tree if name == SPILLOVER_BASELINE else None,
         )
 
 
@@ -270,6 +285,11 @@ def measure(
             "last_s": one.last_s,
             "cpu_s": one.cpu_s,
             "clients_cpu_s": one.clients_cpu_s,
+            # The Python servers' cyclic collector (push.py's _GcClock), by generation; 0 for go-control-plane.
+            **{
+                key: one.after.get(key, 0.0) - one.before.get(key, 0.0)
+                for key in ("gc_s", *(f"gc{g}_{what}" for g in range(3) for what in ("s", "collections")))
+            },
         }
         for one in seen.pushes
     ]
@@ -289,6 +309,7 @@ def measure(
         "cpu_per_push_s": statistics.median(cpu),
         "cpu_per_push_mean_s": statistics.fmean(cpu),
         "clients_cpu_per_push_s": statistics.median(p["clients_cpu_s"] for p in per_push),
+        "gc_per_push_mean_s": statistics.fmean(p["gc_s"] for p in per_push),
         "idle_cpu_per_s": seen.idle_cpu_per_s,
         "settle_s": settle,
         "reconnects_connecting": seen.reconnects_connecting,
@@ -348,8 +369,15 @@ RATIO_PAIRS = (
     (SPILLOVER, GO_CONTROL_PLANE),
     (FLOOR, GO_CONTROL_PLANE),
     (SPILLOVER, FLOOR),
+    (SPILLOVER_BASELINE, GO_CONTROL_PLANE),
+    (SPILLOVER_BASELINE, FLOOR),
+    (SPILLOVER, SPILLOVER_BASELINE),
     (SPILLOVER_GC_TUNED, GO_CONTROL_PLANE),
     (SPILLOVER_GC_TUNED, SPILLOVER),
+    (SPILLOVER_GC_THRESHOLDS, GO_CONTROL_PLANE),
+    (SPILLOVER_GC_THRESHOLDS, SPILLOVER),
+    (SPILLOVER_GC_YOUNG, GO_CONTROL_PLANE),
+    (SPILLOVER_GC_YOUNG, SPILLOVER),
     *(pair for loop in event_loops.KINDS for pair in (
         (on_loop(SPILLOVER, loop), GO_CONTROL_PLANE),
         (on_loop(FLOOR, loop), GO_CONTROL_PLANE),
@@ -382,6 +410,7 @@ def run(
     log_dir: str | None = None,
     log: Callable[[str], None] = print,
     servers: Sequence[str] = SERVERS,
+    baseline_tree: str | None = None,
 ) -> dict[str, Any]:
     raise_fd_limit()
     log_dir = log_dir or tempfile.mkdtemp(prefix="spillover-peer-")
@@ -397,7 +426,9 @@ def run(
                     server: push.Server = (
                         GoServer(binary, n_clusters, total, os.path.join(log_dir, f"{tag}-server.log"), log_dir)
                         if name == GO_CONTROL_PLANE
-                        else PushServer(name, protocol, n_clusters, total, os.path.join(log_dir, f"{tag}-server.log"))
+                        else PushServer(
+                            name, protocol, n_clusters, total, os.path.join(log_dir, f"{tag}-server.log"), baseline_tree
+                        )
                     )
                     try:
                         result = measure(
@@ -426,6 +457,7 @@ def run(
         "warmup": warmup,
         "settle_s": settle,
         "peer": "github.com/envoyproxy/go-control-plane v0.14.0 (benchmarks/peer_go)",
+        "baseline_tree": baseline_tree,
         "runs": runs,
         "summary": summarize(runs),
         "elapsed_s": time.monotonic() - started,

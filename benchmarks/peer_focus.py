@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         "--servers", nargs="+", choices=peer.ALL_SERVERS, metavar="SERVER",
         help=f"exactly these servers, in this order (instead of the options above); of: {', '.join(peer.ALL_SERVERS)}",
     )
+    parser.add_argument(
+        "--baseline", metavar="DIR",
+        help=f"also {peer.SPILLOVER_BASELINE!r}: the server with the spillover package of the checkout DIR (e.g. "
+        "`git archive main | tar -x -C DIR`), right after spillover in the order",
+    )
     parser.add_argument("--name", default="peer-1000", help="results/<name>.md and .json")
     args = parser.parse_args(argv)
     command = "python -m benchmarks.peer_focus" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
@@ -59,12 +64,15 @@ def main(argv: list[str] | None = None) -> int:
         servers = (*servers[:2], peer.SPILLOVER_GC_TUNED, *servers[2:])
     for variant in args.grpc_variants:
         servers = (*servers, f"{peer.SPILLOVER} {variant}", f"{peer.FLOOR} {variant}")
+    if args.baseline:
+        at = servers.index(peer.SPILLOVER) + 1 if peer.SPILLOVER in servers else len(servers)
+        servers = (*servers[:at], peer.SPILLOVER_BASELINE, *servers[at:])
     if args.servers:
         servers = tuple(args.servers)
     size = peer.Size(args.procs, args.streams_per_proc, args.changes, args.repetitions)
     results["peer"] = peer.run(
         [size], protocols=tuple(args.protocols), log=log,
-        servers=servers,
+        servers=servers, baseline_tree=args.baseline,
     )
     results["load_average"] = {"start": start, "end": os.getloadavg()[0], "per_run": loads}
     with open(os.path.join(RESULTS, f"{args.name}.md"), "w") as f:

@@ -72,6 +72,16 @@ def peer_markdown(results: dict[str, Any]) -> str:
             else ""
         )
         + (
+            f" `{peer.SPILLOVER_GC_THRESHOLDS}`: only those settings' thresholds, nothing frozen."
+            if peer.SPILLOVER_GC_THRESHOLDS in data.get("servers", ())
+            else ""
+        )
+        + (
+            f" `{peer.SPILLOVER_GC_YOUNG}`: only their young threshold (10,000 instead of 700), nothing frozen."
+            if peer.SPILLOVER_GC_YOUNG in data.get("servers", ())
+            else ""
+        )
+        + (
             " `spillover uvloop`, `floor asyncio`, ...: the same server on that event loop "
             "(spillover/server/event_loop.py; `spillover serve --event-loop`); the clients always run on asyncio."
             if any(loop in name.split() for name in data.get("servers", ()) for loop in event_loops.KINDS)
@@ -81,6 +91,12 @@ def peer_markdown(results: dict[str, Any]) -> str:
             f" `{variant}`: the server with the gRPC options {dict(options)} beside its own."
             for variant, options in peer.GRPC_VARIANTS.items()
             if any(variant in name.split() for name in data.get("servers", ()))
+        )
+        + (
+            f" `{peer.SPILLOVER_BASELINE}`: the same benchmark server running the spillover package of "
+            f"`{data.get('baseline_tree')}` (another checkout), alternated with the others."
+            if peer.SPILLOVER_BASELINE in data.get("servers", ())
+            else ""
         )
         + " Sizes: " + sizes + ".",
         "",

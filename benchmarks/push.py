@@ -24,6 +24,7 @@ import os
 import random
 import resource
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -80,6 +81,8 @@ class _GcClock:
     def __init__(self) -> None:
         self.seconds = 0.0
         self.collections = 0
+        # By generation: which collections the time went to (a full one scans every live object).
+        self.by_generation = [[0, 0.0] for _ in range(3)]
         self._started = 0.0
         collector.callbacks.append(self._on_gc)
 
@@ -87,8 +90,19 @@ class _GcClock:
         if phase == "start":
             self._started = time.thread_time()
         else:
-            self.seconds += time.thread_time() - self._started
+            took = time.thread_time() - self._started
+            self.seconds += took
             self.collections += 1
+            generation = self.by_generation[info["generation"]]
+            generation[0] += 1
+            generation[1] += took
+
+    def status(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for index, (count, seconds) in enumerate(self.by_generation):
+            out[f"gc{index}_collections"] = count
+            out[f"gc{index}_s"] = seconds
+        return out
 
 
 def _quiet(log_path: str) -> None:
@@ -109,7 +123,10 @@ def server_main(
     gc: str = "python",
     loop: str | None = None,
     grpc_options: tuple[tuple[str, Any], ...] = (),
+    tree: str | None = None,
 ) -> None:
+    if tree is not None:
+        _use_tree(tree)
     from spillover.server import event_loop as event_loops
 
     _quiet(log_path)
@@ -117,6 +134,17 @@ def server_main(
         event_loops.run(
             _server(conn, kind, protocol, debounce, n_clusters, changes, gc, grpc_options), loop or event_loops.DEFAULT
         )
+
+
+def _use_tree(tree: str) -> None:
+    """This server process serves with the `spillover` package of another checkout (`tree`, e.g. an export of
+    main), so that two trees are compared in one run, alternated. The spawn imported this tree's package
+    already (through the main module): those modules are dropped and imported again from `tree`."""
+    if not os.path.isfile(os.path.join(tree, "spillover", "__init__.py")):
+        raise BenchError(f"{tree}: no spillover package there")
+    sys.path.insert(0, os.path.abspath(tree))
+    for name in [n for n in sys.modules if n == "spillover" or n.startswith("spillover.")]:
+        del sys.modules[name]
 
 
 def _with_options(extra: tuple[tuple[str, Any], ...]) -> list[tuple[str, Any]]:
@@ -177,6 +205,11 @@ async def _server(
             from spillover.server import gc_tuning
 
             gc_tuning.install()
+        elif gc in ("thresholds", "young"):  # only --gc tuned's thresholds (or its young one), nothing frozen
+            from spillover.server import gc_tuning
+
+            older = {} if gc == "thresholds" else {"threshold1": 10, "threshold2": 10}  # Python's for "young"
+            gc_tuning.install(gc_tuning.GcSettings(freeze=False, **older))
 
         def change(i: int) -> str:
             nonlocal resources
@@ -290,7 +323,7 @@ async def _server(
             conn.send(("changed", change(command[1])))
         elif op == "stats":
             # Worker processes are part of the server: their CPU time and memory count.
-            status = _proc_status()
+            status: dict[str, float] = dict(_proc_status())
             for pid in worker_pids:
                 for key, value in _pid_status(pid).items():
                     status[key] = status.get(key, 0) + value
@@ -298,6 +331,7 @@ async def _server(
             workers_cpu = [_pid_cpu_seconds(pid) for pid in worker_pids]
             status["cpu_main_us"] = int(main_cpu * 1e6)
             status["cpu_busiest_worker_us"] = int(max(workers_cpu, default=0.0) * 1e6)
+            status.update(gc_clock.status())
             # The collector's time is this process's (the workers' is in their CPU time).
             conn.send(("stats", main_cpu + sum(workers_cpu), status, gc_clock.seconds, gc_clock.collections))
         elif op == "stop":
@@ -509,7 +543,8 @@ class PushServer(Server):
     Its stats add the collector's time (`gc_s`) and the CPU split between the main process and the
     busiest worker (`cpu_main_us`, `cpu_busiest_worker_us`). `loop`: the server process's event loop
     (spillover/server/event_loop.py; None: `spillover serve`'s default); `grpc_options`: gRPC server options in place of the xDS server's own of
-    the same keys (not passed on to worker processes, which set their own)."""
+    the same keys (not passed on to worker processes, which set their own); `tree`: another checkout whose
+    `spillover` package the server process runs (see `_use_tree`)."""
 
     def __init__(
         self,
@@ -524,13 +559,14 @@ class PushServer(Server):
         loop: str | None = None,
         grpc_options: tuple[tuple[str, Any], ...] = (),
         name: str | None = None,
+        tree: str | None = None,
     ) -> None:
         self.name = name or kind
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=server_main,
-            args=(child, kind, protocol, debounce, n_clusters, changes, log_path, gc, loop, grpc_options),
+            args=(child, kind, protocol, debounce, n_clusters, changes, log_path, gc, loop, grpc_options, tree),
             name=f"bench-server-{self.name}",
             daemon=True,
         )

@@ -26,6 +26,7 @@ called by the xDS server on every publish and does nothing unless installed.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -112,6 +113,54 @@ def uninstall() -> None:
 def after_publish() -> None:
     if _installed is not None:
         _installed.after_publish()
+
+
+# The longest the collector waits for a fan-out's writes (a stream whose client stops reading may hold its
+# write for as long as it likes).
+MAX_PUSH_PAUSE_S = 0.5
+
+
+class _PushPause:
+    """Whatever the settings, no collection runs while pushes are being written (the default too): a publish
+    starts one short push task per stream at once, and each holds its response and gRPC's write state until
+    the write is done. A collection in the middle of that (at 1,000 Delta streams, ~26 young ones per push
+    with Python's thresholds, and every eight pushes or so a full one of ~100 ms) walks all of it and moves
+    what is still in flight into older generations, where a full collection walks it again; the full one
+    also delays the streams not yet written (benchmarks/results/peer-1000-delta-notes.md). So the first push
+    task to start turns the collector off and the last to end turns it back on, at most MAX_PUSH_PAUSE_S
+    later: garbage made meanwhile waits that long, and a collection due runs right after the fan-out. A
+    collector that was off already is left as it was."""
+
+    def __init__(self) -> None:
+        self.pushes = 0
+        self.paused = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.pauses = 0
+
+    def started(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.pushes += 1
+        if self.pushes == 1 and gc.isenabled():
+            gc.disable()
+            self.paused = True
+            self.pauses += 1
+            self.timer = loop.call_later(MAX_PUSH_PAUSE_S, self.resume)
+
+    def ended(self, _: object = None) -> None:
+        self.pushes -= 1
+        if self.pushes <= 0:
+            self.pushes = 0
+            self.resume()
+
+    def resume(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.paused:
+            self.paused = False
+            gc.enable()
+
+
+PUSH_PAUSE = _PushPause()
 
 
 def full_collections() -> int:

@@ -368,12 +368,15 @@ class XdsServer:
             while raw is not grpc.aio.EOF:
                 observe_size(len(raw))
                 refusal = None
-                try:
-                    request = parse(raw)
-                except Exception:  # a broken client ends its own stream, never the server
-                    # The exception's text may quote the client's bytes: it is not passed on.
-                    request = None
-                    refusal = Refusal("unreadable_request", "unreadable request (not a valid message)", "invalid")
+                request = None
+                # Most requests of an admitted stream only ACK its newest response: known by their bytes.
+                plain_ack = stream.plain_ack(raw) if registered else None
+                if plain_ack is None:
+                    try:
+                        request = parse(raw)
+                    except Exception:  # a broken client ends its own stream, never the server
+                        # The exception's text may quote the client's bytes: it is not passed on.
+                        refusal = Refusal("unreadable_request", "unreadable request (not a valid message)", "invalid")
                 if refusal is None and not bucket.take(loop.time()):
                     refusal = Refusal(
                         "request_rate",
@@ -394,7 +397,7 @@ class XdsServer:
                 outgoing = None
                 if refusal is None:
                     try:
-                        outgoing = stream.on_request(request, raw)
+                        outgoing = stream.on_request(request, raw) if plain_ack is None else stream.on_plain_ack(plain_ack)
                     except LimitExceeded as error:
                         refusal = _limit_refusal(error, "request_limit")
                     except ProtocolError as error:

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from spillover.server.gc_tuning import PUSH_PAUSE
 from spillover.server.streams import BaseStream, Outgoing
 
 log = logging.getLogger("spillover.server.service")
@@ -84,7 +85,11 @@ class StreamWriter:
         # One push task at most: pushes due while it writes are coalesced into its next round (the
         # stream always answers with the newest snapshot anyway).
         if not self._closed and self._push_task is None:
+            # No collection while a fan-out is written: counted from here (the tasks of one publish are
+            # made at once), uncounted when the task is done, even cancelled before it ran.
+            PUSH_PAUSE.started(self._loop)
             self._push_task = self._loop.create_task(self._push())
+            self._push_task.add_done_callback(PUSH_PAUSE.ended)
 
     async def _push(self) -> None:
         stream = self.stream

@@ -5,20 +5,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
+from prometheus_client import CollectorRegistry
 
 from spillover.server import gc_tuning
 from spillover.server.cache import Snapshot, SnapshotCache
-from spillover.server.resources import CLUSTER, ENDPOINT
+from spillover.server.metrics import StreamMetricEvents, XdsMetrics
+from spillover.server.resources import CLUSTER, ENDPOINT, LISTENER
 from spillover.server.service import XdsServer
 from spillover.server.stream_writer import StreamWriter
 from spillover.server.streams import DeltaStream, Outgoing, SotwStream
 from tests.harness.ads import AdsClient, node
 from tests.harness.clock import FakeClock
-from tests.harness.envoyconfig import eds_cluster, endpoints
+from tests.harness.envoyconfig import eds_cluster, endpoints, http_listener
 from tests.harness.polling import async_wait_until
 
 GROUP = "gateway"
@@ -135,6 +137,126 @@ def _newest(stream: SotwStream, type_url: str, fallback: Outgoing) -> Outgoing:
     return Outgoing(type_url, header.SerializeToString(), fallback.resources)
 
 
+# --- Delta: an ACK that says nothing else is known by its bytes -------------------------------------------
+
+DeltaRequest = discovery_pb2.DeltaDiscoveryRequest
+
+
+def delta_stream(cache: SnapshotCache, events: StreamMetricEvents | None = None) -> DeltaStream:
+    return DeltaStream("ipv4:127.0.0.1:1", lambda n: n.cluster, cache.get, events=events)
+
+
+def delta_received(stream: DeltaStream, **fields: object) -> list[Outgoing]:
+    """A request the way the server hands it over: by its bytes when they are a plain ACK, else parsed."""
+    raw = DeltaRequest(**fields).SerializeToString()  # type: ignore[arg-type]
+    plain = stream.plain_ack(raw)
+    return stream.on_plain_ack(plain) if plain is not None else stream.on_request(DeltaRequest.FromString(raw), raw)
+
+
+def delta_parsed(stream: DeltaStream, **fields: object) -> list[Outgoing]:
+    raw = DeltaRequest(**fields).SerializeToString()  # type: ignore[arg-type]
+    return stream.on_request(DeltaRequest.FromString(raw), raw)
+
+
+def nonce_of(out: Outgoing) -> str:
+    return str(discovery_pb2.DeltaDiscoveryResponse.FromString(out.payload).nonce)
+
+
+def plain(type_url: str, nonce: str) -> bytes:
+    return DeltaRequest(type_url=type_url, response_nonce=nonce).SerializeToString()
+
+
+def test_only_a_delta_ack_of_the_newest_nonce_that_says_nothing_else_skips_parsing() -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    stream = delta_stream(cache)
+    assert stream.plain_ack(plain(CLUSTER, "")) is None  # no node yet: the first request is always parsed
+    (cds,) = delta_parsed(stream, node=node(cluster=GROUP), type_url=CLUSTER)
+    (eds,) = delta_parsed(stream, type_url=ENDPOINT, resource_names_subscribe=NAMES)
+    assert stream.plain_ack(plain(CLUSTER, nonce_of(cds))) == CLUSTER
+    assert stream.plain_ack(plain(ENDPOINT, nonce_of(eds))) == ENDPOINT
+    not_plain = [
+        plain(ENDPOINT, nonce_of(cds)),  # another type's nonce
+        plain(ENDPOINT, "other"),
+        DeltaRequest(
+            type_url=ENDPOINT, response_nonce=nonce_of(eds), error_detail={"code": 3, "message": "bad"}
+        ).SerializeToString(),  # a NACK of the newest response
+        DeltaRequest(type_url=ENDPOINT, response_nonce=nonce_of(eds), node=node(cluster=GROUP)).SerializeToString(),
+        DeltaRequest(
+            type_url=ENDPOINT, response_nonce=nonce_of(eds), resource_names_unsubscribe=NAMES[:1]
+        ).SerializeToString(),
+        # The same two fields, nonce first: a valid ACK, parsed like any other request.
+        DeltaRequest(response_nonce=nonce_of(eds)).SerializeToString()
+        + DeltaRequest(type_url=ENDPOINT).SerializeToString(),
+    ]
+    assert [stream.plain_ack(raw) for raw in not_plain] == [None] * len(not_plain)
+    # A newer response of the type: an ACK of the one before is no longer the plain one.
+    cache.set_snapshot(GROUP, snapshot(port=8001))
+    (newer,) = stream.on_snapshot()
+    assert newer.type_url == ENDPOINT and nonce_of(newer) != nonce_of(eds)
+    assert stream.plain_ack(plain(ENDPOINT, nonce_of(eds))) is None
+    assert stream.plain_ack(plain(ENDPOINT, nonce_of(newer))) == ENDPOINT
+
+
+def test_streams_sent_different_responses_know_only_their_own_acks() -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    few, all_names = delta_stream(cache), delta_stream(cache)
+    for stream, names in ((few, NAMES[:3]), (all_names, NAMES)):
+        delta_parsed(stream, node=node(cluster=GROUP), type_url=ENDPOINT, resource_names_subscribe=names)
+    few_nonce, all_nonce = few.types[ENDPOINT].nonce, all_names.types[ENDPOINT].nonce
+    assert few_nonce != all_nonce
+    assert few.plain_ack(plain(ENDPOINT, all_nonce)) is None and all_names.plain_ack(plain(ENDPOINT, few_nonce)) is None
+    # A change that only one subscription sees: the other stream's ACK bytes stay those of its last response.
+    cache.set_snapshot(GROUP, snapshot([*NAMES[:3], *NAMES[4:]]))
+    assert few.on_snapshot() == [] and len(all_names.on_snapshot()) == 1
+    assert few.plain_ack(plain(ENDPOINT, few_nonce)) == ENDPOINT
+    assert all_names.plain_ack(plain(ENDPOINT, all_names.types[ENDPOINT].nonce)) == ENDPOINT
+
+
+def _state_view(stream: DeltaStream) -> dict[str, object]:
+    described = stream.describe()
+    described.pop("connected_at")
+    return described
+
+
+def test_a_plain_ack_leaves_a_stream_as_the_parsed_request_would() -> None:
+    """Twin streams get the same requests, one through plain_ack where it applies and one always parsed:
+    the same responses (listeners waiting for the clusters to warm go out on the same ACK), the same state
+    for the debug views and the same ACK counts."""
+    listener = http_listener("main", "127.0.0.1", 24010, route_config="main")
+    cache = SnapshotCache(debounce=0)
+    messages = [eds_cluster(n) for n in NAMES] + [endpoints(n, [("127.0.0.1", 8000)]) for n in NAMES]
+    cache.set_snapshot(GROUP, Snapshot.from_messages([*messages, listener]))
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    twins = [delta_stream(cache, StreamMetricEvents(XdsMetrics(r))) for r in registries]
+    feeds = (delta_received, delta_parsed)
+
+    def both(**fields: object) -> list[list[bytes]]:
+        outs = [[o.payload for o in feed(stream, **fields)] for feed, stream in zip(feeds, twins, strict=True)]
+        assert outs[0] == outs[1]
+        assert _state_view(twins[0]) == _state_view(twins[1])
+        return outs
+
+    both(node=node(cluster=GROUP), type_url=CLUSTER)
+    both(type_url=ENDPOINT, resource_names_subscribe=NAMES)
+    assert both(type_url=LISTENER) == [[], []]  # waits for the clusters to warm
+    for type_url in (CLUSTER, ENDPOINT):
+        assert twins[0].plain_ack(plain(type_url, twins[0].types[type_url].nonce)) == type_url
+        got = both(type_url=type_url, response_nonce=twins[0].types[type_url].nonce)
+    assert len(got[0]) == 1 and discovery_pb2.DeltaDiscoveryResponse.FromString(got[0][0]).type_url == LISTENER
+    both(type_url=LISTENER, response_nonce=twins[0].types[LISTENER].nonce)
+    both(type_url=LISTENER, response_nonce=twins[0].types[LISTENER].nonce)  # a repeated ACK, counted again
+    both(type_url=ENDPOINT, response_nonce=twins[0].types[ENDPOINT].nonce, error_detail={"code": 3, "message": "no"})
+    both(type_url=ENDPOINT, response_nonce=twins[0].types[ENDPOINT].nonce)  # the NACKed nonce ACKed after all
+    assert twins[0].types[ENDPOINT].nack_error == "" and twins[0].types[LISTENER].acked_nonce
+    acks = [
+        {t: r.get_sample_value("spillover_xds_acks_total", {"type": t}) for t in ("CDS", "EDS", "LDS")}
+        for r in registries
+    ]
+    assert acks[0] == acks[1] == {"CDS": 1.0, "EDS": 2.0, "LDS": 2.0}
+
+
 # --- one task per stream ----------------------------------------------------------------------------------
 
 
@@ -244,6 +366,118 @@ async def test_a_closed_writer_starts_no_push() -> None:
     cache.watch(GROUP, writer)
     cache.set_snapshot(GROUP, snapshot([*NAMES, "model-y"]))
     await async_wait_until(lambda: len(written) == 1, message="the push of an open writer")
+
+
+# --- no collection while a fan-out is written ------------------------------------------------------------
+
+
+def _watching_writers(cache: SnapshotCache, count: int, write: Callable[[bytes], Awaitable[None]]) -> list[StreamWriter]:
+    writers = []
+    for _ in range(count):
+        stream = sotw_stream(cache)
+        as_received(stream, node=node(cluster=GROUP), type_url=CLUSTER)
+        writer = StreamWriter(
+            stream, write, asyncio.get_running_loop(), lambda t: None, cache.published_at, lambda s: None, lambda: None
+        )
+        cache.watch(GROUP, writer)
+        writers.append(writer)
+    return writers
+
+
+@pytest.fixture
+def collections() -> Iterator[list[int]]:
+    """The generations of the collections that run, as the collector starts them."""
+    seen: list[int] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    gc.enable()
+    gc.callbacks.append(on_gc)
+    yield seen
+    gc.callbacks.remove(on_gc)
+    gc.enable()
+
+
+async def test_no_collection_runs_while_a_publish_is_being_written(collections: list[int]) -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    release = asyncio.Event()
+    during: list[bool] = []
+
+    async def write(payload: bytes) -> None:
+        during.append(gc.isenabled())
+        garbage = [_Cycle() for _ in range(5_000)]  # past the young threshold: a collection is due
+        del garbage
+        await release.wait()
+
+    writers = _watching_writers(cache, 3, write)
+    collections.clear()
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    await async_wait_until(lambda: len(during) == 3, message="every push writing")
+    assert during == [False] * 3 and collections == []
+    release.set()
+    await async_wait_until(lambda: all(w._push_task is None for w in writers), message="the pushes done")
+    assert gc.isenabled()
+    [_Cycle() for _ in range(5_000)]
+    assert collections  # the collection that was due runs once the fan-out is written
+
+
+async def test_a_write_that_never_ends_holds_the_collector_off_for_a_bounded_time(
+    collections: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gc_tuning, "MAX_PUSH_PAUSE_S", 0.05)
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    stuck = asyncio.Event()
+
+    async def write(payload: bytes) -> None:
+        await stuck.wait()  # a client that stopped reading
+
+    writers = _watching_writers(cache, 2, write)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    await asyncio.sleep(0)
+    assert not gc.isenabled()
+    await async_wait_until(gc.isenabled, message="the collector on again after MAX_PUSH_PAUSE_S")
+    for writer in writers:
+        writer.close()
+    stuck.set()
+    await async_wait_until(lambda: all(w._push_task is None for w in writers), message="the pushes done")
+    assert gc_tuning.PUSH_PAUSE.pushes == 0 and gc.isenabled()
+
+
+async def test_pushes_called_off_before_they_ran_turn_the_collector_back_on(collections: list[int]) -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    written: list[bytes] = []
+
+    async def write(payload: bytes) -> None:
+        written.append(payload)
+
+    writers = _watching_writers(cache, 2, write)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    assert not gc.isenabled()
+    for writer in writers:
+        writer.close()  # before the push tasks ran a step
+    await async_wait_until(gc.isenabled, message="the collector on again")
+    assert written == [] and gc_tuning.PUSH_PAUSE.pushes == 0
+
+
+async def test_a_collector_turned_off_by_someone_else_stays_off(collections: list[int]) -> None:
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    written: list[bytes] = []
+
+    async def write(payload: bytes) -> None:
+        written.append(payload)
+
+    _watching_writers(cache, 2, write)
+    gc.disable()
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    await async_wait_until(lambda: len(written) == 2, message="both pushes written")
+    await asyncio.sleep(0)
+    assert not gc.isenabled()
 
 
 # --- garbage collection --------------------------------------------------------------------------------

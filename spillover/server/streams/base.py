@@ -81,6 +81,10 @@ class TypeState:
     # Delta: the snapshot generation this type was fully diffed against; while it is current and the
     # subscription is unchanged there is nothing to compare (an ACK costs O(1), not O(resources)).
     synced_generation: int | None = None
+    # Delta: the bytes of a request that ACKs the newest response (`nonce`) and says nothing else, as a
+    # protobuf client encodes it (shared by the streams sent the same response): a request equal to them
+    # is handled without being parsed (DeltaStream.plain_ack).
+    plain_ack: bytes | None = None
 
     def subscribed(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -215,6 +219,7 @@ class BaseStream:
         self.node: base_pb2.Node | None = None
         self.group = ""
         self.types: dict[str, TypeState] = {}
+        self._push_order: tuple[str, ...] = ()
         self.connected_at = time.time()
         # Make-before-break: clusters sent as added or changed whose endpoints the client has not
         # acknowledged yet. Listeners and routes wait for them (at most `warm_timeout` seconds).
@@ -312,10 +317,24 @@ class BaseStream:
     def sent_resources(self) -> dict[str, list[Resource]]:
         return {type_url: list(state.sent.values()) for type_url, state in self.types.items()}
 
-    def _push_types(self) -> Iterable[str]:
-        # Known types in make-before-break order, then anything else the client subscribed to.
-        yield from PUSH_ORDER
-        yield from sorted(t for t in self.types if t not in PUSH_ORDER)
+    def _push_types(self) -> tuple[str, ...]:
+        """The stream's types: the known ones in make-before-break order, then any other it asked for. Made
+        again only when a type was added (none is ever removed), not on every push and ACK."""
+        types = self.types
+        if len(types) != len(self._push_order):
+            self._push_order = (
+                *(t for t in PUSH_ORDER if t in types), *sorted(t for t in types if t not in PUSH_ORDER)
+            )
+        return self._push_order
+
+    def plain_ack(self, raw: bytes) -> str | None:
+        """The type of the response this request ACKs when, by its bytes, it does nothing else (see
+        DeltaStream); None: parse it and call `on_request`. Pure: the stream is not changed."""
+        return None
+
+    def on_plain_ack(self, type_url: str) -> list[Outgoing]:
+        """What `on_request` does with the request `plain_ack` recognised as a plain ACK of `type_url`."""
+        raise NotImplementedError
 
     def _referrers_pending(self, snapshot: Snapshot) -> bool:
         """Listeners or routes are about to change or are not acknowledged yet, so clusters stay."""
