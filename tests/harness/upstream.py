@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import re
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.harness.pki import write_ca_and_server_cert
+from tests.harness.ports import free_port
 
 __all__ = ["HttpUpstream", "HttpsUpstream", "make_self_signed_ca_and_cert"]
 
@@ -230,6 +232,20 @@ class HttpUpstream:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
+    def _bind(self, tls: ssl.SSLContext | None) -> _Server:
+        if self.port or self.host != "127.0.0.1":
+            return _Server((self.host, self.port), self, tls)
+        # Not bind(0): the kernel may hand out a port that free_port() has just given a server that binds
+        # it later (a listener in an Envoy's config), which then fails, or serves this upstream's answers
+        # in its place (seen: test_scoped_routes). free_port() doesn't hand its ports out again soon.
+        for _ in range(8):
+            try:
+                return _Server((self.host, free_port()), self, tls)
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE:
+                    raise
+        raise RuntimeError(f"upstream {self.name}: no free port after 8 tries")
+
     def _tls_context(self) -> ssl.SSLContext | None:
         return None
 
@@ -237,7 +253,7 @@ class HttpUpstream:
         if self._server is not None:
             raise RuntimeError(f"upstream {self.name} is already running on {self.address}")
         self._stopping.clear()
-        self._server = _Server((self.host, self.port), self, self._tls_context())
+        self._server = self._bind(self._tls_context())
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(
             target=self._server.serve_forever,
