@@ -10,7 +10,8 @@ the model alone that serves the default profile, no profile and unknown profiles
 is read before ``x-aibrix-config-profile``. Each route carries its own rate limit; because every
 (model, profile) has exactly one route there is exactly one token bucket per (model, profile).
 
-The common case is cheap: model routes match the ``x-model`` and ``config-profile`` headers and switch
+The common case is cheap: model routes are found by ``x-model`` (the route table's map), match
+``config-profile`` and switch
 the listener's json_to_metadata and Lua normaliser off, so a request that names its model in
 ``x-model`` is routed without Lua and without buffering its body. A JSON request that names its model
 in the body only first matches ``body-model``, which keeps json_to_metadata on, switches the normaliser
@@ -269,7 +270,9 @@ def model_route(
     remote clusters; the remote's host and headers are then the aggregates' business. `runtime_weights`:
     a model with a remote gets weighted clusters whose weights Envoy reads from runtime (see
     `runtime_split`), the route carrying only the fallback (all local): the same route whatever the split."""
-    matchers = [_header_match(MODEL_HEADER, model.name)]
+    # No `x-model` condition: the route table's map found these routes by an exact lookup of that header
+    # (route_table.py), so matching it again would cost every request a header lookup for nothing.
+    matchers = []
     if match_profile:
         matchers.append(_header_match(PROFILE_HEADER, profile.name))
     route = route_components_pb2.Route(
