@@ -17,7 +17,6 @@ body-routed request costs that its header-routed one does not. Writes nothing; r
 from __future__ import annotations
 
 import argparse
-import bisect
 import re
 import struct
 import subprocess
@@ -126,7 +125,6 @@ def _address(name: str) -> int | None:
 class Names:
     def __init__(self, binary: Path) -> None:
         self._by_address = vtable_names(binary)
-        self._sorted = sorted(self._by_address)
 
     def of(self, name: str) -> list[str]:
         address = _address(name)
@@ -144,46 +142,56 @@ def _largest_callee(tree: dict[str, Calls], name: str) -> str:
 
 def body_path(tree: dict[str, Calls], header: dict[str, Calls], names: Names, requests: int) -> list[tuple[str, float]]:
     """The pieces of a body-routed request of the full config, in instructions per request; `header`
-    is the same config's header-routed dump (for what both pay)."""
-
-    def one(t: dict[str, Calls], pattern: str) -> str:
-        found = sorted(names.find(t, pattern), key=lambda n: -t[n].inclusive)
-        if not found:
-            raise LookupError(f"no function named like {pattern!r} in the dump")
-        return found[0]
-
+    is the same config's header-routed dump (for what both pay). Pieces a dump lacks (json_to_metadata
+    where the body path has none) are left out."""
     per = float(requests)
+    rows: list[tuple[str, float]] = []
+
+    def one(t: dict[str, Calls], pattern: str) -> str | None:
+        found = sorted(names.find(t, pattern), key=lambda n: -t[n].inclusive)
+        return found[0] if found else None
+
     decode_data = one(tree, r"JsonToMetadata::Filter#7$")
-    decode_headers = one(tree, r"JsonToMetadata::Filter#6$")
-    process_body = _largest_callee(tree, decode_data)
-    parse = _largest_callee(tree, process_body)  # Json::Factory::loadFromString (nlohmann + Envoy's Field tree)
-    tree_release = next(c for c in tree[process_body].callees if any("Json::Nlohmann" in n and "shared_ptr" in n
-                                                                     for n in names.of(c)))  # fmt: skip
-    metadata = next((c for c in tree[process_body].callees if any("StreamInfoImpl#" in n for n in names.of(c))), None)
+    if decode_data is not None:
+        process_body = _largest_callee(tree, decode_data)
+        parse = _largest_callee(tree, process_body)  # Json::Factory::loadFromString (nlohmann, Envoy's Field tree)
+        release = [c for c in tree[process_body].callees
+                   if any("Json::Nlohmann" in n and "shared_ptr" in n for n in names.of(c))]  # fmt: skip
+        metadata = [c for c in tree[process_body].callees if any("StreamInfoImpl#" in n for n in names.of(c))]
+        rows += [
+            ("json_to_metadata decodeData, all", tree[decode_data].inclusive / per),
+            ("  of which the JSON parse (Json::Factory::loadFromString: nlohmann, Envoy's Field tree)",
+             tree[process_body].callees[parse][0] / per),
+            ("  of which freeing the parsed tree", sum(tree[process_body].callees[c][0] for c in release) / per),
+            ("  of which writing the metadata (setDynamicMetadata)",
+             sum(tree[process_body].callees[c][0] for c in metadata) / per),
+        ]  # fmt: skip
+    for slot, what in (("6", "decodeHeaders"), ("7", "decodeData (the script runs here once the body is in)")):
+        lua = one(tree, rf"HttpFilters::Lua::Filter#{slot}$")
+        if lua is not None:
+            rows.append((f"Lua filters' {what}, all", tree[lua].inclusive / per))
     route = one(tree, r"Router::ConfigImpl#3$")
     header_route = one(header, r"Router::ConfigImpl#3$")
-    refresh = next(iter(tree[route].callers))  # the HCM's refreshCachedRoute
+    if route is not None and header_route is not None:
+        refresh = next(iter(tree[route].callers))  # the HCM's refreshCachedRoute
+        rows += [
+            ("route matches, body-routed: all (ConfigImpl::route)", tree[route].inclusive / per),
+            ("  calls per request", tree[refresh].callees[route][1] / per),
+            ("route match, header-routed (ConfigImpl::route, once)", header[header_route].inclusive / per),
+        ]
+        if len(tree[refresh].callers) > 1:
+            rows.append(("  the second (refreshCachedRoute's smaller caller)", min(tree[refresh].callers.values())[0] / per))
     mutation = one(tree, r"HeaderMutation::HeaderMutation#6$")
-    body_mutation = max(tree[mutation].callers.items(), key=lambda item: item[1][0])  # the listener's, not upstream
-    second_match = min(tree[refresh].callers.values())[0]
+    if mutation is not None:
+        rows.append(("header_mutation decodeHeaders, its busiest caller",
+                     max(c for c, _ in tree[mutation].callers.values()) / per))  # fmt: skip
     chain = one(tree, r"HttpConnectionManager::HttpConnectionManagerConfig#2$")
     header_chain = one(header, r"HttpConnectionManager::HttpConnectionManagerConfig#2$")
-    rows = [
-        ("json_to_metadata decodeHeaders (content type, StopIteration)", tree[decode_headers].inclusive / per),
-        ("json_to_metadata decodeData, all", tree[decode_data].inclusive / per),
-        ("  of which the JSON parse (Json::Factory::loadFromString: nlohmann, Envoy's Field tree)",
-         tree[process_body].callees[parse][0] / per),
-        ("  of which freeing the parsed tree", tree[process_body].callees[tree_release][0] / per),
-        ("  of which writing the metadata (setDynamicMetadata)",
-         tree[process_body].callees[metadata][0] / per if metadata else 0.0),
-        ("route matches, body-routed: all (ConfigImpl::route)", tree[route].inclusive / per),
-        ("  calls per request", tree[refresh].callees[route][1] / per),
-        ("route match, header-routed (ConfigImpl::route, once)", header[header_route].inclusive / per),
-        ("second route match (refreshCachedRoute from the header_mutation's route lookup)", second_match / per),
-        ("spillover.body_model header_mutation decodeHeaders, all", body_mutation[1][0] / per),
-        ("filter chain creation, body-routed", tree[chain].inclusive / per),
-        ("filter chain creation, header-routed", header[header_chain].inclusive / per),
-    ]  # fmt: skip
+    if chain is not None and header_chain is not None:
+        rows += [
+            ("filter chain creation, body-routed", tree[chain].inclusive / per),
+            ("filter chain creation, header-routed", header[header_chain].inclusive / per),
+        ]
     return rows
 
 
