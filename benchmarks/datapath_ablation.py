@@ -15,9 +15,9 @@ full config and of the config without failover as two more sides of the same rou
 versions compared under the same load, which separate runs on a shared machine can't do.
 
 `--pieces` adds sides that price the body path's filters one at a time (PATCHED): the full config with the
-model's route leaving json_to_metadata, the Lua normaliser, both, or the body path's pair (json_to_metadata
-and the header_mutation copy) on for header-routed requests, and without the listener's header_mutation
-filter (what a filter disabled by default costs). `--other TREE` adds more trees' full config as sides.
+model's route leaving json_to_metadata, the Lua normaliser, both, or the body path's Lua (lua.BODY_MODEL)
+on for header-routed requests, and without the listener's body-model filter (what a filter disabled by
+default costs). `--other TREE` adds more trees' full config as sides.
 """
 
 from __future__ import annotations
@@ -271,10 +271,10 @@ PATCHED: dict[str, Callable[[Bootstrap], None]] = {
     "all of it, header path + json_to_metadata + Lua": _turn_on(
         "envoy.filters.http.json_to_metadata", "spillover.normalize"
     ),
-    "all of it, header path + json_to_metadata + header_mutation (the body path's pair)": _turn_on(
-        "envoy.filters.http.json_to_metadata", "spillover.body_model", copy_from="body-model"
+    "all of it, header path + the body-model Lua (the body path)": _turn_on(
+        "spillover.body_model", copy_from="body-model"
     ),
-    "all of it, no transform filter in the listener (body: old slow path)": _without_listener_filter(
+    "all of it, no body-model filter in the listener (body: old slow path)": _without_listener_filter(
         "spillover.body_model"
     ),
 }

@@ -21,6 +21,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -98,8 +99,10 @@ def _first_connection(port: int, kind: str, timeout: float) -> http.client.HTTPC
             time.sleep(0.5)
 
 
-def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, name: str) -> dict[str, float]:
-    """Envoy's instructions per `kind`-routed request over `requests` requests after a warm-up."""
+def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, name: str,
+          keep: Path | None = None) -> dict[str, float]:
+    """Envoy's instructions per `kind`-routed request over `requests` requests after a warm-up. `keep`: a
+    directory the requests' callgrind dump is copied to (for callgrind_annotate: where the count goes)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-{kind}-", dir=workdir))
     config = run_dir / "envoy.yaml"
     config.write_text(dump_yaml(bootstrap))
@@ -142,6 +145,11 @@ def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, na
     if not parts.get(2):
         raise BenchError(f"callgrind counted nothing for {name} ({kind}): see {run_dir}/valgrind.log")
     idle_rate = parts[1] / IDLE_S
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for dump in run_dir.glob("callgrind.*.*"):
+            shutil.copy(dump, keep / f"{name}-{kind}.part{dump.name.rsplit('.', 1)[1]}.callgrind")
+        (keep / f"{name}-{kind}.yaml").write_text(config.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
     return {"instructions_per_request": (parts[2] - idle_rate * wall) / requests, "seconds": wall,
             "idle_instructions_per_second": idle_rate, "raw_instructions_per_request": parts[2] / requests}  # fmt: skip
@@ -152,7 +160,7 @@ def _control(pid: int, *args: str) -> None:
 
 
 def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...], jobs: int,
-        log: Any = print) -> dict[str, Any]:  # fmt: skip
+        log: Any = print, keep: Path | None = None) -> dict[str, Any]:  # fmt: skip
     tools = ensure_tools()
     _, rest = _cpus()
     workdir = Path(tempfile.mkdtemp(prefix="spillover-bench-instructions-"))
@@ -176,7 +184,11 @@ def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...
 
         def one(task: tuple[str, str, Any, int]) -> dict[str, Any]:
             side, kind, make, repeat = task
-            result = count(make(free_port()), kind, requests, workdir, f"s{abs(hash(side)) % 10**6}")
+            if keep is None:
+                result = count(make(free_port()), kind, requests, workdir, f"s{abs(hash(side)) % 10**6}")
+            else:
+                slug = re.sub(r"[^a-z0-9]+", "-", side.lower()).strip("-")[:60]
+                result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep)
             log(f"    {kind:6} {result['instructions_per_request']:9.0f} instructions / request  {side}")
             return {"side": side, "kind": kind, "repeat": repeat, **result}
 
@@ -233,13 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="only the sides whose name contains this")
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--name", default="datapath-instructions", help="results/NAME.{md,json}")
+    parser.add_argument(
+        "--keep", type=Path, help="copy each count's callgrind dump and Envoy config here (callgrind_annotate)"
+    )
     args = parser.parse_args(argv)
     info = machine.describe()
     valgrind = ensure_valgrind()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         result = run(args.requests, args.repeats, args.baseline, tuple(args.only), args.jobs,
-                     log=lambda line: print(line, flush=True))  # fmt: skip
+                     log=lambda line: print(line, flush=True), keep=args.keep)  # fmt: skip
     except (BenchError, OSError, subprocess.CalledProcessError) as error:
         print(f"FAILED: {error}")
         return 1

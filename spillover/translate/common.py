@@ -48,7 +48,7 @@ __all__ = [
 
 # HTTP filter names: the listener installs them, routes configure them per route by these names.
 NORMALIZE_FILTER = "spillover.normalize"
-# A header_mutation filter (native, no Lua): the body's model (json_to_metadata's metadata) into x-model.
+# Lua (lua.BODY_MODEL): the JSON body's top-level model into x-model, on the body-model route alone.
 BODY_MODEL_FILTER = "spillover.body_model"
 JSON_TO_METADATA_FILTER = "envoy.filters.http.json_to_metadata"
 PREFIX_HASH_FILTER = "spillover.prefix_hash"

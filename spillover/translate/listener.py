@@ -1,13 +1,14 @@
 """The one listener: an HTTP connection manager whose filter chain picks the model and profile.
 
     HCM (RDS over ADS)
-      1. json_to_metadata              body ``model`` → metadata spillover.model;   } body and slow path
-                                       route chosen again                           } only: off on the
-      2. header_mutation               metadata spillover.model → ``x-model``       } routes of requests
-         ``spillover.body_model``      (off unless the route turns it on)           } whose headers
-      3. Lua ``spillover.normalize``   model (x-model, model, body) → ``x-model``,  } decide; 2 on the
-                                       config-profile/x-aibrix-config-profile →     } body path, 3 on
-                                       ``config-profile``; route chosen again       } the slow path
+      1. json_to_metadata              body ``model`` → metadata spillover.model;   } slow path only
+                                       route chosen again                           }
+      2. Lua ``spillover.body_model``  the JSON body's top-level ``model`` →        } body path only
+                                       ``x-model`` (and metadata); route chosen     } (off unless the
+                                       again                                        } route turns it on)
+      3. Lua ``spillover.normalize``   model (x-model, model, body) → ``x-model``,  } slow path only
+                                       config-profile/x-aibrix-config-profile →     }
+                                       ``config-profile``; route chosen again       }
       4. local_ratelimit               per-route token bucket (requestsPerSecond); 429 + header
       5. Lua ``spillover.prefix_hash`` per-route (prefix-cache only): hash of the prompt prefix } off by
       6. header_to_metadata ``spillover.client_host``: per-route (failover, see failover.py)    } default
@@ -15,8 +16,9 @@
 
 A request that names its model in ``x-model`` is routed on its headers alone: its route switches 1 and
 3 off, so it costs no Lua and no body buffering (see routes.py). A JSON request that names its model in
-its body only (no ``model`` or ``x-aibrix-config-profile`` header) takes 1 and 2: Envoy's own filters
-read the body and copy the model into ``x-model``, with no Lua (see routes.py ``body-model``). 5 and 6 do
+its body only (no ``model`` or ``x-aibrix-config-profile`` header) takes 2 alone (see routes.py
+``body-model``): it reads the top level of the body, not all of it, which json_to_metadata's parse did
+at ~90 Envoy instructions a byte. 5 and 6 do
 something only on the routes that configure them, so they are `disabled` here and a route enables one by
 configuring it: a request whose route needs neither (no prefix-cache, no failover remote that only
 rewrites the host) has neither in its chain. Envoy builds a request's filter chain from the route it
@@ -30,10 +32,8 @@ filters on and off.
 from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metadata_pb2
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
@@ -59,7 +59,6 @@ from spillover.translate.common import (
     lua_filter,
     pack,
 )
-from spillover.translate.routes import MODEL_HEADER
 
 __all__ = ["build_listener"]
 
@@ -72,23 +71,17 @@ def _client_host() -> hcm_pb2.HttpFilter:
 
 
 def _body_model() -> hcm_pb2.HttpFilter:
-    """Off by default: only the ``body-model`` route turns it on (routes.py), with json_to_metadata before
-    it. That filter, once it has put the body's model in metadata, has Envoy choose the route again; this
-    one's filter-level mutation runs before it asks for the route, so the route chosen then sees the
-    model in ``x-model``. A model no header can carry (a line break) is not written, and the route chosen
-    again is the 404 that names it from metadata (``unknown-body-model``); no model, no header."""
-    copy = mutation_rules_pb2.HeaderMutation(
-        append=base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(
-                key=MODEL_HEADER, value=f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:model)%"
-            ),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
+    """Off by default: only the ``body-model`` route turns it on (routes.py), with json_to_metadata off
+    there. lua.BODY_MODEL finds the JSON body's top-level model without parsing the rest of the body
+    and writes it into ``x-model``; the header change has Envoy choose the route again, the model's.
+    A model no header can carry (a line break) goes into metadata only, and the route chosen again is
+    the 404 that names it from there (``unknown-body-model``); no model, no change (the route stays
+    ``body-model``, whose answer is the 404 of no model)."""
+    return lua_filter(
+        BODY_MODEL_FILTER,
+        source_codes={lua.BODY_MODEL_NAME: base_pb2.DataSource(inline_string=lua.BODY_MODEL)},
+        clear_route_cache=wrappers_pb2.BoolValue(value=True),
     )
-    config = header_mutation_pb2.HeaderMutation(
-        mutations=header_mutation_pb2.Mutations(request_mutations=[copy])
-    )
-    return hcm_pb2.HttpFilter(name=BODY_MODEL_FILTER, typed_config=pack(config), disabled=True)
 
 
 def _http_filters() -> list[hcm_pb2.HttpFilter]:
@@ -131,8 +124,8 @@ def _http_filters() -> list[hcm_pb2.HttpFilter]:
         _client_host(),
     ]
     for http_filter in filters:
-        # `or`: spillover.body_model is off by default too, turned on by the body-model route alone.
-        http_filter.disabled = http_filter.disabled or http_filter.name in ROUTE_CONFIGURED_FILTERS
+        # spillover.body_model is off by default too, turned on by the body-model route alone.
+        http_filter.disabled = http_filter.name in (*ROUTE_CONFIGURED_FILTERS, BODY_MODEL_FILTER)
     return [
         *filters,
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "BODY_MODEL",
+    "BODY_MODEL_NAME",
     "NORMALIZE",
     "PREFIX_HASH",
     "PREFIX_HASH_NAME",
@@ -14,6 +16,7 @@ __all__ = [
 ]
 
 PREFIX_HASH_NAME = "prefix_hash"
+BODY_MODEL_NAME = "body_model"
 
 # The slow path only. Routes match the `x-model` (and `config-profile`) request headers, so a request
 # that names its model there is routed with no Lua and no body buffering: its route switches this
@@ -45,6 +48,182 @@ function envoy_on_request(handle)
   end
   -- Clients must not pick their own prefix-cache affinity (routes without Lua remove it themselves).
   headers:remove("x-spillover-prefix-hash")
+end
+"""
+
+# The body path (the `body-model` route enables it; json_to_metadata is off there): the JSON body's
+# top-level "model" into x-model, the route then chosen again (clear_route_cache). json_to_metadata
+# parses the whole body into a tree, ~90 Envoy instructions per byte (benchmarks/results/
+# datapath-body-breakdown.md); this walks only the top-level object: string contents, where a
+# chat body's bytes are, are skipped with plain string.find (memchr speed), nested values by their
+# brackets and strings. What it hands on is what json_to_metadata and the header copy did: the model (a
+# string, a number or a boolean, as text) in x-model, or in metadata spillover.model when no header can
+# carry it (for the 404 that names it); of duplicate keys the last; nothing for "", null, an object or
+# an array, a body that is not a JSON object, a broken string or escape, or a top level that does not
+# close. Unlike json_to_metadata it does not check the grammar inside nested values (nor control
+# characters in strings other than the model): a body broken only there is routed by its model, and
+# its upstream's parser answers it.
+BODY_MODEL = r"""
+local find, sub, byte, char, floor = string.find, string.sub, string.byte, string.char, math.floor
+local ESCAPES = {['"'] = '"', ["\\"] = "\\", ["/"] = "/", b = "\b", f = "\f", n = "\n", r = "\r", t = "\t"}
+
+-- The index of the quote that closes the string whose contents start at i.
+local function string_end(s, i)
+  while true do
+    local q = find(s, '"', i, true)
+    if q == nil then return nil end
+    local b, n = q - 1, 0
+    while byte(s, b) == 92 do n = n + 1; b = b - 1 end
+    if n % 2 == 0 then return q end
+    i = q + 1
+  end
+end
+
+local function utf8(cp)
+  if cp < 0x80 then return char(cp) end
+  if cp < 0x800 then return char(0xC0 + floor(cp / 64), 0x80 + cp % 64) end
+  if cp < 0x10000 then return char(0xE0 + floor(cp / 4096), 0x80 + floor(cp / 64) % 64, 0x80 + cp % 64) end
+  return char(0xF0 + floor(cp / 262144), 0x80 + floor(cp / 4096) % 64, 0x80 + floor(cp / 64) % 64, 0x80 + cp % 64)
+end
+
+-- A JSON string's contents as text; nil if they are not valid JSON (a control character, a bad escape).
+local function unescape(raw)
+  if find(raw, "[%z\1-\31]") then return nil end
+  if not find(raw, "\\", 1, true) then return raw end
+  local out, i = {}, 1
+  while true do
+    local j = find(raw, "\\", i, true)
+    if j == nil then out[#out + 1] = sub(raw, i); return table.concat(out) end
+    out[#out + 1] = sub(raw, i, j - 1)
+    local c = sub(raw, j + 1, j + 1)
+    if c == "u" then
+      local hex = sub(raw, j + 2, j + 5)
+      local cp = find(hex, "^%x%x%x%x$") and tonumber(hex, 16)
+      if not cp then return nil end
+      i = j + 6
+      if cp >= 0xD800 and cp <= 0xDFFF then
+        local low = sub(raw, i, i + 1) == "\\u" and find(sub(raw, i + 2, i + 5), "^%x%x%x%x$")
+          and tonumber(sub(raw, i + 2, i + 5), 16)
+        if cp > 0xDBFF or not low or low < 0xDC00 or low > 0xDFFF then return nil end
+        cp, i = 0x10000 + (cp - 0xD800) * 1024 + (low - 0xDC00), i + 6
+      end
+      out[#out + 1] = utf8(cp)
+    else
+      local e = ESCAPES[c]
+      if e == nil then return nil end
+      out[#out + 1], i = e, j + 2
+    end
+  end
+end
+
+-- JSON whitespace from i on: the index and the byte after it.
+local function skip_space(s, i)
+  local c = byte(s, i)
+  while c == 32 or c == 10 or c == 13 or c == 9 do i = i + 1; c = byte(s, i) end
+  return i, c
+end
+
+-- The index after the value that starts at i: a string to its closing quote (string.find, memchr
+-- speed), an object or an array by its brackets byte by byte outside its strings, a number or a
+-- literal to the next delimiter. (Byte loops rather than patterns: LuaJIT compiles them.)
+local function skip_value(s, i)
+  local c = byte(s, i)
+  if c == 34 then
+    local e = string_end(s, i + 1)
+    return e and e + 1
+  end
+  if c == 123 or c == 91 then
+    local depth = 0
+    while c ~= nil do
+      if c == 34 then
+        local e = string_end(s, i + 1)
+        if e == nil then return nil end
+        i = e + 1
+      else
+        if c == 123 or c == 91 then
+          depth = depth + 1
+        elseif c == 125 or c == 93 then
+          depth = depth - 1
+          if depth == 0 then return i + 1 end
+        end
+        i = i + 1
+      end
+      c = byte(s, i)
+    end
+    return nil
+  end
+  local j = i
+  while c ~= nil and c ~= 44 and c ~= 125 and c ~= 93 and c ~= 32 and c ~= 10 and c ~= 13 and c ~= 9 do
+    j = j + 1
+    c = byte(s, j)
+  end
+  return j > i and j or nil
+end
+
+-- The top-level "model" as text (nil: none, or not a JSON object).
+local function body_model(s)
+  local i, c = skip_space(s, 1)
+  if c ~= 123 then return nil end
+  i, c = skip_space(s, i + 1)
+  if c == 125 then return nil end
+  local model = nil
+  while true do
+    if c ~= 34 then return nil end
+    local e = string_end(s, i + 1)
+    if e == nil then return nil end
+    -- Only a short key can be "model", escapes and all (\u006d\u006f\u0064\u0065\u006c is 30 bytes).
+    local key = nil
+    if e - i - 1 <= 30 then
+      key = sub(s, i + 1, e - 1)
+      if find(key, "\\", 1, true) then
+        key = unescape(key)
+        if key == nil then return nil end
+      end
+    end
+    i, c = skip_space(s, e + 1)
+    if c ~= 58 then return nil end
+    i, c = skip_space(s, i + 1)
+    local after = skip_value(s, i)
+    if after == nil then return nil end
+    if key == "model" then
+      if c == 34 then
+        model = unescape(sub(s, i + 1, after - 2))
+        if model == nil then return nil end
+      elseif c == 116 or c == 102 then
+        local literal = sub(s, i, after - 1)
+        model = (literal == "true" or literal == "false") and literal or nil
+      elseif c == 45 or (c >= 48 and c <= 57) then
+        local number = tonumber(sub(s, i, after - 1))
+        if number == nil then return nil end
+        model = (number == floor(number) and math.abs(number) < 1e15) and string.format("%d", number)
+          or tostring(number)
+      else
+        model = nil
+      end
+    end
+    i, c = skip_space(s, after)
+    if c == 125 then
+      i, c = skip_space(s, i + 1)
+      if c ~= nil then return nil end
+      return model
+    end
+    if c ~= 44 then return nil end
+    i, c = skip_space(s, i + 1)
+  end
+end
+
+function envoy_on_request(handle)
+  local body = handle:body()
+  if body == nil then return end
+  local model = body_model(body:getBytes(0, body:length()))
+  if model == nil or model == "" then return end
+  if find(model, "[%z\r\n]") then
+    -- No header can carry it: the 404 that names it reads it from metadata (unknown-body-model).
+    handle:streamInfo():dynamicMetadata():set("spillover", "model", model)
+    handle:clearRouteCache()
+  else
+    handle:headers():replace("x-model", model)
+  end
 end
 """
 

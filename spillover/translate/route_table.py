@@ -77,8 +77,10 @@ def route_configuration(
     host = route_components_pb2.VirtualHost(name=VIRTUAL_HOST_NAME, domains=["*"])
     aibrix_profile = host.matcher.matcher_list.matchers.add()
     both = aibrix_profile.predicate.and_matcher.predicate
-    both.add().not_matcher.CopyFrom(_header_predicate(PROFILE_HEADER, ".*"))
+    # The rare header first: Envoy stops at the first false predicate, so a request without it (almost
+    # every one, and a body-routed one twice: its route is chosen again) costs one header lookup here.
     both.add().CopyFrom(_header_predicate(PROFILE_HEADER_AIBRIX, ".+"))
+    both.add().not_matcher.CopyFrom(_header_predicate(PROFILE_HEADER, ".*"))
     aibrix_profile.on_match.CopyFrom(_route_list([model_header, profile_header]))
     by_model = host.matcher.on_no_match.matcher
     if models:

@@ -10,12 +10,12 @@ the model alone that serves the default profile, no profile and unknown profiles
 is read before ``x-aibrix-config-profile``. Each route carries its own rate limit; because every
 (model, profile) has exactly one route there is exactly one token bucket per (model, profile).
 
-The common case is cheap: model routes match the ``x-model`` and ``config-profile`` headers and switch
-the listener's json_to_metadata and Lua normaliser off, so a request that names its model in
-``x-model`` is routed without Lua and without buffering its body. A JSON request that names its model
-in the body only first matches ``body-model``, which keeps json_to_metadata on, switches the normaliser
-off and a header_mutation filter on: that copies the body's model into ``x-model`` before the route is
-chosen again (json_to_metadata asks for that), with no Lua.
+The common case is cheap: model routes are found by ``x-model`` (the table's map), match
+``config-profile`` and switch the listener's json_to_metadata and Lua normaliser off, so a request that
+names its model in ``x-model`` is routed without Lua and without buffering its body. A JSON request that
+names its model in the body only first matches ``body-model``, which switches json_to_metadata and the
+normaliser off and the body-model Lua on: it reads the body's top-level ``model`` (not the whole body,
+as json_to_metadata's parse did) into ``x-model``, and the route is chosen again.
 Any other request first matches a route that leaves them on: ``model`` without ``x-model``,
 ``x-aibrix-config-profile`` without ``config-profile``, or no ``x-model`` and a media type only
 json_to_metadata reads (``missing-model``); the normaliser writes the model and profile it finds into
@@ -38,7 +38,6 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.route.v3 import route_components_pb2
 from envoy.config.route.v3.route_components_pb2 import FilterConfig, HeaderMatcher
-from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -269,7 +268,9 @@ def model_route(
     remote clusters; the remote's host and headers are then the aggregates' business. `runtime_weights`:
     a model with a remote gets weighted clusters whose weights Envoy reads from runtime (see
     `runtime_split`), the route carrying only the fallback (all local): the same route whatever the split."""
-    matchers = [_header_match(MODEL_HEADER, model.name)]
+    # No `x-model` condition: the route table's map found these routes by an exact lookup of that header
+    # (route_table.py), so matching it again would cost every request a header lookup for nothing.
+    matchers = []
     if match_profile:
         matchers.append(_header_match(PROFILE_HEADER, profile.name))
     route = route_components_pb2.Route(
@@ -461,8 +462,8 @@ def not_found_routes() -> list[route_components_pb2.Route]:
             }
         }
     )
-    # A JSON body decides the model alone: json_to_metadata reads it and the listener's header_mutation
-    # copies it into x-model, with no Lua. Only lower-case `application/json`, so that the route's
+    # A JSON body decides the model alone: the listener's body-model Lua copies it into x-model. Only
+    # lower-case `application/json`, so that the route's
     # condition is simple; any other spelling json_to_metadata accepts (`Application/JSON`) falls
     # through to `missing-model` and its slow path, which routes it the same.
     body_model = route_components_pb2.Route(
@@ -479,11 +480,13 @@ def not_found_routes() -> list[route_components_pb2.Route]:
             ],
         ),
     )
-    # The listener's header_mutation filter is off by default: an (empty) per-route config turns it on.
+    # The listener's body-model Lua is off by default: naming its source turns it on. It reads the
+    # model itself, so json_to_metadata (and its parse of the whole body) is off here.
     body_model.typed_per_filter_config[BODY_MODEL_FILTER].CopyFrom(
-        pack(FilterConfig(config=pack(header_mutation_pb2.HeaderMutationPerRoute())))
+        pack(lua_pb2.LuaPerRoute(name=lua.BODY_MODEL_NAME))
     )
-    body_model.typed_per_filter_config[NORMALIZE_FILTER].CopyFrom(pack(FilterConfig(disabled=True)))
+    for name in (JSON_TO_METADATA_FILTER, NORMALIZE_FILTER):
+        body_model.typed_per_filter_config[name].CopyFrom(pack(FilterConfig(disabled=True)))
     # Body-routed requests land here first: their chain, built on this route, needs the filters only
     # model routes configure.
     _slow_path(body_model)

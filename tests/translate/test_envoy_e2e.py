@@ -140,11 +140,13 @@ def test_header_routed_requests_skip_the_body_filters(gateway, upstream_factory)
     for headers in ({"x-model": "m"}, {"x-model": "m", "config-profile": "b"}, {"x-model": "nope"}):
         gw.post({"model": "m", "messages": []}, headers)
     assert _json_to_metadata_runs(gw) == before
-    # A body-routed request: json_to_metadata reads it, header_mutation (no Lua) writes x-model.
+    # A body-routed request: the body-model Lua writes x-model, json_to_metadata (a parse of the whole
+    # body) does not run; the slow path's still does (a JSON media type in capitals).
     assert _served_by(gw.post({"model": "m", "messages": []}, {"config-profile": "b"})) == "pod"
-    wait_until(lambda: _json_to_metadata_runs(gw) == before + 1, timeout=5, message="body routing")
     assert up.requests[-1]["headers"]["x-model"] == "m"
     assert up.requests[-1]["headers"]["config-profile"] == "b"
+    assert _served_by(gw.post({"model": "m"}, {"content-type": "Application/JSON"})) == "pod"
+    wait_until(lambda: _json_to_metadata_runs(gw) == before + 1, timeout=5, message="slow path")
 
 
 def test_body_routing_edge_cases(gateway, upstream_factory) -> None:
@@ -165,6 +167,38 @@ def test_body_routing_edge_cases(gateway, upstream_factory) -> None:
     assert _served_by(gw.post({"model": "m"}, {"x-spillover-prefix-hash": "forged"})) == "pod"
     assert "x-spillover-prefix-hash" not in up.requests[-1]["headers"]
     assert up.request_count == 3
+
+
+def test_body_model_is_the_top_level_key(gateway, upstream_factory) -> None:
+    """The body path reads the top level of the JSON object (lua.BODY_MODEL), not a parse of all of it:
+    the model wherever it stands among the keys, never a nested "model", the last of duplicates,
+    escapes decoded in keys and values; a body that is not a closed JSON object names no model."""
+    a, b = upstream_factory("a-pod"), upstream_factory("b-pod")
+    gw = gateway(Model("a", (_ep(a),)), Model("b/é", (_ep(b),)))
+    routed = [
+        # A quote after an escaped backslash ends the string; the escaped ones before it do not.
+        json.dumps({"messages": [{"role": "user", "content": 'x\\" , "model": "b/é"'}], "model": "a"}),
+        '{"tools": [{"model": "b/é", "deep": {"model": ["b/é"]}}], "n": -1.5e3, "ok": true, "model" : "a" }',
+        '{"model": "b/\\u00e9", "model": "a"}',
+        '{"mod\\u0065l": "a"}',
+        '\n {"stream": false, "model": "a", "max_tokens": null}\n',
+    ]
+    for body in routed:
+        assert _served_by(gw.post(body)) == "a-pod", body
+    assert _served_by(gw.post('{"model": "b/\\u00e9"}')) == "b-pod"
+    assert _served_by(gw.post('{"model": "b/é"}')) == "b-pod"  # UTF-8 as it is
+    no_model = ['{"model": "a"', '{"model": "a"} trailing', '["model", "a"]', '{"model": {"name": "a"}}',
+                '{"model": "a\\x"}', '{"messages": [}, "model": "a"', '{}', '{"model": ""}']  # fmt: skip
+    for body in no_model:
+        missing = gw.post(body)
+        assert missing.json()["error"]["message"].startswith("No model given"), body
+    assert gw.post('{"model": false}').json()["error"]["message"] == "The model `false` does not exist"
+    assert gw.post('{"model": 2.5}').json()["error"]["message"] == "The model `2.5` does not exist"
+    assert a.request_count == len(routed) and b.request_count == 2
+    # The body is buffered whole (Envoy's 1 MiB buffer limit): a large one still routes, a larger one is
+    # refused with 413, as when json_to_metadata buffered it.
+    assert _served_by(gw.post({"messages": [{"content": "x" * 900_000}], "model": "a"})) == "a-pod"
+    assert gw.post({"model": "a", "messages": [{"content": "x" * 2_000_000}]}).status == 413
 
 
 def test_profile_header_selects_the_profile_cluster(gateway, upstream_factory) -> None:
