@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -340,6 +341,43 @@ async def test_writes_leave_one_at_a_time_in_the_order_they_were_produced() -> N
     assert written == [b"1", b"2", b"3"]
     assert most_in_flight == 1
     assert counted == [CLUSTER, ENDPOINT, CLUSTER]
+
+
+class _Deadline:
+    """A stream that only has a deadline: what the writer's ticks find."""
+
+    group = GROUP
+    node_id = "envoy-1"
+
+    def __init__(self, wake_at: float) -> None:
+        self.wake_at: float | None = wake_at
+        self.ticks = 0
+
+    def on_tick(self) -> list[Outgoing]:
+        self.ticks += 1
+        self.wake_at = None
+        return []
+
+
+async def test_a_tick_before_the_stream_s_deadline_arms_again_instead_of_being_lost() -> None:
+    """The timer is set from the loop's clock, which may lag the stream's monotonic one (uvloop caches it
+    per iteration): it can fire a moment before the deadline. The stream then finds its deadline not yet
+    passed; the tick used to be spent on it and the deadline (listeners waiting for warming clusters) was
+    not looked at again until the next request."""
+    stream = _Deadline(time.monotonic() + 0.05)
+
+    async def write(payload: bytes) -> None:
+        pass
+
+    writer = StreamWriter(
+        stream, write, asyncio.get_running_loop(), lambda t: None, lambda g: None, lambda s: None,  # type: ignore[arg-type]
+        lambda: None,
+    )
+    writer.schedule_wake()
+    writer._tick()  # the timer's callback, fired early
+    assert writer._push_task is None and stream.ticks == 0
+    await async_wait_until(lambda: stream.ticks == 1, timeout=5, message="the tick at the deadline")
+    writer.close()
 
 
 async def test_a_closed_writer_starts_no_push() -> None:
