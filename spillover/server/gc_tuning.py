@@ -120,47 +120,87 @@ def after_publish() -> None:
 MAX_PUSH_PAUSE_S = 0.5
 
 
-class _PushPause:
+class PushPause:
     """Whatever the settings, no collection runs while pushes are being written (the default too): a publish
     starts one short push task per stream at once, and each holds its response and gRPC's write state until
     the write is done. A collection in the middle of that (at 1,000 Delta streams, ~26 young ones per push
     with Python's thresholds, and every eight pushes or so a full one of ~100 ms) walks all of it and moves
     what is still in flight into older generations, where a full collection walks it again; the full one
     also delays the streams not yet written (benchmarks/results/peer-1000-delta-notes.md). So the first push
-    task to start turns the collector off and the last to end turns it back on, at most MAX_PUSH_PAUSE_S
+    task to start turns the collector off and the last to end turns it back on, at most `max_pause` seconds
     later: garbage made meanwhile waits that long, and a collection due runs right after the fan-out. A
-    collector that was off already is left as it was."""
+    collector that was off already is left as it was.
 
-    def __init__(self) -> None:
-        self.pushes = 0
+    The tasks are counted in rounds: `started()` returns the round a task was counted in and `ended()`
+    takes it back, so a count can only end the round it belongs to. A round ends when its last task ends
+    or at its limit, and with it every count it still holds: a write stuck past the limit (a client that
+    stopped reading) or counts whose tasks will never end (their event loop was closed, or stopped for
+    good, before their done-ness was seen) cannot keep later fan-outs from pausing, nor the collector off.
+    The limit is the round's timer on the loop of its first task; a loop that will not run the timer again
+    is noticed by the next task of another loop (the loop closed, or the deadline past). The owners of the
+    counts (StreamWriter, XdsServer.stop) give them back without waiting for the loop when they close, so a
+    server stopped is never still pausing the collector."""
+
+    __slots__ = ("clock", "deadline", "loop", "max_pause", "paused", "pauses", "pushes", "round", "timer")
+
+    def __init__(self, max_pause: float = MAX_PUSH_PAUSE_S, clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < max_pause <= 60:
+            raise ValueError(f"max_pause must be > 0 and <= 60 seconds, not {max_pause!r}")
+        self.max_pause = max_pause
+        self.clock = clock
+        self.pushes = 0  # the tasks counted in the current round
+        self.round = 1  # never 0: a writer holds 0 for "not counted"
+        self.loop: asyncio.AbstractEventLoop | None = None  # the loop of the round's timer
+        self.deadline = 0.0
         self.paused = False
         self.timer: asyncio.TimerHandle | None = None
-        self.pauses = 0
+        self.pauses = 0  # rounds that turned the collector off (for tests and benchmarks)
 
-    def started(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.pushes += 1
-        if self.pushes == 1 and gc.isenabled():
+    def started(self, loop: asyncio.AbstractEventLoop) -> int:
+        """A push task of `loop` starts: counted in; returns its round, for `ended()`."""
+        if self.pushes:
+            # The fast path (every task of a fan-out but the first): the round's own loop is running, so
+            # its timer ends the round in time.
+            if loop is self.loop:
+                self.pushes += 1
+                return self.round
+            owner = self.loop
+            if owner is not None and (owner.is_closed() or self.clock() >= self.deadline):
+                self._end_round()  # counts of a loop that is gone (or no longer run): they would never end
+            else:
+                self.pushes += 1
+                return self.round
+        self.pushes = 1
+        self.loop = loop
+        self.deadline = self.clock() + self.max_pause
+        # Whether or not the collector is paused: the round's counts must end at the limit either way.
+        self.timer = loop.call_later(self.max_pause, self._end_round)
+        if gc.isenabled():
             gc.disable()
             self.paused = True
             self.pauses += 1
-            self.timer = loop.call_later(MAX_PUSH_PAUSE_S, self.resume)
+        return self.round
 
-    def ended(self, _: object = None) -> None:
-        self.pushes -= 1
-        if self.pushes <= 0:
-            self.pushes = 0
-            self.resume()
+    def ended(self, counted_in: int) -> None:
+        """A push task counted in round `counted_in` is done (or will never run)."""
+        if counted_in == self.round:
+            self.pushes -= 1
+            if self.pushes <= 0:
+                self._end_round()
 
-    def resume(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def _end_round(self) -> None:
+        self.round += 1
+        self.pushes = 0
+        self.loop = None
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()  # safe on a closed loop: it only marks the handle
         if self.paused:
             self.paused = False
             gc.enable()
 
 
-PUSH_PAUSE = _PushPause()
+PUSH_PAUSE = PushPause()
 
 
 def full_collections() -> int:

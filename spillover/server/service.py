@@ -152,8 +152,12 @@ class XdsServer:
         registry: CollectorRegistry | None = None,
         warm_timeout: float = 5.0,
         options: XdsOptions | None = None,
+        push_pause: gc_tuning.PushPause = gc_tuning.PUSH_PAUSE,
     ) -> None:
+        """push_pause: what keeps the collector off while a publish is written (the process-wide one;
+        tests give their own, with a shorter limit)."""
         self.cache = cache
+        self.push_pause = push_pause
         self.warm_timeout = warm_timeout
         self.group_of = group_of
         self.options = options or XdsOptions()
@@ -174,6 +178,9 @@ class XdsServer:
         self.tls: CertificateReloader | None = None
         self.port: int | None = None
         self._trim: asyncio.TimerHandle | None = None
+        # The writers of the streams being served: stop() closes those whose stream's task gRPC has not
+        # ended yet, so that none is still counted in the collector's pause once the server is stopped.
+        self._writers: set[StreamWriter] = set()
         cache.on_publish.append(self._on_publish)
 
     def _on_publish(self, group: str, snapshot: Snapshot) -> None:
@@ -346,7 +353,9 @@ class XdsServer:
         writer = StreamWriter(
             stream, context.write, loop, metrics.count_response, self.cache.published_at,
             metrics.push_latency.observe, on_failure=task.cancel if task is not None else lambda: None,
+            pause=self.push_pause,
         )
+        self._writers.add(writer)
         observe_size = metrics.request_bytes.observe
         registered = False
         connected = None
@@ -417,6 +426,7 @@ class XdsServer:
             await writer.quiesce(_QUIESCE_S)
         finally:
             writer.close()
+            self._writers.discard(writer)
             self.identities.close(key)
             if registered:
                 self.cache.unwatch(stream.group, writer)
@@ -479,6 +489,10 @@ class XdsServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        # gRPC has cancelled the calls, but their tasks (and their pushes) end only when the loop runs
+        # them again, which an embedder closing its loop right after never lets happen.
+        for writer in self._writers:
+            writer.close()
         self.groups.close()
         if self._trim is not None:
             self._trim.cancel()

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from spillover.server.gc_tuning import PUSH_PAUSE
+from spillover.server.gc_tuning import PUSH_PAUSE, PushPause
 from spillover.server.streams import BaseStream, Outgoing
 
 log = logging.getLogger("spillover.server.service")
@@ -34,14 +34,16 @@ class StreamWriter:
     published_at: monotonic time of a group's last publish (SnapshotCache.published_at)
     observe_push: told the seconds from a snapshot's publish to its responses being handed over
     on_failure:   called when a push fails (the call is broken): ends the stream's own task
+    pause:        keeps the collector off while pushes are written (gc_tuning.PUSH_PAUSE, process-wide)
 
     The cache notifies it like a queue (`put_nowait(snapshot)`), so it is what service.py watches a
     group with.
     """
 
     __slots__ = (
-        "_backlog", "_closed", "_count", "_idle", "_loop", "_observe_push", "_on_failure", "_published_at",
-        "_push_task", "_scheduled_wake", "_snapshot_due", "_tick_due", "_timer", "_write", "_writing", "stream",
+        "_backlog", "_closed", "_count", "_counted_in", "_idle", "_loop", "_observe_push", "_on_failure", "_pause",
+        "_published_at", "_push_task", "_scheduled_wake", "_snapshot_due", "_tick_due", "_timer", "_write",
+        "_writing", "stream",
     )
 
     def __init__(
@@ -53,6 +55,7 @@ class StreamWriter:
         published_at: Callable[[str], float | None],
         observe_push: Callable[[float], None],
         on_failure: Callable[[], object],
+        pause: PushPause = PUSH_PAUSE,
     ) -> None:
         self.stream = stream
         self._write = write
@@ -61,6 +64,8 @@ class StreamWriter:
         self._published_at = published_at
         self._observe_push = observe_push
         self._on_failure = on_failure
+        self._pause = pause
+        self._counted_in = 0  # the pause round the push task is counted in; 0: not counted
         self._backlog: deque[bytes] = deque()
         self._writing = False
         self._closed = False
@@ -78,6 +83,15 @@ class StreamWriter:
 
     def _tick(self) -> None:
         self._timer = None
+        wake_at = self.stream.wake_at
+        if wake_at is not None and wake_at > time.monotonic():
+            # Early: the timer was set from the loop's clock, which may lag the stream's (uvloop's is
+            # cached per iteration; a read preempted between the two clocks). The stream would find its
+            # deadline not yet passed and set none again, and what waited for it would wait for the next
+            # request: arm again for the rest.
+            self._scheduled_wake = None
+            self.schedule_wake()
+            return
         self._tick_due = True
         self._start_push()
 
@@ -86,10 +100,13 @@ class StreamWriter:
         # stream always answers with the newest snapshot anyway).
         if not self._closed and self._push_task is None:
             # No collection while a fan-out is written: counted from here (the tasks of one publish are
-            # made at once), uncounted when the task is done, even cancelled before it ran.
-            PUSH_PAUSE.started(self._loop)
+            # made at once), uncounted by the task when it ends, or by close() (a task cancelled before
+            # it ran never runs its finally; a loop closed never runs its done callbacks). No done
+            # callback: it cost ~1 µs per push (benchmarks.push_pause), and the one case it would add, a
+            # task cancelled before its first step by someone else than close() (asyncio.run's end gives
+            # every task a step first), is bounded anyway: its round ends at the pause's limit.
+            self._counted_in = self._pause.started(self._loop)
             self._push_task = self._loop.create_task(self._push())
-            self._push_task.add_done_callback(PUSH_PAUSE.ended)
 
     async def _push(self) -> None:
         stream = self.stream
@@ -111,6 +128,13 @@ class StreamWriter:
                 self._on_failure()
         finally:
             self._push_task = None
+            self._uncount()
+
+    def _uncount(self) -> None:
+        counted_in = self._counted_in
+        if counted_in:
+            self._counted_in = 0
+            self._pause.ended(counted_in)
 
     async def send(self, outgoing: list[Outgoing]) -> None:
         """Writes these responses after any handed over before; returns at once when another write is
@@ -155,6 +179,9 @@ class StreamWriter:
             self._timer = None
         if self._push_task is not None and not self._writing:
             self._push_task.cancel()
+        # At once, not when the task is seen done: the loop may never run again (stopped and closed with
+        # the server). A write still in flight only stops holding the collector off.
+        self._uncount()
 
     async def quiesce(self, timeout: float) -> None:
         """Closes, then waits (at most `timeout` seconds) until no write is in flight: the call's status

@@ -410,6 +410,40 @@ async def test_routes_are_not_held_forever_by_a_cluster_that_never_warms() -> No
         await xds.stop(0)
 
 
+@pytest.mark.parametrize("mode", ["sotw", "delta"])
+async def test_a_stream_of_clusters_only_sets_no_warming_deadline(server: Server, mode: str) -> None:
+    """Benchmark clients ask for clusters and endpoints, never for listeners or routes: nothing waits for
+    their clusters to warm, so no deadline wakes a push task that has nothing to send. Once listeners are
+    asked for, the deadline counts again."""
+    server.publish(cluster("a"), cla("a"), http_listener("main", "127.0.0.1", 24010, route_config="main"))
+    client = server.client(mode)
+    client.send(node=node(), type_url=CLUSTER)
+    cds = await client.recv()
+    client.ack(cds)
+    client.send(type_url=ENDPOINT, **({"resource_names": ["a"]} if mode == "sotw" else {"resource_names_subscribe": ["a"]}))
+    eds = await client.recv()
+    client.ack(eds)
+    await server.acked(eds)
+    (stream,) = server.xds.proxies.streams()
+    assert stream.warming_since is not None  # the cluster was sent as added: it warms (for listeners to come)
+    assert stream.wake_at is None
+    assert all(writer._timer is None for writer in server.xds._writers)
+    server.publish(cluster("a", timeout_s=2.0), cla("a"), http_listener("main", "127.0.0.1", 24010, route_config="main"))
+    changed = await client.recv()
+    while changed.type_url != CLUSTER:  # SotW may resend the endpoints first (a new version of each type)
+        client.ack(changed)
+        changed = await client.recv()
+    client.ack(changed)
+    await server.acked(changed)
+    assert stream.wake_at is None  # a changed cluster warms again, and sets no deadline either
+    client.send(type_url=LISTENER)  # listeners wait for the clusters to warm, for at most warm_timeout
+    await async_wait_until(lambda: LISTENER in stream.types, message="the LDS request processed")
+    assert stream.wake_at == stream.warming_since + stream.warm_timeout  # type: ignore[operator]
+    await async_wait_until(
+        lambda: all(writer._timer is not None for writer in server.xds._writers), message="the deadline scheduled"
+    )
+
+
 async def test_a_reconnecting_envoy_with_the_current_version_is_sent_nothing(server: Server) -> None:
     snapshot = server.publish(cluster("a"), cla("a"))
     client = server.client()

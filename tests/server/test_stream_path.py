@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -342,6 +343,43 @@ async def test_writes_leave_one_at_a_time_in_the_order_they_were_produced() -> N
     assert counted == [CLUSTER, ENDPOINT, CLUSTER]
 
 
+class _Deadline:
+    """A stream that only has a deadline: what the writer's ticks find."""
+
+    group = GROUP
+    node_id = "envoy-1"
+
+    def __init__(self, wake_at: float) -> None:
+        self.wake_at: float | None = wake_at
+        self.ticks = 0
+
+    def on_tick(self) -> list[Outgoing]:
+        self.ticks += 1
+        self.wake_at = None
+        return []
+
+
+async def test_a_tick_before_the_stream_s_deadline_arms_again_instead_of_being_lost() -> None:
+    """The timer is set from the loop's clock, which may lag the stream's monotonic one (uvloop caches it
+    per iteration): it can fire a moment before the deadline. The stream then finds its deadline not yet
+    passed; the tick used to be spent on it and the deadline (listeners waiting for warming clusters) was
+    not looked at again until the next request."""
+    stream = _Deadline(time.monotonic() + 0.05)
+
+    async def write(payload: bytes) -> None:
+        pass
+
+    writer = StreamWriter(
+        stream, write, asyncio.get_running_loop(), lambda t: None, lambda g: None, lambda s: None,  # type: ignore[arg-type]
+        lambda: None,
+    )
+    writer.schedule_wake()
+    writer._tick()  # the timer's callback, fired early
+    assert writer._push_task is None and stream.ticks == 0
+    await async_wait_until(lambda: stream.ticks == 1, timeout=5, message="the tick at the deadline")
+    writer.close()
+
+
 async def test_a_closed_writer_starts_no_push() -> None:
     cache = SnapshotCache(debounce=0)
     cache.set_snapshot(GROUP, snapshot())
@@ -371,13 +409,19 @@ async def test_a_closed_writer_starts_no_push() -> None:
 # --- no collection while a fan-out is written ------------------------------------------------------------
 
 
-def _watching_writers(cache: SnapshotCache, count: int, write: Callable[[bytes], Awaitable[None]]) -> list[StreamWriter]:
+def _watching_writers(
+    cache: SnapshotCache,
+    count: int,
+    write: Callable[[bytes], Awaitable[None]],
+    pause: gc_tuning.PushPause = gc_tuning.PUSH_PAUSE,
+) -> list[StreamWriter]:
     writers = []
     for _ in range(count):
         stream = sotw_stream(cache)
         as_received(stream, node=node(cluster=GROUP), type_url=CLUSTER)
         writer = StreamWriter(
-            stream, write, asyncio.get_running_loop(), lambda t: None, cache.published_at, lambda s: None, lambda: None
+            stream, write, asyncio.get_running_loop(), lambda t: None, cache.published_at, lambda s: None, lambda: None,
+            pause=pause,
         )
         cache.watch(GROUP, writer)
         writers.append(writer)
@@ -424,10 +468,8 @@ async def test_no_collection_runs_while_a_publish_is_being_written(collections: 
     assert collections  # the collection that was due runs once the fan-out is written
 
 
-async def test_a_write_that_never_ends_holds_the_collector_off_for_a_bounded_time(
-    collections: list[int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(gc_tuning, "MAX_PUSH_PAUSE_S", 0.05)
+async def test_a_write_that_never_ends_holds_the_collector_off_for_a_bounded_time(collections: list[int]) -> None:
+    pause = gc_tuning.PushPause(max_pause=0.05)
     cache = SnapshotCache(debounce=0)
     cache.set_snapshot(GROUP, snapshot())
     stuck = asyncio.Event()
@@ -435,16 +477,47 @@ async def test_a_write_that_never_ends_holds_the_collector_off_for_a_bounded_tim
     async def write(payload: bytes) -> None:
         await stuck.wait()  # a client that stopped reading
 
-    writers = _watching_writers(cache, 2, write)
+    writers = _watching_writers(cache, 2, write, pause)
     cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
     await asyncio.sleep(0)
     assert not gc.isenabled()
-    await async_wait_until(gc.isenabled, message="the collector on again after MAX_PUSH_PAUSE_S")
+    await async_wait_until(gc.isenabled, message="the collector on again after max_pause")
     for writer in writers:
         writer.close()
     stuck.set()
     await async_wait_until(lambda: all(w._push_task is None for w in writers), message="the pushes done")
-    assert gc_tuning.PUSH_PAUSE.pushes == 0 and gc.isenabled()
+    assert pause.pushes == 0 and gc.isenabled()
+
+
+async def test_a_stream_whose_write_is_stuck_does_not_keep_later_fan_outs_from_pausing(collections: list[int]) -> None:
+    """One client that stopped reading holds its push task for as long as it likes: past the pause's limit
+    its count no longer holds the collector off, nor keeps the next publish's fan-out from pausing."""
+    pause = gc_tuning.PushPause(max_pause=0.05)
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+    stuck = asyncio.Event()
+    written: list[bytes] = []
+
+    async def stuck_write(payload: bytes) -> None:
+        await stuck.wait()
+
+    async def write(payload: bytes) -> None:
+        written.append(payload)
+
+    (stalled,) = _watching_writers(cache, 1, stuck_write, pause)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-a"]))
+    await async_wait_until(gc.isenabled, message="the first pause over at its limit")
+    assert stalled._push_task is not None  # still writing
+    live = _watching_writers(cache, 2, write, pause)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-b"]))
+    assert not gc.isenabled() and pause.pauses == 2
+    await async_wait_until(lambda: len(written) == 2, message="the live streams written")
+    await async_wait_until(gc.isenabled, message="the collector on again")
+    stuck.set()  # the stuck write of the first round ends now: it uncounts nothing of a later round
+    await async_wait_until(lambda: stalled._push_task is None, message="the stuck push done")
+    assert pause.pushes == 0 and gc.isenabled()
+    for writer in (stalled, *live):
+        writer.close()
 
 
 async def test_pushes_called_off_before_they_ran_turn_the_collector_back_on(collections: list[int]) -> None:
@@ -462,6 +535,24 @@ async def test_pushes_called_off_before_they_ran_turn_the_collector_back_on(coll
         writer.close()  # before the push tasks ran a step
     await async_wait_until(gc.isenabled, message="the collector on again")
     assert written == [] and gc_tuning.PUSH_PAUSE.pushes == 0
+
+
+async def test_pushes_called_off_count_out_at_once(collections: list[int]) -> None:
+    """close() gives the count back without waiting for the loop to see the task done (a loop stopped and
+    closed with the server never does)."""
+    pause = gc_tuning.PushPause()
+    cache = SnapshotCache(debounce=0)
+    cache.set_snapshot(GROUP, snapshot())
+
+    async def write(payload: bytes) -> None:
+        pass
+
+    writers = _watching_writers(cache, 2, write, pause)
+    cache.set_snapshot(GROUP, snapshot([*NAMES, "model-new"]))
+    assert pause.pushes == 2 and not gc.isenabled()
+    for writer in writers:
+        writer.close()
+    assert pause.pushes == 0 and gc.isenabled()  # no step of the loop in between
 
 
 async def test_a_collector_turned_off_by_someone_else_stays_off(collections: list[int]) -> None:

@@ -419,8 +419,14 @@ class BaseStream:
 
     @property
     def wake_at(self) -> float | None:
-        """When the stream must be looked at again even if nothing arrives (the warming deadline)."""
-        return None if self.warming_since is None else self.warming_since + self.warm_timeout
+        """When the stream must be looked at again even if nothing arrives: the warming deadline, once
+        listeners or routes are asked for. A stream of clusters only (a client that never asks for them)
+        has nothing waiting for the deadline, and only its requests for them would clear the warming
+        state: without this it woke a push task that had nothing to send, `warm_timeout` after its
+        clusters came. It is asked again after every request, so a later LDS or RDS request sets it."""
+        if self.warming_since is None or self.types.keys().isdisjoint(REFERRING_TYPES):
+            return None
+        return self.warming_since + self.warm_timeout
 
     def on_snapshot(self) -> list[Outgoing]:
         """The group's snapshot was replaced: the responses it calls for."""
