@@ -71,6 +71,8 @@ __all__ = [
     "re2_escape",
     "remote_cluster_name",
     "remote_first_cluster_name",
+    "remote_listener_name",
+    "remote_member_cluster_name",
     "route_stat_prefix",
     "split_runtime_key",
     "stat_name",
@@ -188,13 +190,26 @@ def remote_first_cluster_name(model: str, tag: str) -> str:
     return f"{model}/{_REMOTE_FIRST}/{tag}"
 
 
-# The remote backend's endpoint carries this metadata, and the aggregates' upstream filters copy it
-# into UPSTREAM_SIDE_HEADER for each attempt: the remote's path prefix, host, headers and credentials
-# are applied only to attempts that go to the remote, whichever aggregate chose it.
+# The remote backend's endpoint carries this metadata, and the remote-first aggregates' upstream filters
+# copy it into UPSTREAM_SIDE_HEADER for each attempt: the remote's path prefix, host, headers and
+# credentials are applied only to attempts that go to the remote (spillover.translate.failover).
 UPSTREAM_METADATA_NAMESPACE = "spillover"
 UPSTREAM_SIDE_KEY = "upstream"
 UPSTREAM_SIDE_REMOTE = "remote"
 UPSTREAM_SIDE_HEADER = "x-spillover-upstream"
+
+
+# The local-first aggregates reach the remote through an Envoy internal listener of the model, which
+# applies the remote's host, path prefix, headers and token to its own copy of the request: their
+# remote member points at it, and it forwards to the remote cluster (remote_cluster_name).
+def remote_member_cluster_name(model: str) -> str:
+    # Not "<model>/remote": its stats carry no model or side tag (STATS_TAGS), so that a remote request is
+    # counted once, on the remote cluster.
+    return f"{model}/remote-member"
+
+
+def remote_listener_name(model: str) -> str:
+    return f"{model}/remote"
 
 
 # -- stats ------------------------------------------------------------------------------------------------

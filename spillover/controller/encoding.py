@@ -55,7 +55,9 @@ __all__ = ["Piece", "PieceCache", "SnapshotBuilder"]
 
 # The IR values kept per model name: one per distinct Envoy count among the groups, in practice.
 VARIANTS = 4
-# Per-model resource types (the listener and the route table are per gateway).
+# Per-model resource types (the route table is per gateway). The listeners: the gateway's own, and the
+# internal listeners of its failover models' remotes.
+_PER_MODEL = (CLUSTER, ENDPOINT, LISTENER)
 _MODEL_TYPES = (CLUSTER, ENDPOINT, SECRET)
 # The route table is kept as runs of this many models' encoded routes: a model whose routes change costs
 # its run's join (~100 KiB at 10,000 models) and one join of the runs (the table's one copy), never a
@@ -79,12 +81,15 @@ class Piece:
     references: frozenset[str]
     runtime_weights: bool = False  # rendered with its split in runtime (its routes then without it)
     weights: tuple[tuple[str, int], ...] = ()  # its entries in the split weights' layer
+    listeners: tuple[Resource, ...] = ()  # its remote's internal listener (failover)
 
     def of_type(self, type_url: str) -> tuple[Resource, ...]:
         if type_url == CLUSTER:
             return self.clusters
         if type_url == ENDPOINT:
             return self.endpoints
+        if type_url == LISTENER:
+            return self.listeners
         return self.secrets
 
 
@@ -100,6 +105,7 @@ def _piece(model: ir.Model, runtime_weights: bool = False) -> Piece:
     return Piece(
         model, encoded.routes, encoded.route_digest, route_term(encoded.route_digest), clusters, endpoints, secrets,
         references, runtime_weights, encoded.weights,
+        tuple(Resource.from_bytes(LISTENER, name, body) for name, body in encoded.listeners),
     )
 
 
@@ -276,8 +282,11 @@ class SnapshotBuilder:
     def _first(self, gateway: ir.Gateway, models: tuple[ir.Model, ...], pieces: tuple[Piece, ...]) -> Snapshot:
         by_type: dict[str, Mapping[str, Resource]] = {}
         sums = {}
-        for type_url in (CLUSTER, ENDPOINT):
+        for type_url in _PER_MODEL:
             named: dict[str, Resource] = {}
+            if type_url == LISTENER:
+                # The gateway's own listener beside the models' internal listeners.
+                named[LISTENER_NAME] = self._listener(gateway.listener)
             for piece in pieces:
                 for resource in piece.of_type(type_url):
                     _add(named, resource, type_url)
@@ -292,9 +301,7 @@ class SnapshotBuilder:
             _count(holders, (r.name for r in piece.secrets), 1)
             _count(references, piece.references, 1)
         by_type[SECRET] = _sorted(secrets)
-        listener = self._listener(gateway.listener)
         routes = self._route_table(pieces)
-        by_type[LISTENER] = MappingProxyType({LISTENER_NAME: listener})
         by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
         weights, layer = None, _NO_LAYER
         if gateway.split_weights == "runtime":
@@ -339,7 +346,7 @@ class SnapshotBuilder:
         by_type: dict[str, Mapping[str, Resource]] = {}
         changes: dict[str, frozenset[str]] = {}
         sums = dict(basis.sums)
-        for type_url in (CLUSTER, ENDPOINT):
+        for type_url in _PER_MODEL:
             out = [r for p in removed for r in p.of_type(type_url)]
             into = [r for p in added for r in p.of_type(type_url)]
             current = previous.get(type_url)
@@ -394,12 +401,14 @@ class SnapshotBuilder:
             by_type[SECRET] = _sorted(secrets)
         else:
             by_type[SECRET] = previous.get(SECRET)
-        if gateway.listener == basis.listener:
-            by_type[LISTENER] = previous.get(LISTENER)
-            changes[LISTENER] = frozenset()
-        else:
-            by_type[LISTENER] = MappingProxyType({LISTENER_NAME: self._listener(gateway.listener)})
-            changes[LISTENER] = frozenset({LISTENER_NAME})
+        if gateway.listener != basis.listener:
+            listeners = _copy(by_type[LISTENER])
+            old, new = listeners[LISTENER_NAME], self._listener(gateway.listener)
+            listeners[LISTENER_NAME] = new  # replaced where it was: the order stays sorted
+            by_type[LISTENER] = MappingProxyType(listeners)
+            total, number = sums[LISTENER]
+            sums[LISTENER] = (total - old.mix + new.mix, number)
+            changes[LISTENER] = changes[LISTENER] | {LISTENER_NAME}
         routes = basis.routes
         if at is not None:
             dirty = [i for i in at if pieces[i].route_digest != basis.pieces[i].route_digest]

@@ -77,7 +77,7 @@ from spillover.translate.common import (
     pack,
     u32,
 )
-from spillover.translate.failover import host_only
+from spillover.translate.failover import REMOTE_FAILURES, host_only
 from spillover.translate.strategies import Serving
 
 __all__ = [
@@ -242,6 +242,20 @@ def _retry_policy(model: Model) -> route_components_pb2.RetryPolicy | None:
         host_selection_retry_max_attempts=3,
     )
     if model.failover:
+        # The local-first aggregates reach the remote through its internal listener, where an attempt
+        # neither fails to connect nor is reset: the internal listener answers 503 and names the
+        # condition it met on its way to the remote (failover.REMOTE_FAILURES).
+        conditions = [c for c in REMOTE_FAILURES if c in retries.retry_on]
+        if conditions:
+            policy.retry_on += ",retriable-headers"
+            policy.retriable_headers.append(
+                HeaderMatcher(
+                    name=UPSTREAM_SIDE_HEADER,
+                    string_match=string_pb2.StringMatcher(
+                        safe_regex=regex_pb2.RegexMatcher(regex="|".join(conditions))
+                    ),
+                )
+            )
         policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
         policy.retry_priority.typed_config.CopyFrom(
             pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))
@@ -320,17 +334,23 @@ def model_route(
         split = FALLBACK_SPLIT
     if failover is not None:
         local_first, remote_first = failover
-        # The aggregates' upstream filters take the side of an attempt from this header, which they
-        # set only for the remote's attempts: a client's copy must not make a local attempt look remote.
+        # The remote-first aggregates' upstream filters take the side of an attempt from this header,
+        # which they set only for the remote's attempts: a client's copy must not make a local attempt
+        # look remote. The internal listener answers with it why it could not reach the remote: that
+        # is for the retry policy, not for the client.
         route.request_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
+        route.response_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
         assert remote is not None
-        if remote.host_rewrite and host_only(remote):
-            # The remote's attempts take its host from its endpoint's hostname (local endpoints have
-            # none), so a remote that needs nothing else costs no Lua. The client's host is saved
-            # first, for a local retry after a remote attempt (see failover.py).
+        only_local_first = split.remote == 0 and not runtime_weights
+        if remote.host_rewrite and host_only(remote) and not only_local_first:
+            # The remote-first aggregates' remote attempts take its host from its endpoint's hostname
+            # (local endpoints and the local-first aggregates' remote member have none), so a remote
+            # that needs nothing else costs no Lua. The client's host is saved first, for a local retry
+            # after a remote attempt (see failover.py). A route to the local-first aggregates alone
+            # needs neither: their attempts never change the request.
             action.auto_host_rewrite.value = True
             route.typed_per_filter_config[CLIENT_HOST_FILTER].CopyFrom(pack(client_host_config()))
-        if split.remote == 0 and not runtime_weights:
+        if only_local_first:
             action.cluster = local_first
         elif split.local == 0:
             action.cluster = remote_first

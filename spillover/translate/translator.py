@@ -40,7 +40,7 @@ from spillover.translate.clusters import (
     local_cluster,
     remote_cluster,
 )
-from spillover.translate.failover import aggregate_clusters, failover_targets
+from spillover.translate.failover import aggregate_clusters, failover_targets, remote_side
 from spillover.translate.listener import build_listener
 from spillover.translate.route_table import route_configuration
 from spillover.translate.routes import model_route, runtime_split
@@ -123,12 +123,14 @@ def _check_model(model: Model) -> dict[str, Profile]:
 
 @dataclass
 class ModelResources:
-    """What one model contributes: its routes (in table order) and its clusters, endpoints and secrets."""
+    """What one model contributes: its routes (in table order), its clusters, endpoints and secrets, and
+    the internal listener of its remote with failover."""
 
     routes: list[route_components_pb2.Route]
     clusters: dict[str, cluster_pb2.Cluster]
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment]
     secrets: dict[str, secret_pb2.Secret]
+    listeners: dict[str, listener_pb2.Listener] = dataclasses.field(default_factory=dict)
     # Its entries in the split weights' runtime layer (with `runtime_weights`): runtime key -> weight.
     weights: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -159,6 +161,10 @@ def translate_model(model: Model, runtime_weights: bool = False) -> ModelResourc
             result.weights.update(runtime_split(model, targets or (cluster_name, remote_cluster_name(model.name))))
     if model.remote is not None:
         clusters[remote_cluster_name(model.name)] = remote_cluster(model, model.remote)
+        if model.failover:
+            member, listener = remote_side(model)
+            clusters[member.name] = member
+            result.listeners[listener.name] = listener
         add_bearer_secret(result.secrets, model.remote)
     return result
 
@@ -192,6 +198,7 @@ def translate(gateway: Gateway) -> Resources:
     clusters: dict[str, cluster_pb2.Cluster] = {}
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     secrets: dict[str, secret_pb2.Secret] = {}
+    listeners = {LISTENER_NAME: build_listener(gateway)}
     runtime_weights = gateway.split_weights == "runtime"
     weights: dict[str, int] = {}
     for model in sorted(gateway.models, key=lambda m: m.name):
@@ -200,6 +207,7 @@ def translate(gateway: Gateway) -> Resources:
         routes.append((model.name, own.routes))
         clusters.update(own.clusters)
         endpoints.update(own.endpoints)
+        listeners.update(own.listeners)
         for name, secret in own.secrets.items():
             existing = secrets.get(name)
             if existing is not None and existing != secret:
@@ -207,7 +215,7 @@ def translate(gateway: Gateway) -> Resources:
             secrets[name] = secret
 
     return Resources(
-        listeners=_frozen({LISTENER_NAME: build_listener(gateway)}),
+        listeners=_frozen(listeners),
         routes=_frozen({ROUTE_CONFIG_NAME: route_configuration(routes)}),
         clusters=_frozen(clusters),
         endpoints=_frozen(endpoints),

@@ -285,3 +285,30 @@ def test_without_failover_a_dead_remote_fails_its_share(
     )
     counts = Counter(served(post(port, "m")) for _ in range(100))
     assert counts["HTTP 503"] >= 25, counts
+
+
+def test_a_remote_the_internal_listener_cannot_reach_is_retried_as_a_connect_failure(
+    gateway: Start, upstream_factory: Callable[..., HttpUpstream]
+) -> None:
+    """The local-first aggregates reach the remote through the model's internal listener, which answers
+    503 when it can't connect: the retry policy takes its failure header for the connect failure it
+    stands for (retry_on has nothing else here), and the header never reaches the client."""
+    dead, alive = upstream_factory("local-0"), upstream_factory("local-1")
+    remote = upstream_factory("remote")
+    dead.stop()
+    remote.stop()
+    retries = Retries(3, ("connect-failure",))
+    envoy, port = gateway(model([dead, alive], remote_backend(remote), TrafficSplit(100, 0), retries=retries))
+    # Each request that starts on the dead pod goes on to the remote (the other priority), then back to
+    # the live pod: the remote's 503 must be retried for the request to be served.
+    counts = Counter(served(post(port, "m")) for _ in range(20))
+    assert counts == Counter({"local-1": 20}), counts
+    # The pool's stats are the member's, the router's the aggregate's.
+    stats = envoy.stats()
+    assert stats["cluster.m_remote-member.upstream_rq_total"] >= 1, stats["cluster.m_remote-member.upstream_rq_total"]
+    assert stats["cluster.m_local-first_round_robin.retry.upstream_rq_503"] >= 1
+    # Nothing left to retry on: the client gets the 503, not the internal listener's reason.
+    alive.stop()
+    response = post(port, "m")
+    assert response.status == 503, response
+    assert "x-spillover-upstream" not in response.headers
