@@ -24,12 +24,14 @@ from spillover.ir import (
     TrafficSplit,
 )
 from spillover.translate import translate
+from spillover.translate.bootstrap import build_bootstrap
 from tests.harness.client import Response, request
 from tests.harness.envoy import Envoy
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
 from tests.harness.static_bootstrap import to_static_bootstrap
 from tests.harness.upstream import HttpUpstream
+from tests.harness.xds import XdsThread
 
 CHAT = "/v1/chat/completions"
 FAST_CHECK = HealthCheck(path="/health", interval_s=0.5, timeout_s=0.25, healthy_threshold=1, unhealthy_threshold=2)
@@ -312,3 +314,38 @@ def test_a_remote_the_internal_listener_cannot_reach_is_retried_as_a_connect_fai
     response = post(port, "m")
     assert response.status == 503, response
     assert "x-spillover-upstream" not in response.headers
+
+
+@pytest.mark.parametrize("extension", [True, False], ids=["spillover-bootstrap", "bootstrap-without-extension"])
+def test_over_ads_an_envoy_without_the_internal_listener_extension_refuses_only_those_listeners(
+    xds_server: XdsThread, envoy_factory: Callable[..., Envoy], upstream_factory: Callable[..., HttpUpstream],
+    extension: bool,
+) -> None:
+    """spillover's bootstrap has `envoy.bootstrap.internal_listener`; a bootstrap without it gets the
+    internal listeners NACKed (Envoy's reason in the proxy's state) and keeps the rest: the model's
+    traffic is served, locally and spilled to the remote."""
+    local, remote = upstream_factory("local-0"), upstream_factory("remote")
+    port = free_port()
+    failover_model = model([local], remote_backend(remote), TrafficSplit(50, 50))
+    xds_server.set_snapshot("failover", translate(Gateway("failover", Listener("127.0.0.1", port), (failover_model,))).messages())
+    bootstrap = build_bootstrap("n1", "failover", xds_server.xds_address, admin_port=0)
+    if not extension:
+        del bootstrap["bootstrap_extensions"]
+    envoy = envoy_factory(bootstrap, name="n1")
+    wait_until(envoy.is_ready, timeout=15, message="envoy never became ready")
+
+    def lds() -> dict[str, object]:
+        proxy = xds_server.proxy("n1") or {"types": {}}
+        return next((s for s in proxy["types"].values() if s["type"] == "LDS" and s["status"] != "PENDING"), {})
+
+    state = wait_until(lds, timeout=10, message="LDS never answered")
+    if extension:
+        assert state["status"] == "SYNCED", state
+        assert sorted(envoy.listener_names()) == ["m/remote", "spillover_http"]
+    else:
+        state = wait_until(lambda: (s := lds()).get("status") == "NACKED" and s, timeout=10, message="no NACK")
+        assert "InternalListener bootstrap extension is mandatory" in str(state["nack_error"]), state
+        assert envoy.listener_names() == ["spillover_http"]
+    counts = Counter(served(post(port, "m")) for _ in range(40))
+    assert counts["local-0"] + counts["remote"] == 40 and counts["remote"] > 0, counts
+    assert_remote_only_toward_remote(remote, [local], port)
