@@ -18,6 +18,7 @@ __all__ = [
     "ENVOY_RATE_LIMITED_METRIC",
     "ENVOY_ROUTE_METRIC_PREFIX",
     "EVALUATION_SERIES",
+    "FAILOVER_REMOTE",
     "LB_TAG_REGEX",
     "LISTENER_NAME",
     "METADATA_NAMESPACE",
@@ -210,6 +211,13 @@ def remote_member_cluster_name(model: str) -> str:
 
 def remote_listener_name(model: str) -> str:
     return f"{model}/remote"
+
+
+# How the local-first aggregates reach the remote (`failoverRemote`): "internal-listener" (the default, as
+# above), or "in-place" (the remote cluster itself, the remote's request changes applied per attempt by
+# the aggregates' upstream filters, as the remote-first aggregates always do) for Envoys whose bootstrap
+# lacks the internal listener extension, which refuse the internal listeners.
+FAILOVER_REMOTE = ("internal-listener", "in-place")
 
 
 # -- stats ------------------------------------------------------------------------------------------------

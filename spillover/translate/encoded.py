@@ -75,9 +75,11 @@ class EncodedModel:
     listeners: tuple[tuple[str, bytes], ...] = ()
 
 
-def encode_model(model: Model, runtime_weights: bool = False) -> EncodedModel:
+def encode_model(
+    model: Model, runtime_weights: bool = False, failover_remote: str = "internal-listener"
+) -> EncodedModel:
     """`translate_model`, serialized; raises ValueError on what it can't render (as `translate` does)."""
-    own = translate_model(model, runtime_weights)
+    own = translate_model(model, runtime_weights, failover_remote)
     routes = _encode(model_table_entry(model.name, own.routes))
     return EncodedModel(
         routes=routes,

@@ -51,7 +51,11 @@ remote attempt came before (the side header absent, nothing saved), whose reques
 client sent it; a local attempt after a remote one runs it to undo the remote's changes.
 
 An internal listener needs the `envoy.bootstrap.internal_listener` bootstrap extension, which spillover's
-bootstrap (`spillover bootstrap`, the chart) has.
+bootstrap (`spillover bootstrap`, the chart) has. An Envoy whose bootstrap lacks it refuses the internal
+listeners, and its local-first aggregates then have no remote to fail over to: for such a fleet,
+`failover_remote: in-place` (`spillover serve --failover-remote in-place`) gives the local-first
+aggregates the remote cluster and the remote-first aggregates' upstream filters, as above, and no
+internal listener.
 """
 
 from __future__ import annotations
@@ -354,19 +358,23 @@ def _aggregate(name: str, members: list[str], filters: list[hcm_pb2.HttpFilter])
     return cluster
 
 
-def aggregate_clusters(model: Model, local_cluster: str, tag: str) -> dict[str, cluster_pb2.Cluster]:
+def aggregate_clusters(
+    model: Model, local_cluster: str, tag: str, through_listener: bool = True
+) -> dict[str, cluster_pb2.Cluster]:
     """The two aggregates over `local_cluster` and the model's remote: local-first over the internal
-    listener's member (no upstream filters), remote-first over the remote cluster (with them)."""
+    listener's member (no upstream filters), remote-first over the remote cluster (with them). Without
+    `through_listener` (`failover_remote: in-place`) both go to the remote cluster, with the filters."""
     remote = model.remote
     if remote is None:
         raise ValueError(f"model {model.name!r}: failover needs a remote backend")
     local_first, remote_first = failover_targets(model.name, tag)
-    member = remote_member_cluster_name(model.name)
-    return {
-        local_first: _aggregate(local_first, [local_cluster, member], []),
-        remote_first: _aggregate(remote_first, [remote_cluster_name(model.name), local_cluster],
-                                 _upstream_filters(model, remote)),
-    }
+    remote_name = remote_cluster_name(model.name)
+    filters = _upstream_filters(model, remote)
+    if through_listener:
+        local = _aggregate(local_first, [local_cluster, remote_member_cluster_name(model.name)], [])
+    else:
+        local = _aggregate(local_first, [local_cluster, remote_name], filters)
+    return {local_first: local, remote_first: _aggregate(remote_first, [remote_name, local_cluster], filters)}
 
 
 # -- the remote side: a member cluster in front of an internal listener in front of the remote -----------

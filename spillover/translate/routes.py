@@ -219,7 +219,7 @@ def _rate_limit_body(model: Model, total: float) -> str:
 # -- retries -----------------------------------------------------------------------------------------
 
 
-def _retry_policy(model: Model) -> route_components_pb2.RetryPolicy | None:
+def _retry_policy(model: Model, through_listener: bool = True) -> route_components_pb2.RetryPolicy | None:
     """With failover, a retry goes to the other side (the aggregates' other priority): the side that just
     failed is likely still down, and waiting for its health check to say so is what costs requests."""
     retries, timeouts = model.retries, model.timeouts
@@ -245,7 +245,7 @@ def _retry_policy(model: Model) -> route_components_pb2.RetryPolicy | None:
         # The local-first aggregates reach the remote through its internal listener, where an attempt
         # neither fails to connect nor is reset: the internal listener answers 503 and names the
         # condition it met on its way to the remote (failover.REMOTE_FAILURES).
-        conditions = [c for c in REMOTE_FAILURES if c in retries.retry_on]
+        conditions = [c for c in REMOTE_FAILURES if c in retries.retry_on] if through_listener else []
         if conditions:
             policy.retry_on += ",retriable-headers"
             policy.retriable_headers.append(
@@ -278,9 +278,12 @@ def model_route(
     match_profile: bool,
     failover: tuple[str, str] | None = None,
     runtime_weights: bool = False,
+    through_listener: bool = True,
 ) -> route_components_pb2.Route:
     """`failover`: the (local-first, remote-first) aggregates the split goes to instead of the local and
-    remote clusters; the remote's host and headers are then the aggregates' business. `runtime_weights`:
+    remote clusters; the remote's host and headers are then the aggregates' business; `through_listener`:
+    the local-first aggregates reach the remote through its internal listener (`failover_remote`, see
+    spillover.translate.failover). `runtime_weights`:
     a model with a remote gets weighted clusters whose weights Envoy reads from runtime (see
     `runtime_split`), the route carrying only the fallback (all local): the same route whatever the split."""
     matchers = [_header_match(MODEL_HEADER, model.name)]
@@ -339,15 +342,17 @@ def model_route(
         # look remote. The internal listener answers with it why it could not reach the remote: that
         # is for the retry policy, not for the client.
         route.request_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
-        route.response_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
+        if through_listener:
+            route.response_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
         assert remote is not None
         only_local_first = split.remote == 0 and not runtime_weights
-        if remote.host_rewrite and host_only(remote) and not only_local_first:
+        if remote.host_rewrite and host_only(remote) and not (only_local_first and through_listener):
             # The remote-first aggregates' remote attempts take its host from its endpoint's hostname
             # (local endpoints and the local-first aggregates' remote member have none), so a remote
             # that needs nothing else costs no Lua. The client's host is saved first, for a local retry
             # after a remote attempt (see failover.py). A route to the local-first aggregates alone
-            # needs neither: their attempts never change the request.
+            # needs neither when they go through the internal listener: their attempts never change the
+            # request.
             action.auto_host_rewrite.value = True
             route.typed_per_filter_config[CLIENT_HOST_FILTER].CopyFrom(pack(client_host_config()))
         if only_local_first:
@@ -387,7 +392,7 @@ def model_route(
     if serving.hash_header:
         action.hash_policy.add().header.header_name = serving.hash_header
     action.timeout.CopyFrom(duration(model.timeouts.request_s, "request_s"))  # 0s = none (Envoy: 15s)
-    retry = _retry_policy(model)
+    retry = _retry_policy(model, through_listener)
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
     return route
