@@ -52,6 +52,7 @@ from benchmarks.datapath import (
     wrk,
 )
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
+from spillover.names import UPSTREAM_SIDE_HEADER
 from spillover.translate import translate
 from spillover.translate.common import (
     CLIENT_HOST_FILTER,
@@ -87,7 +88,8 @@ def variants(upstream: tuple[str, int]) -> dict[str, Model]:
     return {
         "spillover (all of it)": full,
         "- failover aggregates (and their upstream Lua)": no_failover,
-        # The aggregates alone: a remote that keeps the client's host needs no upstream filter at all.
+        # The aggregates alone: a remote that keeps the client's host needs no upstream filter at all (the
+        # local-first aggregates never have any: they reach the remote through its internal listener).
         "- the aggregates' upstream filters (remote keeps the host)": dataclasses.replace(
             full, remote=dataclasses.replace(full.remote, host_rewrite=None) if full.remote else None
         ),
@@ -154,6 +156,18 @@ def _client_host_in_filter_state(bootstrap: Bootstrap) -> None:
         manager["http_filters"].insert(-1, {"name": "spillover.client_host_state", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
             "on_request_headers": values}})  # fmt: skip
+
+
+def _without_side_header_removal(bootstrap: Bootstrap) -> None:
+    """The failover routes without their removal of UPSTREAM_SIDE_HEADER (a client's copy on the request,
+    the internal listener's answer on the response)."""
+    for route in _routes(bootstrap):
+        for field in ("request_headers_to_remove", "response_headers_to_remove"):
+            kept = [h for h in route.get(field, []) if h != UPSTREAM_SIDE_HEADER]
+            if kept:
+                route[field] = kept
+            else:
+                route.pop(field, None)
 
 
 def _without_reply_mapper(bootstrap: Bootstrap) -> None:
@@ -292,6 +306,9 @@ def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
         "- the aggregates' restore and side-header removal (side header kept)": Side(full, edit=_aggregate_filters(
             lambda name: name in ("envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"))),
         "- client_host header_to_metadata": Side(full, edit=_without_filters(CLIENT_HOST_FILTER)),
+        "- the side header's removal (request and response)": Side(full, edit=_without_side_header_removal),
+        "- the retry on the internal listener's failure header (retriable-headers)": Side(
+            full, edit=_without_retry_parts("retriable_headers")),
         "client_host in filter state (set_filter_state) instead": Side(full, edit=_client_host_in_filter_state),
         "- prefix_hash Lua (inert)": Side(full, edit=_without_filters(PREFIX_HASH_FILTER)),
         "- json_to_metadata and normaliser (header only)": Side(
@@ -329,15 +346,17 @@ def side_bootstrap(side: Side, port: int) -> Bootstrap:
 # Run inside the baseline tree: its own translator and variants, the same harness helpers.
 _BASELINE_SCRIPT = """
 import json, sys
-from benchmarks.datapath_ablation import variants
-from spillover.ir import Gateway, Listener
-from spillover.translate import translate
-from tests.harness.static_bootstrap import to_static_bootstrap
+from benchmarks.datapath_ablation import side_bootstrap, sides
 name, host, port, listen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-resources = translate(Gateway("bench", Listener("127.0.0.1", listen), (variants((host, port))[name],)))
-print(json.dumps(to_static_bootstrap(resources)))
+print(json.dumps(side_bootstrap(sides((host, port))[name], listen)))
 """
-BASELINE_SIDES = ("spillover (all of it)", "- failover aggregates (and their upstream Lua)")
+# The sides the baseline tree renders too: the full config (spilling 50 %), without failover, and all local
+# (STANDBY, the remote kept: what a model serves while it does not spill).
+BASELINE_SIDES = (
+    "spillover (all of it)",
+    "- failover aggregates (and their upstream Lua)",
+    "all local, remote kept (route weights)",
+)
 
 
 def baseline_bootstrap(tree: Path, name: str, upstream: tuple[str, int], port: int) -> dict[str, Any]:
@@ -507,7 +526,7 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
 
 def _chain_lines(result: dict[str, Any]) -> list[str]:
     """The failover chain's own cost: the full config minus the same config without failover, per round."""
-    full, bare = BASELINE_SIDES
+    full, bare = BASELINE_SIDES[:2]
     lines = []
     for suffix in ("", " @ baseline"):
         for kind in KINDS:

@@ -113,7 +113,9 @@ def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, na
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
     try:
-        port = int(bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])
+        # The one listener with an address (failover's internal listeners have none).
+        port = next(int(listener["address"]["socket_address"]["port_value"])
+                    for listener in bootstrap["static_resources"]["listeners"] if "address" in listener)
         conn = _first_connection(port, kind, timeout=180)
         for _ in range(WARM_UP):
             _post(conn, kind)

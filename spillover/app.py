@@ -268,6 +268,7 @@ def policy_control_plane(
     recall: DecisionRecall | None = None,
     security: Security | None = None,
     split_weights: str = "route",
+    failover_remote: str = "internal-listener",
 ) -> ControlPlane:
     """Models from `policies` (a directory of YAML files, or any PolicySource) served on `listen`.
 
@@ -294,6 +295,7 @@ def policy_control_plane(
         decision_store=decisions,
         removal_grace=safety.removal_grace,
         split_weights=split_weights,
+        failover_remote=failover_remote,
     )
 
     async def models(request: web.Request) -> web.Response:
@@ -318,6 +320,7 @@ def kubernetes_control_plane(
     safety: SafetyOptions | None = None,
     security: Security | None = None,
     split_weights: str = "route",
+    failover_remote: str = "internal-listener",
 ) -> ControlPlane:
     """Models from ModelDeployment resources; the Lease holder writes their status, and a restarted
     replica takes each model's decision back from it.
@@ -332,7 +335,7 @@ def kubernetes_control_plane(
     plane = policy_control_plane(
         source, listen, prometheus_url=prometheus_url, prometheus_token=prometheus_token,
         evaluation_interval=evaluation_interval, push=push, safety=safety, security=security,
-        split_weights=split_weights,
+        split_weights=split_weights, failover_remote=failover_remote,
         # The metrics APIs through the informers' client: the same credentials, the same TLS.
         kubernetes_metrics=KubernetesSource(api),
         destinations=DestinationManager(actuator.source, actuator),

@@ -171,3 +171,7 @@ class Gateway:
     # "runtime", in one Runtime resource over RTDS, the routes then the same whatever the decisions (a
     # flip changes no route: no route table resent, no token bucket refilled).
     split_weights: str = "route"
+    # How failover models' local-first aggregates reach the remote (spillover.names.FAILOVER_REMOTE):
+    # "internal-listener", through an Envoy internal listener of the model; or "in-place", the remote
+    # cluster itself (for Envoys whose bootstrap lacks envoy.bootstrap.internal_listener).
+    failover_remote: str = "internal-listener"

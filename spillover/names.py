@@ -18,6 +18,7 @@ __all__ = [
     "ENVOY_RATE_LIMITED_METRIC",
     "ENVOY_ROUTE_METRIC_PREFIX",
     "EVALUATION_SERIES",
+    "FAILOVER_REMOTE",
     "LB_TAG_REGEX",
     "LISTENER_NAME",
     "METADATA_NAMESPACE",
@@ -71,6 +72,8 @@ __all__ = [
     "re2_escape",
     "remote_cluster_name",
     "remote_first_cluster_name",
+    "remote_listener_name",
+    "remote_member_cluster_name",
     "route_stat_prefix",
     "split_runtime_key",
     "stat_name",
@@ -188,13 +191,33 @@ def remote_first_cluster_name(model: str, tag: str) -> str:
     return f"{model}/{_REMOTE_FIRST}/{tag}"
 
 
-# The remote backend's endpoint carries this metadata, and the aggregates' upstream filters copy it
-# into UPSTREAM_SIDE_HEADER for each attempt: the remote's path prefix, host, headers and credentials
-# are applied only to attempts that go to the remote, whichever aggregate chose it.
+# The remote backend's endpoint carries this metadata, and the remote-first aggregates' upstream filters
+# copy it into UPSTREAM_SIDE_HEADER for each attempt: the remote's path prefix, host, headers and
+# credentials are applied only to attempts that go to the remote (spillover.translate.failover).
 UPSTREAM_METADATA_NAMESPACE = "spillover"
 UPSTREAM_SIDE_KEY = "upstream"
 UPSTREAM_SIDE_REMOTE = "remote"
 UPSTREAM_SIDE_HEADER = "x-spillover-upstream"
+
+
+# The local-first aggregates reach the remote through an Envoy internal listener of the model, which
+# applies the remote's host, path prefix, headers and token to its own copy of the request: their
+# remote member points at it, and it forwards to the remote cluster (remote_cluster_name).
+def remote_member_cluster_name(model: str) -> str:
+    # Not "<model>/remote": its stats carry no model or side tag (STATS_TAGS), so that a remote request is
+    # counted once, on the remote cluster.
+    return f"{model}/remote-member"
+
+
+def remote_listener_name(model: str) -> str:
+    return f"{model}/remote"
+
+
+# How the local-first aggregates reach the remote (`failoverRemote`): "internal-listener" (the default, as
+# above), or "in-place" (the remote cluster itself, the remote's request changes applied per attempt by
+# the aggregates' upstream filters, as the remote-first aggregates always do) for Envoys whose bootstrap
+# lacks the internal listener extension, which refuse the internal listeners.
+FAILOVER_REMOTE = ("internal-listener", "in-place")
 
 
 # -- stats ------------------------------------------------------------------------------------------------

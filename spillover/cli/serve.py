@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spillover.cli.options import host_port, positive_int, seconds
+from spillover.names import FAILOVER_REMOTE
 from spillover.server import event_loop
 
 if TYPE_CHECKING:
@@ -59,6 +60,13 @@ def add_parser(commands: Any) -> None:
         help="where each model's local/remote split goes: 'route' (default, or the config's splitWeights) in "
         "its route, so a flip resends the route table; 'runtime' in one Runtime resource over RTDS, the routes "
         "staying the same (the Envoys' bootstrap needs its layer: spillover bootstrap --split-weights runtime)",
+    )
+    serve.add_argument(
+        "--failover-remote", choices=FAILOVER_REMOTE,
+        help="how a failover model's local-first aggregates reach its remote: 'internal-listener' (default, or "
+        "the config's failoverRemote) through an Envoy internal listener, their local attempts then cheaper; "
+        "'in-place' the remote cluster itself, for Envoys whose bootstrap lacks envoy.bootstrap.internal_listener "
+        "(they refuse the internal listeners, and would lose the failover to the remote)",
     )
     serve.add_argument(
         "--xds-workers", type=positive_int, default=1, metavar="N",
@@ -270,6 +278,10 @@ def run(args: argparse.Namespace) -> int:
     if args.resources is not None and args.split_weights is not None:
         print("spillover serve: --split-weights applies to --policies and --kubernetes", file=sys.stderr)
         return 2
+    failover_remote = args.failover_remote or (config.failover_remote if config else None) or FAILOVER_REMOTE[0]
+    if args.resources is not None and args.failover_remote is not None:
+        print("spillover serve: --failover-remote applies to --policies and --kubernetes", file=sys.stderr)
+        return 2
     if args.max_policy_bytes < 1:
         print("spillover serve: --max-policy-bytes must be >= 1", file=sys.stderr)
         return 2
@@ -331,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
                 plane = app.kubernetes_control_plane(
                     kube, listen, prometheus_url=prometheus_url, prometheus_token=token,
                     evaluation_interval=args.evaluation_interval, push=push, safety=safety, security=security,
-                    split_weights=split_weights,
+                    split_weights=split_weights, failover_remote=failover_remote,
                 )
             except Exception as error:  # no kubeconfig, not in a cluster, a broken kubeconfig
                 print(f"spillover serve: --kubernetes: {error}", file=sys.stderr)
@@ -340,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
             plane = app.policy_control_plane(
                 args.policies, listen, prometheus_url=prometheus_url, prometheus_token=token,
                 evaluation_interval=args.evaluation_interval, push=push, defaults=defaults, safety=safety,
-                security=security, split_weights=split_weights,
+                security=security, split_weights=split_weights, failover_remote=failover_remote,
             )
     else:
         try:

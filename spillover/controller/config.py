@@ -32,6 +32,9 @@ spillover's own keys:
                           the same mapping as a file given to --admission, which overrides it)
     splitWeights          route (default) | runtime: where the local/remote splits go (--split-weights);
                           runtime needs the Envoys' bootstrap to have the RTDS layer (README)
+    failoverRemote        internal-listener (default) | in-place: how failover models' local-first
+                          aggregates reach the remote (--failover-remote); in-place for Envoys whose
+                          bootstrap lacks envoy.bootstrap.internal_listener (README)
 
 Unknown keys are errors naming the key; the command line overrides the file. Secrets are never
 logged nor shown in errors (the values are never part of a message).
@@ -119,6 +122,7 @@ class _File(_Section):
     default_behavior: dict[str, Any] | None = None
     admission: dict[str, Any] | None = None
     split_weights: Literal["route", "runtime"] | None = None
+    failover_remote: Literal["internal-listener", "in-place"] | None = None
 
     @field_validator("secure_metrics")
     @classmethod
@@ -142,6 +146,7 @@ class ControllerConfig:
     defaults: PolicyDefaults = field(default_factory=PolicyDefaults)
     admission: AdmissionPolicy | None = None
     split_weights: str | None = None
+    failover_remote: str | None = None
     notes: tuple[str, ...] = ()  # what is accepted but does nothing here, for the log
 
 
@@ -279,6 +284,7 @@ def parse_controller_config(data: bytes | str, path: Path) -> ControllerConfig:
         ),
         admission=admission,
         split_weights=parsed.split_weights,
+        failover_remote=parsed.failover_remote,
         notes=tuple(notes),
     )
 

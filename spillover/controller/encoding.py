@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from spillover import ir
-from spillover.names import LISTENER_NAME, ROUTE_CONFIG_NAME, SPLIT_RUNTIME_LAYER, SPLIT_WEIGHTS
+from spillover.names import (
+    FAILOVER_REMOTE,
+    LISTENER_NAME,
+    ROUTE_CONFIG_NAME,
+    SPLIT_RUNTIME_LAYER,
+    SPLIT_WEIGHTS,
+)
 from spillover.server.cache import Snapshot
 from spillover.server.references import secret_references
 from spillover.server.resources import (
@@ -55,7 +61,9 @@ __all__ = ["Piece", "PieceCache", "SnapshotBuilder"]
 
 # The IR values kept per model name: one per distinct Envoy count among the groups, in practice.
 VARIANTS = 4
-# Per-model resource types (the listener and the route table are per gateway).
+# Per-model resource types (the route table is per gateway). The listeners: the gateway's own, and the
+# internal listeners of its failover models' remotes.
+_PER_MODEL = (CLUSTER, ENDPOINT, LISTENER)
 _MODEL_TYPES = (CLUSTER, ENDPOINT, SECRET)
 # The route table is kept as runs of this many models' encoded routes: a model whose routes change costs
 # its run's join (~100 KiB at 10,000 models) and one join of the runs (the table's one copy), never a
@@ -79,17 +87,21 @@ class Piece:
     references: frozenset[str]
     runtime_weights: bool = False  # rendered with its split in runtime (its routes then without it)
     weights: tuple[tuple[str, int], ...] = ()  # its entries in the split weights' layer
+    listeners: tuple[Resource, ...] = ()  # its remote's internal listener (failover)
+    failover_remote: str = "internal-listener"  # rendered with this Gateway.failover_remote
 
     def of_type(self, type_url: str) -> tuple[Resource, ...]:
         if type_url == CLUSTER:
             return self.clusters
         if type_url == ENDPOINT:
             return self.endpoints
+        if type_url == LISTENER:
+            return self.listeners
         return self.secrets
 
 
-def _piece(model: ir.Model, runtime_weights: bool = False) -> Piece:
-    encoded = encode_model(model, runtime_weights)
+def _piece(model: ir.Model, runtime_weights: bool = False, failover_remote: str = "internal-listener") -> Piece:
+    encoded = encode_model(model, runtime_weights, failover_remote)
     clusters = tuple(Resource.from_bytes(CLUSTER, name, body) for name, body in encoded.clusters)
     endpoints = tuple(Resource.from_bytes(ENDPOINT, name, body) for name, body in encoded.endpoints)
     secrets = tuple(Resource.from_bytes(SECRET, name, body) for name, body in encoded.secrets)
@@ -100,6 +112,7 @@ def _piece(model: ir.Model, runtime_weights: bool = False) -> Piece:
     return Piece(
         model, encoded.routes, encoded.route_digest, route_term(encoded.route_digest), clusters, endpoints, secrets,
         references, runtime_weights, encoded.weights,
+        tuple(Resource.from_bytes(LISTENER, name, body) for name, body in encoded.listeners), failover_remote,
     )
 
 
@@ -111,15 +124,19 @@ class PieceCache:
         self._by_name: dict[str, list[Piece]] = {}
         self.encoded = 0  # models translated so far (what the tests and benchmarks count)
 
-    def piece(self, model: ir.Model, runtime_weights: bool = False) -> Piece:
+    def piece(self, model: ir.Model, runtime_weights: bool = False, failover_remote: str = "internal-listener") -> Piece:
         entries = self._by_name.get(model.name)
         if entries is not None:
             for index, known in enumerate(entries):
-                if (known.model is model or known.model == model) and known.runtime_weights == runtime_weights:
+                if (
+                    (known.model is model or known.model == model)
+                    and known.runtime_weights == runtime_weights
+                    and known.failover_remote == failover_remote
+                ):
                     if index:
                         entries.insert(0, entries.pop(index))
                     return known
-        piece = _piece(model, runtime_weights)  # a ValueError leaves nothing behind
+        piece = _piece(model, runtime_weights, failover_remote)  # a ValueError leaves nothing behind
         self.encoded += 1
         if entries is None:
             self._by_name[model.name] = [piece]
@@ -164,6 +181,7 @@ class _Basis:
     references: dict[str, int]
     sums: dict[str, tuple[int, int]]  # per model type: the sum of the resources' `mix` terms, and their count
     split_weights: str = "route"
+    failover_remote: str = "internal-listener"
     # With split_weights "runtime": the entries of each model that has any (those that spill), and the layer.
     weights: dict[str, tuple[tuple[str, int], ...]] | None = None
     layer: Mapping[str, Resource] = field(default_factory=lambda: _NO_LAYER)
@@ -251,11 +269,11 @@ class SnapshotBuilder:
         if previous is None and self._last is not None:
             previous = self._last()
         basis = previous.basis if previous is not None else None
-        if gateway.split_weights not in SPLIT_WEIGHTS:
+        if gateway.split_weights not in SPLIT_WEIGHTS or gateway.failover_remote not in FAILOVER_REMOTE:
             check_gateway(gateway)  # the same refusal as translate's
         if not (
             isinstance(basis, _Basis) and basis.builder is self and previous is not None
-            and basis.split_weights == gateway.split_weights
+            and basis.split_weights == gateway.split_weights and basis.failover_remote == gateway.failover_remote
         ):
             snapshot = self._first(gateway, *self._pieces(gateway))
         else:
@@ -271,13 +289,16 @@ class SnapshotBuilder:
             check_gateway(gateway)  # the same refusals as translate's
             models = tuple(sorted(models, key=lambda m: m.name))
         runtime = gateway.split_weights == "runtime"
-        return models, tuple(self.pieces.piece(m, runtime) for m in models)
+        return models, tuple(self.pieces.piece(m, runtime, gateway.failover_remote) for m in models)
 
     def _first(self, gateway: ir.Gateway, models: tuple[ir.Model, ...], pieces: tuple[Piece, ...]) -> Snapshot:
         by_type: dict[str, Mapping[str, Resource]] = {}
         sums = {}
-        for type_url in (CLUSTER, ENDPOINT):
+        for type_url in _PER_MODEL:
             named: dict[str, Resource] = {}
+            if type_url == LISTENER:
+                # The gateway's own listener beside the models' internal listeners.
+                named[LISTENER_NAME] = self._listener(gateway.listener)
             for piece in pieces:
                 for resource in piece.of_type(type_url):
                     _add(named, resource, type_url)
@@ -292,9 +313,7 @@ class SnapshotBuilder:
             _count(holders, (r.name for r in piece.secrets), 1)
             _count(references, piece.references, 1)
         by_type[SECRET] = _sorted(secrets)
-        listener = self._listener(gateway.listener)
         routes = self._route_table(pieces)
-        by_type[LISTENER] = MappingProxyType({LISTENER_NAME: listener})
         by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
         weights, layer = None, _NO_LAYER
         if gateway.split_weights == "runtime":
@@ -304,7 +323,7 @@ class SnapshotBuilder:
         by_type[RUNTIME] = layer
         basis = _Basis(
             self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
-            weights, layer,
+            gateway.failover_remote, weights, layer,
         )
         return self._snapshot(by_type, basis)
 
@@ -324,7 +343,9 @@ class SnapshotBuilder:
                 # Same names at the same places as in the basis, which was sorted: so is this.
                 replaced = list(before)
                 for i in changed:
-                    replaced[i] = self.pieces.piece(models[i], gateway.split_weights == "runtime")
+                    replaced[i] = self.pieces.piece(
+                        models[i], gateway.split_weights == "runtime", gateway.failover_remote
+                    )
                 at = [i for i in changed if replaced[i] is not before[i]]
                 return models, tuple(replaced), [before[i] for i in at], [replaced[i] for i in at], at
         models, pieces = self._pieces(gateway)
@@ -339,7 +360,7 @@ class SnapshotBuilder:
         by_type: dict[str, Mapping[str, Resource]] = {}
         changes: dict[str, frozenset[str]] = {}
         sums = dict(basis.sums)
-        for type_url in (CLUSTER, ENDPOINT):
+        for type_url in _PER_MODEL:
             out = [r for p in removed for r in p.of_type(type_url)]
             into = [r for p in added for r in p.of_type(type_url)]
             current = previous.get(type_url)
@@ -394,12 +415,14 @@ class SnapshotBuilder:
             by_type[SECRET] = _sorted(secrets)
         else:
             by_type[SECRET] = previous.get(SECRET)
-        if gateway.listener == basis.listener:
-            by_type[LISTENER] = previous.get(LISTENER)
-            changes[LISTENER] = frozenset()
-        else:
-            by_type[LISTENER] = MappingProxyType({LISTENER_NAME: self._listener(gateway.listener)})
-            changes[LISTENER] = frozenset({LISTENER_NAME})
+        if gateway.listener != basis.listener:
+            listeners = _copy(by_type[LISTENER])
+            old, new = listeners[LISTENER_NAME], self._listener(gateway.listener)
+            listeners[LISTENER_NAME] = new  # replaced where it was: the order stays sorted
+            by_type[LISTENER] = MappingProxyType(listeners)
+            total, number = sums[LISTENER]
+            sums[LISTENER] = (total - old.mix + new.mix, number)
+            changes[LISTENER] = changes[LISTENER] | {LISTENER_NAME}
         routes = basis.routes
         if at is not None:
             dirty = [i for i in at if pieces[i].route_digest != basis.pieces[i].route_digest]
@@ -433,7 +456,7 @@ class SnapshotBuilder:
         by_type[RUNTIME] = layer
         basis = _Basis(
             self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
-            weights, layer,
+            gateway.failover_remote, weights, layer,
         )
         return self._snapshot(by_type, basis, previous, changes)
 

@@ -82,6 +82,7 @@ class PolicyProvider(FollowsTheFleet):
         warm_up_timeout: float = 5.0,
         removal_grace: float = 30.0,
         split_weights: str = "route",
+        failover_remote: str = "internal-listener",
     ) -> None:
         # A path is a policy directory (the file mode); anything else is a ready PolicySource.
         self.source: PolicySource = (
@@ -91,6 +92,7 @@ class PolicyProvider(FollowsTheFleet):
         self.status_sinks: list[StatusSink] = []
         self.listener = listener
         self.split_weights = split_weights  # where the translation puts the splits (ir.Gateway)
+        self.failover_remote = failover_remote  # how local-first aggregates reach the remote (ir.Gateway)
         self.evaluation_interval = evaluation_interval
         # How long a round waits for its metric samples before deciding with the last ones it has.
         self.metrics_wait = evaluation_interval / 2 if metrics_wait is None else metrics_wait
@@ -344,7 +346,7 @@ class PolicyProvider(FollowsTheFleet):
         decisions, weights = self._applied()
         gateway = plan_gateway(
             group.name, self.listener, self.state.models.values(), decisions, group.replicas, self._tokens(), weights,
-            self._copy_routes, self.split_weights,
+            self._copy_routes, self.split_weights, self.failover_remote,
         )
         return translate(gateway).messages()
 
@@ -354,7 +356,7 @@ class PolicyProvider(FollowsTheFleet):
         decisions, weights = self._applied()
         gateway = self.planner.plan(
             group.name, self.listener, self.state.models.values(), decisions, group.replicas, self._tokens(), weights,
-            self._copy_routes, self.split_weights,
+            self._copy_routes, self.split_weights, self.failover_remote,
         )
         return self.snapshots.snapshot(gateway, previous)
 

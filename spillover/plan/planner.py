@@ -198,10 +198,12 @@ def plan_gateway(
     latency_weights: Mapping[str, Mapping[str, int]] | None = None,
     copy_routes: Mapping[str, CopyRoute] | None = None,
     split_weights: str = "route",
+    failover_remote: str = "internal-listener",
 ) -> ir.Gateway:
     """`decisions`, `tokens`, `latency_weights` (endpoint "host:port" -> weight) and `copy_routes` (where
     the copy on a model's destination cluster is reached) are keyed by model name (spec.model).
-    `split_weights`: where the translation puts the splits (`ir.Gateway.split_weights`)."""
+    `split_weights`: where the translation puts the splits (`ir.Gateway.split_weights`); `failover_remote`:
+    how failover models' local-first aggregates reach the remote (`ir.Gateway.failover_remote`)."""
     replicas = max(1, replicas)
     planned = []
     for md in sorted(models, key=lambda m: m.model):
@@ -209,7 +211,10 @@ def plan_gateway(
         weights = (latency_weights or {}).get(md.model)
         route = (copy_routes or {}).get(md.model)
         planned.append(model_ir(md, decision, replicas, tokens.get(md.model), weights, route))
-    return ir.Gateway(name=group, listener=listener, models=tuple(planned), split_weights=split_weights)
+    return ir.Gateway(
+        name=group, listener=listener, models=tuple(planned), split_weights=split_weights,
+        failover_remote=failover_remote,
+    )
 
 
 class Planner:
@@ -245,6 +250,7 @@ class Planner:
         latency_weights: Mapping[str, Mapping[str, int]] | None = None,
         copy_routes: Mapping[str, CopyRoute] | None = None,
         split_weights: str = "route",
+        failover_remote: str = "internal-listener",
     ) -> ir.Gateway:
         replicas = max(1, replicas)
         ordered = self._sorted(models)
@@ -282,4 +288,7 @@ class Planner:
                 model = known[1]  # the same value: the same object, for the stages after
             memo[name] = ((md, decision, token, weights, route), model)
             planned.append(model)
-        return ir.Gateway(name=group, listener=listener, models=tuple(planned), split_weights=split_weights)
+        return ir.Gateway(
+            name=group, listener=listener, models=tuple(planned), split_weights=split_weights,
+            failover_remote=failover_remote,
+        )

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from spillover.names import SPLIT_RUNTIME_LAYER, STATS_TAGS
+from spillover.translate.failover import INTERNAL_LISTENER_EXTENSION
 
 __all__ = [
     "ADMIN_CLUSTER_NAME",
@@ -28,6 +29,7 @@ __all__ = [
     "XDS_CLUSTER_NAME",
     "XdsTls",
     "add_stats_listener",
+    "bootstrap_extensions",
     "build_bootstrap",
     "build_xds_tls_sds",
     "dump_yaml",
@@ -326,6 +328,7 @@ def build_bootstrap(
         },
         "static_resources": {"clusters": [_xds_cluster(addresses, connect_timeout, tls)]},
         "stats_config": stats_config(),
+        "bootstrap_extensions": bootstrap_extensions(),
     }
     if split_weights == "runtime":
         document["layered_runtime"] = split_weights_runtime()
@@ -334,6 +337,17 @@ def build_bootstrap(
     if stats_port:
         add_stats_listener(document, stats_port, admin_address, admin_port)
     return document
+
+
+def bootstrap_extensions() -> list[dict[str, Any]]:
+    """The internal listeners of failover models' remotes (spillover.translate.failover): Envoy refuses a
+    listener of that kind without this extension."""
+    return [
+        {
+            "name": INTERNAL_LISTENER_EXTENSION,
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"},
+        }
+    ]
 
 
 def split_weights_runtime() -> dict[str, Any]:
@@ -483,4 +497,5 @@ def static_bootstrap(
         "node": _node(node_id, cluster),
         "admin": _admin(admin_address, admin_port),
         "static_resources": static_resources,
+        "bootstrap_extensions": bootstrap_extensions(),
     }

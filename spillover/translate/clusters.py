@@ -247,7 +247,8 @@ def remote_cluster(model: Model, remote: RemoteBackend) -> cluster_pb2.Cluster:
     if remote.scheme == "https":
         cluster.transport_socket.name = "envoy.transport_sockets.tls"
         cluster.transport_socket.typed_config.CopyFrom(pack(_upstream_tls(remote, ip)))
-    # With failover the remote is only ever reached through the aggregates, whose filters apply.
+    # With failover the remote is only ever reached through the remote-first aggregates, whose filters
+    # apply, and the internal listener, which applies them itself (failover.py).
     filters = [] if model.failover else _upstream_filters(model, remote)
     for key, value in http1_options(filters).items():
         cluster.typed_extension_protocol_options[key].CopyFrom(value)

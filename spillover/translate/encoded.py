@@ -71,11 +71,15 @@ class EncodedModel:
     secrets: tuple[tuple[str, bytes], ...]
     # Its runtime entries (key, weight) when its split goes to runtime (see `translate_model`), sorted.
     weights: tuple[tuple[str, int], ...] = ()
+    # The internal listener of its remote with failover (see spillover.translate.failover).
+    listeners: tuple[tuple[str, bytes], ...] = ()
 
 
-def encode_model(model: Model, runtime_weights: bool = False) -> EncodedModel:
+def encode_model(
+    model: Model, runtime_weights: bool = False, failover_remote: str = "internal-listener"
+) -> EncodedModel:
     """`translate_model`, serialized; raises ValueError on what it can't render (as `translate` does)."""
-    own = translate_model(model, runtime_weights)
+    own = translate_model(model, runtime_weights, failover_remote)
     routes = _encode(model_table_entry(model.name, own.routes))
     return EncodedModel(
         routes=routes,
@@ -84,6 +88,7 @@ def encode_model(model: Model, runtime_weights: bool = False) -> EncodedModel:
         endpoints=tuple((name, _encode(m)) for name, m in own.endpoints.items()),
         secrets=tuple((name, _encode(m)) for name, m in own.secrets.items()),
         weights=tuple(sorted(own.weights.items())),
+        listeners=tuple((name, _encode(m)) for name, m in own.listeners.items()),
     )
 
 

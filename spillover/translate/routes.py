@@ -76,7 +76,7 @@ from spillover.translate.common import (
     pack,
     u32,
 )
-from spillover.translate.failover import host_only
+from spillover.translate.failover import REMOTE_FAILURES, host_only
 from spillover.translate.strategies import Serving
 
 __all__ = [
@@ -218,7 +218,7 @@ def _rate_limit_body(model: Model, total: float) -> str:
 # -- retries -----------------------------------------------------------------------------------------
 
 
-def _retry_policy(model: Model) -> route_components_pb2.RetryPolicy | None:
+def _retry_policy(model: Model, through_listener: bool = True) -> route_components_pb2.RetryPolicy | None:
     """With failover, a retry goes to the other side (the aggregates' other priority): the side that just
     failed is likely still down, and waiting for its health check to say so is what costs requests."""
     retries, timeouts = model.retries, model.timeouts
@@ -241,6 +241,20 @@ def _retry_policy(model: Model) -> route_components_pb2.RetryPolicy | None:
         host_selection_retry_max_attempts=3,
     )
     if model.failover:
+        # The local-first aggregates reach the remote through its internal listener, where an attempt
+        # neither fails to connect nor is reset: the internal listener answers 503 and names the
+        # condition it met on its way to the remote (failover.REMOTE_FAILURES).
+        conditions = [c for c in REMOTE_FAILURES if c in retries.retry_on] if through_listener else []
+        if conditions:
+            policy.retry_on += ",retriable-headers"
+            policy.retriable_headers.append(
+                HeaderMatcher(
+                    name=UPSTREAM_SIDE_HEADER,
+                    string_match=string_pb2.StringMatcher(
+                        safe_regex=regex_pb2.RegexMatcher(regex="|".join(conditions))
+                    ),
+                )
+            )
         policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
         policy.retry_priority.typed_config.CopyFrom(
             pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))
@@ -263,9 +277,12 @@ def model_route(
     match_profile: bool,
     failover: tuple[str, str] | None = None,
     runtime_weights: bool = False,
+    through_listener: bool = True,
 ) -> route_components_pb2.Route:
     """`failover`: the (local-first, remote-first) aggregates the split goes to instead of the local and
-    remote clusters; the remote's host and headers are then the aggregates' business. `runtime_weights`:
+    remote clusters; the remote's host and headers are then the aggregates' business; `through_listener`:
+    the local-first aggregates reach the remote through its internal listener (`failover_remote`, see
+    spillover.translate.failover). `runtime_weights`:
     a model with a remote gets weighted clusters whose weights Envoy reads from runtime (see
     `runtime_split`), the route carrying only the fallback (all local): the same route whatever the split."""
     # No `x-model` condition: the route table's map found these routes by an exact lookup of that header
@@ -321,17 +338,25 @@ def model_route(
         split = FALLBACK_SPLIT
     if failover is not None:
         local_first, remote_first = failover
-        # The aggregates' upstream filters take the side of an attempt from this header, which they
-        # set only for the remote's attempts: a client's copy must not make a local attempt look remote.
+        # The remote-first aggregates' upstream filters take the side of an attempt from this header,
+        # which they set only for the remote's attempts: a client's copy must not make a local attempt
+        # look remote. The internal listener answers with it why it could not reach the remote: that
+        # is for the retry policy, not for the client.
         route.request_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
+        if through_listener:
+            route.response_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
         assert remote is not None
-        if remote.host_rewrite and host_only(remote):
-            # The remote's attempts take its host from its endpoint's hostname (local endpoints have
-            # none), so a remote that needs nothing else costs no Lua. The client's host is saved
-            # first, for a local retry after a remote attempt (see failover.py).
+        only_local_first = split.remote == 0 and not runtime_weights
+        if remote.host_rewrite and host_only(remote) and not (only_local_first and through_listener):
+            # The remote-first aggregates' remote attempts take its host from its endpoint's hostname
+            # (local endpoints and the local-first aggregates' remote member have none), so a remote
+            # that needs nothing else costs no Lua. The client's host is saved first, for a local retry
+            # after a remote attempt (see failover.py). A route to the local-first aggregates alone
+            # needs neither when they go through the internal listener: their attempts never change the
+            # request.
             action.auto_host_rewrite.value = True
             route.typed_per_filter_config[CLIENT_HOST_FILTER].CopyFrom(pack(client_host_config()))
-        if split.remote == 0 and not runtime_weights:
+        if only_local_first:
             action.cluster = local_first
         elif split.local == 0:
             action.cluster = remote_first
@@ -368,7 +393,7 @@ def model_route(
     if serving.hash_header:
         action.hash_policy.add().header.header_name = serving.hash_header
     action.timeout.CopyFrom(duration(model.timeouts.request_s, "request_s"))  # 0s = none (Envoy: 15s)
-    retry = _retry_policy(model)
+    retry = _retry_policy(model, through_listener)
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
     return route

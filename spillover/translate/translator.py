@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 
 from spillover.ir import Gateway, Model, Profile
 from spillover.names import (
+    FAILOVER_REMOTE,
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
     SPLIT_RUNTIME_LAYER,
@@ -40,7 +41,7 @@ from spillover.translate.clusters import (
     local_cluster,
     remote_cluster,
 )
-from spillover.translate.failover import aggregate_clusters, failover_targets
+from spillover.translate.failover import aggregate_clusters, failover_targets, remote_side
 from spillover.translate.listener import build_listener
 from spillover.translate.route_table import route_configuration
 from spillover.translate.routes import model_route, runtime_split
@@ -123,20 +124,29 @@ def _check_model(model: Model) -> dict[str, Profile]:
 
 @dataclass
 class ModelResources:
-    """What one model contributes: its routes (in table order) and its clusters, endpoints and secrets."""
+    """What one model contributes: its routes (in table order), its clusters, endpoints and secrets, and
+    the internal listener of its remote with failover."""
 
     routes: list[route_components_pb2.Route]
     clusters: dict[str, cluster_pb2.Cluster]
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment]
     secrets: dict[str, secret_pb2.Secret]
+    listeners: dict[str, listener_pb2.Listener] = dataclasses.field(default_factory=dict)
     # Its entries in the split weights' runtime layer (with `runtime_weights`): runtime key -> weight.
     weights: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def translate_model(model: Model, runtime_weights: bool = False) -> ModelResources:
-    """One model's resources; they depend on nothing but the model (names are prefixed by its name), which is
-    what lets spillover.translate.encoded translate only the models that changed. `runtime_weights`: the
-    split goes to runtime entries (`weights`), the routes do not depend on it."""
+def translate_model(
+    model: Model, runtime_weights: bool = False, failover_remote: str = "internal-listener"
+) -> ModelResources:
+    """One model's resources; they depend on nothing but the model (names are prefixed by its name) and the
+    gateway's two settings, which is what lets spillover.translate.encoded translate only the models that
+    changed. `runtime_weights`: the split goes to runtime entries (`weights`), the routes do not depend on
+    it. `failover_remote`: how a failover model's local-first aggregates reach the remote
+    (`Gateway.failover_remote`)."""
+    if failover_remote not in FAILOVER_REMOTE:
+        raise ValueError(f"failover_remote must be one of {', '.join(FAILOVER_REMOTE)}, got {failover_remote!r}")
+    through_listener = failover_remote == "internal-listener"
     profiles = _check_model(model)
     result = ModelResources([], {}, {}, {})
     clusters, endpoints = result.clusters, result.endpoints
@@ -150,15 +160,22 @@ def translate_model(model: Model, runtime_weights: bool = False) -> ModelResourc
             clusters[cluster_name] = local_cluster(cluster_name, serving.lb, model)
             endpoints[cluster_name] = load_assignment(cluster_name, model, serving.lb)
             if model.failover:
-                clusters.update(aggregate_clusters(model, cluster_name, serving.lb.tag))
+                clusters.update(aggregate_clusters(model, cluster_name, serving.lb.tag, through_listener))
         targets = failover_targets(model.name, serving.lb.tag) if model.failover else None
         result.routes.append(
-            model_route(model, profile, serving, cluster_name, profile is not default, targets, runtime_weights)
+            model_route(
+                model, profile, serving, cluster_name, profile is not default, targets, runtime_weights,
+                through_listener,
+            )
         )
         if runtime_weights:
             result.weights.update(runtime_split(model, targets or (cluster_name, remote_cluster_name(model.name))))
     if model.remote is not None:
         clusters[remote_cluster_name(model.name)] = remote_cluster(model, model.remote)
+        if model.failover and through_listener:
+            member, listener = remote_side(model)
+            clusters[member.name] = member
+            result.listeners[listener.name] = listener
         add_bearer_secret(result.secrets, model.remote)
     return result
 
@@ -173,6 +190,11 @@ def check_gateway(gateway: Gateway) -> None:
         raise ValueError(
             f"gateway {gateway.name!r}: split_weights must be one of {', '.join(SPLIT_WEIGHTS)}, "
             f"got {gateway.split_weights!r}"
+        )
+    if gateway.failover_remote not in FAILOVER_REMOTE:
+        raise ValueError(
+            f"gateway {gateway.name!r}: failover_remote must be one of {', '.join(FAILOVER_REMOTE)}, "
+            f"got {gateway.failover_remote!r}"
         )
 
 
@@ -192,14 +214,16 @@ def translate(gateway: Gateway) -> Resources:
     clusters: dict[str, cluster_pb2.Cluster] = {}
     endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
     secrets: dict[str, secret_pb2.Secret] = {}
+    listeners = {LISTENER_NAME: build_listener(gateway)}
     runtime_weights = gateway.split_weights == "runtime"
     weights: dict[str, int] = {}
     for model in sorted(gateway.models, key=lambda m: m.name):
-        own = translate_model(model, runtime_weights)
+        own = translate_model(model, runtime_weights, gateway.failover_remote)
         weights.update(own.weights)
         routes.append((model.name, own.routes))
         clusters.update(own.clusters)
         endpoints.update(own.endpoints)
+        listeners.update(own.listeners)
         for name, secret in own.secrets.items():
             existing = secrets.get(name)
             if existing is not None and existing != secret:
@@ -207,7 +231,7 @@ def translate(gateway: Gateway) -> Resources:
             secrets[name] = secret
 
     return Resources(
-        listeners=_frozen({LISTENER_NAME: build_listener(gateway)}),
+        listeners=_frozen(listeners),
         routes=_frozen({ROUTE_CONFIG_NAME: route_configuration(routes)}),
         clusters=_frozen(clusters),
         endpoints=_frozen(endpoints),

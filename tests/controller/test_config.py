@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from spillover.controller.config import ConfigError, load_controller_config, parse_controller_config
+from spillover.names import FAILOVER_REMOTE
 from spillover.policy.validate import validate_document
 from spillover.server.admission import AdmissionRule, Refusal
 from spillover.server.identity import PeerIdentity
@@ -199,6 +200,18 @@ def test_split_weights(tmp_path: Path) -> None:
     # Nothing said: the command line's default applies.
     assert parse_controller_config(b"namespaces: default\n", tmp_path / "c.yaml").split_weights is None
     assert problems("splitWeights: rtds\n", tmp_path) == ["config.yaml splitWeights: must be one of: route, runtime"]
+
+
+def test_failover_remote(tmp_path: Path) -> None:
+    # Every value the translator knows, and only those.
+    for value in FAILOVER_REMOTE:
+        config = parse_controller_config(f"failoverRemote: {value}\n", tmp_path / "c.yaml")
+        assert config.failover_remote == value
+    # Nothing said: the command line's default applies.
+    assert parse_controller_config(b"namespaces: default\n", tmp_path / "c.yaml").failover_remote is None
+    assert problems("failoverRemote: inplace\n", tmp_path) == [
+        "config.yaml failoverRemote: must be one of: internal-listener, in-place"
+    ]
 
 
 def test_the_secret_is_never_in_an_error(tmp_path: Path) -> None:

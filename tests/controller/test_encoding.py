@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from spillover.controller.encoding import RUN, PieceCache, SnapshotBuilder
 from spillover.ir import Gateway, Listener, Model, RemoteBackend, TrafficSplit
-from spillover.names import SPLIT_RUNTIME_LAYER
+from spillover.names import LISTENER_NAME, SPLIT_RUNTIME_LAYER
 from spillover.server.cache import Snapshot
-from spillover.server.resources import PUSH_ORDER, ROUTE, RUNTIME, SECRET
+from spillover.server.resources import LISTENER, PUSH_ORDER, ROUTE, RUNTIME, SECRET
 from spillover.translate import translate
 from tests.harness.ir_fleet import CHANGES, change, fleet, fleet_model
 
@@ -68,6 +68,34 @@ def test_each_kind_of_change_gives_the_full_translation(kind: str, run: int, spl
         gateway = change(gateway, kind, min(index, len(gateway.models) - 1), generation)
         previous, snapshot = snapshot, builder.snapshot(gateway, snapshot)
         _assert_same(snapshot, gateway, previous)
+
+
+@pytest.mark.parametrize("kind", CHANGES)
+def test_each_kind_of_change_in_place_gives_the_full_translation(kind: str) -> None:
+    # The fleet's failover models without internal listeners (failover_remote: in-place).
+    builder = SnapshotBuilder()
+    gateway = dataclasses.replace(fleet(40), failover_remote="in-place")
+    snapshot = builder.snapshot(gateway)
+    _assert_same(snapshot, gateway)
+    for generation, index in enumerate((5, 15, 25), start=1):
+        gateway = change(gateway, kind, min(index, len(gateway.models) - 1), generation)
+        previous, snapshot = snapshot, builder.snapshot(gateway, snapshot)
+        _assert_same(snapshot, gateway, previous)
+
+
+def test_a_change_of_how_failover_reaches_the_remote_gives_the_full_translation() -> None:
+    builder = SnapshotBuilder()
+    gateway = fleet(20)
+    snapshot = builder.snapshot(gateway)
+    internal = {name for name in snapshot.get(LISTENER) if name != LISTENER_NAME}
+    assert internal  # the fleet's failover models' remotes
+    for failover_remote in ("in-place", "internal-listener", "in-place"):
+        gateway = dataclasses.replace(gateway, failover_remote=failover_remote)
+        previous, snapshot = snapshot, builder.snapshot(gateway, snapshot)
+        _assert_same(snapshot, gateway, previous)
+    assert set(snapshot.get(LISTENER)) == {LISTENER_NAME}
+    with pytest.raises(ValueError, match="failover_remote must be one of internal-listener, in-place"):
+        builder.snapshot(dataclasses.replace(gateway, failover_remote="inplace"), snapshot)
 
 
 def test_a_one_model_change_translates_that_model_only() -> None:

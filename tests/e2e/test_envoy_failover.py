@@ -13,17 +13,22 @@ remote unhealthy).
 
 from __future__ import annotations
 
+import re
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from spillover.translate.bootstrap import build_bootstrap
 from tests.harness.envoy import Envoy
+from tests.harness.load import post_model
 from tests.harness.model_traffic import ModelTraffic
 from tests.harness.policy_files import write
+from tests.harness.polling import wait_until
 from tests.harness.serve import Spillover, start_edge
 from tests.harness.upstream import HttpUpstream
 
@@ -33,6 +38,11 @@ HEALTH = {"path": "/health", "interval": "1s", "timeout": "0.5s", "healthyThresh
 # other side, so nothing at all. The window is the health check's detection time plus a margin.
 DETECTION_S = 1.0 * 2 + 1.0
 MEASURED: dict[str, str] = {}
+
+
+def served(port: int) -> str:
+    response = post_model(port, MODEL)
+    return response.headers.get("x-upstream-name", "") if response.status == 200 else f"HTTP {response.status}"
 
 
 def policy(local: list[HttpUpstream], remote: HttpUpstream) -> dict[str, Any]:
@@ -105,3 +115,56 @@ def test_one_side_dies_under_load_and_no_request_fails(
     assert len(cut) <= 8, f"more requests cut than were in flight: {cut[:5]}"
     assert not failures, f"{len(failures)} of {len(answers)} failed once the side was dead: {failures[:5]}"
     assert set(after_detection) <= survivors and after_detection, after_detection
+
+
+@pytest.mark.parametrize("given", ["flag", "config", "default"])
+def test_an_envoy_without_the_internal_listener_extension_fails_over_with_failover_remote_in_place(
+    tmp_path: Path,
+    policy_dir: Path,
+    spillover_factory: Callable[..., Spillover],
+    envoy_factory: Callable[..., Envoy],
+    upstream_factory: Callable[..., HttpUpstream],
+    given: str,
+) -> None:
+    """An Envoy whose bootstrap lacks `envoy.bootstrap.internal_listener`: with `--failover-remote in-place`
+    (or the config's `failoverRemote: in-place`) a STANDBY model whose local pods all die goes to the
+    remote, spillover killed and all; by default its local-first aggregate has no remote to go to."""
+    local = [upstream_factory("local-0"), upstream_factory("local-1")]
+    remote = upstream_factory("remote")
+    document = policy(local, remote)
+    # Envoy's `server.live` (1) below its threshold: never breached, the model stays in STANDBY.
+    document["spec"]["offloadingConfig"]["metrics"][0]["threshold"] = 5
+    write(policy_dir / "model.yaml", document)
+    config = tmp_path / "controller.yaml"
+    config.write_text("failoverRemote: in-place\n")
+    extra_args = {"flag": ["--failover-remote", "in-place"], "config": ["--config", str(config)], "default": []}
+    server = spillover_factory(policy_dir, evaluation_interval=0.25, extra_args=extra_args[given])
+    bootstrap = build_bootstrap("edge-1", "edge", server.xds_address, admin_port=0)
+    del bootstrap["bootstrap_extensions"]
+    edge = envoy_factory(bootstrap, name="edge-1")
+    wait_until(edge.is_ready, timeout=20, message="envoy never became ready")
+    server.wait_model(MODEL, lambda m: m["state"] == "STANDBY", timeout=20)
+    wait_until(lambda: served(server.listen_port) in ("local-0", "local-1"), timeout=15, message="never served")
+
+    def lds() -> str:
+        states = [s for p in server.proxies() for s in p["types"].values() if s["type"] == "LDS"]
+        return str(states[0]["status"]) if states else "PENDING"
+
+    status = wait_until(lambda: lds() if lds() != "PENDING" else None, timeout=10, message="LDS never answered")
+    assert status == ("NACKED" if given == "default" else "SYNCED"), status
+
+    # Envoy alone, from here: its own health checks and aggregates.
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    for upstream in local:
+        upstream.stop()
+    def local_healthy() -> list[int]:
+        stats = edge.stats()
+        return [v for k, v in stats.items() if re.fullmatch(rf"cluster\.{MODEL}_local_[^.]+\.membership_healthy", k)]
+
+    wait_until(lambda: local_healthy() and not any(local_healthy()), timeout=DETECTION_S + 2,
+               message="the local pods' health check never failed")
+    counts = Counter(served(server.listen_port) for _ in range(30))
+    if given == "default":
+        assert "remote" not in counts, counts
+    else:
+        assert counts == Counter({"remote": 30}), counts

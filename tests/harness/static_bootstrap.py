@@ -9,6 +9,7 @@ Envoy runs is exactly what ADS would deliver.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -42,6 +43,7 @@ def _inline_routes(resources: Resources, listener: Message) -> Message:
             if manager.HasField("rds"):
                 manager.route_config.CopyFrom(resources.routes[manager.rds.route_config_name])
                 manager.ClearField("rds")
+            _static_credentials(manager.http_filters)
             network_filter.typed_config.Pack(manager)
     return listener
 
@@ -52,7 +54,12 @@ def _static_secret_refs(cluster: cluster_pb2.Cluster) -> None:
         return
     options = http_protocol_options_pb2.HttpProtocolOptions()
     packed.Unpack(options)
-    for http_filter in options.http_filters:
+    _static_credentials(options.http_filters)
+    cluster.typed_extension_protocol_options[_HTTP_OPTIONS].Pack(options)
+
+
+def _static_credentials(http_filters: Iterable[hcm_pb2.HttpFilter]) -> None:
+    for http_filter in http_filters:
         if http_filter.name != "envoy.filters.http.credential_injector":
             continue
         injector = credential_injector_pb2.CredentialInjector()
@@ -63,7 +70,6 @@ def _static_secret_refs(cluster: cluster_pb2.Cluster) -> None:
         generic.credential.ClearField("sds_config")
         injector.credential.typed_config.Pack(generic)
         http_filter.typed_config.Pack(injector)
-    cluster.typed_extension_protocol_options[_HTTP_OPTIONS].Pack(options)
 
 
 def _inline_endpoints(resources: Resources, cluster: cluster_pb2.Cluster) -> cluster_pb2.Cluster:

@@ -294,3 +294,9 @@ def test_bootstrap_command_adds_the_rtds_layer_and_serve_refuses_it_without_mode
     serve = [sys.executable, "-m", "spillover", "serve", "--resources", str(resources), "--split-weights", "runtime"]
     refused = subprocess.run(serve, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--split-weights applies to --policies and --kubernetes" in refused.stderr
+    serve[-2:] = ["--failover-remote", "in-place"]
+    refused = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--failover-remote applies to --policies and --kubernetes" in refused.stderr
+    serve[-1] = "inplace"
+    refused = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--failover-remote: invalid choice: 'inplace'" in refused.stderr
