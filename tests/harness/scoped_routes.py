@@ -170,7 +170,9 @@ def scoped(messages: Iterable[Message], mode: str = "rds") -> list[Message]:
     for message in messages:
         if isinstance(message, route_pb2.RouteConfiguration):
             split.extend(split_table(message, inline=mode == "srds-inline"))
-        elif isinstance(message, listener_pb2.Listener):
+        elif isinstance(message, listener_pb2.Listener) and not message.HasField("internal_listener"):
+            # The gateway's listener; a failover model's internal listener (failover.py) has its own
+            # inline route and stays as it is.
             copy = listener_pb2.Listener()
             copy.CopyFrom(message)
             listeners.append(copy)
