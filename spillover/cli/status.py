@@ -251,7 +251,7 @@ def format_copy(model: str, copy: dict[str, Any]) -> str:
 def format_status(proxies: list[dict[str, Any]]) -> str:
     """A table like `istioctl proxy-status`: one row per stream, one column per xDS type; then the NACK
     message of each NACKed type (escaped and cut: it is the client's text), and a warning for each proxy that
-    lacks the split weights' RTDS layer its group is served."""
+    lacks the split weights' RTDS layer its group is served or the internal listener extension (its NACK said so)."""
     columns = ["CDS", "EDS", "SDS", "LDS", "RDS"]
     takes_layer = any(state.get("type") == "RTDS" for proxy in proxies for state in proxy["types"].values())
     if takes_layer or any(proxy.get("without_split_layer") for proxy in proxies):
@@ -275,6 +275,12 @@ def format_status(proxies: list[dict[str, Any]]) -> str:
             missing.append(
                 f"warning: {node} has no RTDS layer for the split weights in its bootstrap: it routes every model "
                 "all local (spillover bootstrap --split-weights runtime adds it)"
+            )
+        if proxy.get("without_internal_listener"):
+            missing.append(
+                f"warning: {node} has no envoy.bootstrap.internal_listener in its bootstrap: its failover models' "
+                "local-first aggregates cannot reach the remote (serve its group --failover-remote in-place, or add "
+                "the extension to its bootstrap)"
             )
         rows.append([node, _shown(proxy["group"]), proxy["mode"], proxy["status"], *cells])
         for short, state in sorted(by_type.items()):

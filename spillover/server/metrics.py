@@ -19,7 +19,7 @@ from spillover.server.bounds import LogThrottle, printable
 from spillover.server.resources import PUSH_ORDER, SHORT_NAMES
 from spillover.server.streams import BaseStream, StreamEvents, SyncStatus
 
-__all__ = ["GroupSeries", "StreamMetricEvents", "SyncStates", "WithoutSplitLayer", "XdsMetrics", "type_label"]
+__all__ = ["GroupSeries", "StreamMetricEvents", "SyncStates", "WithoutInternalListener", "WithoutSplitLayer", "XdsMetrics", "type_label"]
 
 log = logging.getLogger("spillover.server.service")
 
@@ -201,6 +201,31 @@ class WithoutSplitLayer(Collector):
         return [self._family(sum(1 for stream in self.streams() if stream.without_split_layer))]
 
 
+class WithoutInternalListener(Collector):
+    """spillover_xds_streams_without_internal_listener: streams whose Envoy NACKed its group's internal
+    listeners (failover models' `<model>/remote`) because its bootstrap lacks `envoy.bootstrap.internal_listener`,
+    as long as that NACK holds; counted when Prometheus scrapes. No labels, like the split layer's gauge."""
+
+    NAME = "spillover_xds_streams_without_internal_listener"
+
+    def __init__(self, streams: Callable[[], Iterable[BaseStream]]) -> None:
+        self.streams = streams
+
+    def _family(self, value: float) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            self.NAME,
+            "xDS streams whose Envoy refused the internal listeners of failover models: its bootstrap lacks "
+            "envoy.bootstrap.internal_listener, and their local-first aggregates cannot reach the remote",
+            value=value,
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family(0)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [self._family(sum(1 for stream in self.streams() if stream.without_internal_listener))]
+
+
 class StreamMetricEvents(StreamEvents):
     def __init__(self, metrics: XdsMetrics) -> None:
         self.metrics = metrics
@@ -246,6 +271,19 @@ class StreamMetricEvents(StreamEvents):
                 "layer, which its group is served (--split-weights runtime): its bootstrap lacks the layer, so it "
                 "routes every model all local and never spills. Give it the layer (spillover bootstrap "
                 "--split-weights runtime, or the README's layered_runtime)%s",
+                printable(stream.node_id, 64), printable(stream.group, 64), printable(stream.identity or "-", 128),
+                more,
+            )
+
+    def on_internal_listener_missing(self, stream: BaseStream) -> None:
+        allowed, suppressed = self.throttle.allow("internal_listener")
+        if allowed:
+            more = f" ({suppressed} such streams not logged before this one)" if suppressed else ""
+            log.warning(
+                "node '%s' (group '%s', identity %s) refused the internal listeners of its failover models: its "
+                "bootstrap lacks the extension envoy.bootstrap.internal_listener, so their local-first aggregates "
+                "cannot reach the remote. Serve its group --failover-remote in-place (failoverRemote: in-place), "
+                "or add the extension to its bootstrap (spillover bootstrap has it)%s",
                 printable(stream.node_id, 64), printable(stream.group, 64), printable(stream.identity or "-", 128),
                 more,
             )

@@ -33,7 +33,13 @@ from spillover.server.cache import Snapshot, SnapshotCache
 from spillover.server.grpc_options import GRPC_SERVER_OPTIONS
 from spillover.server.identity import PeerIdentity, identity_from_auth_context
 from spillover.server.memory import release_free_memory
-from spillover.server.metrics import StreamMetricEvents, SyncStates, WithoutSplitLayer, XdsMetrics
+from spillover.server.metrics import (
+    StreamMetricEvents,
+    SyncStates,
+    WithoutInternalListener,
+    WithoutSplitLayer,
+    XdsMetrics,
+)
 from spillover.server.registry import GroupTracker, IdentityStreams, ProxyRegistry
 from spillover.server.resources import (
     CLUSTER,
@@ -172,6 +178,7 @@ class XdsServer:
         self.on_group_expired: list[Callable[[str], None]] = []
         self.metrics_registry.register(SyncStates(self.proxies.streams))
         self.metrics_registry.register(WithoutSplitLayer(self.proxies.streams))
+        self.metrics_registry.register(WithoutInternalListener(self.proxies.streams))
         self._events = StreamMetricEvents(self.metrics)
         self._refusals = LogThrottle(burst=10, period=60.0)
         self._server: grpc.aio.Server | None = None

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
+from spillover.cli.status import format_status
 from spillover.ir import (
     Endpoint,
     Gateway,
@@ -352,6 +353,12 @@ def test_over_ads_an_envoy_without_the_internal_listener_extension_refuses_only_
         state = wait_until(lambda: (s := lds()).get("status") == "NACKED" and s, timeout=10, message="no NACK")
         assert "InternalListener bootstrap extension is mandatory" in str(state["nack_error"]), state
         assert envoy.listener_names() == ["spillover_http"]
+    # Told apart from any other NACK: the operator is pointed at the bootstrap or failoverRemote: in-place.
+    assert xds_server.proxy("n1")["without_internal_listener"] is (not extension)  # type: ignore[index]
+    assert xds_server.metric("spillover_xds_streams_without_internal_listener") == (0 if extension else 1)
+    warned = [line for line in format_status(xds_server.proxies()).splitlines() if "internal_listener" in line]
+    assert len(warned) == (0 if extension else 1), warned
+    assert extension or "--failover-remote in-place" in warned[0], warned
     counts = Counter(served(post(port, "m")) for _ in range(40))
     assert counts["local-0"] + counts["remote"] == 40 and counts["remote"] > 0, counts
     assert_remote_only_toward_remote(remote, [local], port)
@@ -394,6 +401,7 @@ def test_over_ads_an_envoy_without_the_extension_served_in_place_fails_over_to_t
         timeout=5, message="the local pods' health check never failed",
     )
     after = Counter(served(post(port, "m")) for _ in range(40))
+    assert xds_server.proxy("n1")["without_internal_listener"] is (failover_remote != "in-place")  # type: ignore[index]
     if failover_remote == "in-place":
         assert lds()["status"] == "SYNCED", lds()
         assert before == after == Counter({"remote": 40}), (before, after)

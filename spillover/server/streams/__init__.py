@@ -23,6 +23,9 @@ Rules implemented here (Envoy's xds_protocol documentation):
 - The split weights' RTDS layer: an Envoy with it in its bootstrap asks for it before its clusters,
   listeners and routes. An ADS stream of a group whose snapshot holds Runtime resources that asks for any
   of those first lacks it (`without_split_layer`, reported once through `events`).
+- The internal listener extension: an Envoy whose bootstrap lacks `envoy.bootstrap.internal_listener`
+  NACKs the listeners that need it with Envoy's reason (`without_internal_listener` while that NACK holds,
+  reported once through `events`; looked for only in Listener NACKs).
 
 How a transport drives a stream (service.py over grpc.aio, with spillover.server.stream_writer; any other
 transport, e.g. a worker process, the same way). Every call is synchronous and returns the encoded

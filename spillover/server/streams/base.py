@@ -33,6 +33,10 @@ REFERRING_TYPES = (LISTENER, ROUTE)
 # clusters, listeners and routes (it stays PRE_INITIALIZING until the layer arrives): one asking for any of
 # them first has no layer (BaseStream._check_split_layer, on every publish: kept to a few lookups).
 _NONCE_HISTORY = 16
+# How Envoy refuses a listener that needs `envoy.bootstrap.internal_listener` (a failover model's
+# `<model>/remote`) when its bootstrap lacks the extension. Looked for only in a Listener NACK's error, as
+# kept: escaped and cut (`_record_nack`), so the search is bounded whatever the client sends.
+INTERNAL_LISTENER_MISSING = "InternalListener bootstrap extension is mandatory"
 
 
 class SyncStatus(enum.StrEnum):
@@ -189,6 +193,7 @@ class StreamEvents:
     def on_ignored(self, reason: str) -> None: ...
     def on_refused_secret(self, stream: BaseStream, name: str) -> None: ...
     def on_split_layer_missing(self, stream: BaseStream) -> None: ...
+    def on_internal_listener_missing(self, stream: BaseStream) -> None: ...
 
 
 class BaseStream:
@@ -231,6 +236,10 @@ class BaseStream:
         # asked for them: its bootstrap lacks the layer, so it routes every model all local.
         self.without_split_layer = False
         self._split_layer_reported = False
+        # The Listener NACK error by which this Envoy said its bootstrap lacks the internal listener
+        # extension (see `without_internal_listener`).
+        self._internal_listener_nack = ""
+        self._internal_listener_reported = False
 
     @property
     def node_id(self) -> str:
@@ -290,6 +299,17 @@ class BaseStream:
             self._split_layer_reported = True  # one warning per stream
             self.events.on_split_layer_missing(self)
 
+    @property
+    def without_internal_listener(self) -> bool:
+        """Its Envoy refused the internal listeners of its group's failover models for lack of the bootstrap
+        extension, and that NACK still holds: an ACK of a later listener update (the group served
+        `failoverRemote: in-place`) clears it. Read by the views and the gauge, never on an ACK."""
+        nack = self._internal_listener_nack
+        if not nack:
+            return False
+        state = self.types.get(LISTENER)
+        return state is not None and state.nack_error == nack
+
     def status(self) -> SyncStatus:
         statuses = {state.status() for state in self.types.values()}
         for status in (SyncStatus.NACKED, SyncStatus.STALE):
@@ -311,6 +331,7 @@ class BaseStream:
             "connected_at": self.connected_at,
             "status": self.status().value,
             "without_split_layer": self.without_split_layer,
+            "without_internal_listener": self.without_internal_listener,
             "types": {type_url: state.describe() for type_url, state in sorted(self.types.items())},
         }
 
@@ -364,6 +385,11 @@ class BaseStream:
         )
         state.nack_version = rejected_version
         self.events.on_nack(type_url, state.nack_error)
+        if type_url == LISTENER and INTERNAL_LISTENER_MISSING in state.nack_error:
+            self._internal_listener_nack = state.nack_error
+            if not self._internal_listener_reported:
+                self._internal_listener_reported = True  # one warning per stream
+                self.events.on_internal_listener_missing(self)
 
     def _check_request(self, type_url: str, nonce: str, version: str) -> None:
         limits = self.limits

@@ -232,6 +232,7 @@ class WorkerXdsServer(XdsServer):
             "families": self._families(),
             # Decided here, where the stream's requests are seen: the main process counts them.
             "without_split_layer": [sid for sid, stream in streams.items() if stream.without_split_layer],
+            "without_internal_listener": [sid for sid, stream in streams.items() if stream.without_internal_listener],
         }
         if what == "describe":
             out["described"] = {sid: stream.describe() for sid, stream in streams.items()}

@@ -455,12 +455,14 @@ class WorkerPool(XdsServer):
         described = report.get("described", {})
         sent = report.get("sent", {})
         without_layer = set(report.get("without_split_layer", ()))
+        without_internal_listener = set(report.get("without_internal_listener", ()))
         for stream_id, states in report["states"].items():
             stream = worker.streams.get(stream_id)
             if stream is None:
                 continue  # ended since (its "left" is on the way)
             stream.report(states)
             stream.without_split_layer = stream_id in without_layer
+            stream.reported_without_internal_listener = stream_id in without_internal_listener
             if describe and stream_id in described:
                 stream.described = {**described[stream_id], "worker": worker.index}
             if node_id is not None and stream.node_id == node_id:

@@ -48,6 +48,12 @@ class RemoteStream(BaseStream):
         self.connected_at = info.connected_at
         self.described: dict[str, object] | None = None
         self.sent: dict[str, list[Resource]] = {}
+        self.reported_without_internal_listener = False
+
+    @property
+    def without_internal_listener(self) -> bool:
+        # Decided by the worker, which holds the NACK (its type states here carry only their status).
+        return self.reported_without_internal_listener
 
     def report(self, states: dict[str, str]) -> None:
         self.types = {type_url: ReportedType(reported=SyncStatus(status)) for type_url, status in states.items()}
