@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from spillover.names import SPLIT_RUNTIME_LAYER, STATS_TAGS
-from spillover.translate.failover import INTERNAL_LISTENER_EXTENSION
+from spillover.translate.remote_listener import INTERNAL_LISTENER_EXTENSION
 
 __all__ = [
     "ADMIN_CLUSTER_NAME",

@@ -22,8 +22,8 @@ manager, about as much as a whole request through Envoy; the remote-first aggreg
 spilled share, would pay that on every remote request, so they don't use it. Envoy can't health-check
 an internal listener (health checks run on its main thread, internal listeners exist on the workers
 only): the member is ejected by outlier detection when the internal listener answers gateway errors
-(`_member_outlier_detection`), and the internal listener names the condition it met when it could not
-reach the remote (REMOTE_FAILURES) for the routes' retry policy.
+(`remote_listener._member_outlier_detection`), and the internal listener names the condition it met when it could not
+reach the remote (`remote_listener.REMOTE_FAILURES`) for the routes' retry policy.
 
 The remote-first aggregates go to the remote cluster itself and apply the remote's request changes per
 attempt, only when the chosen host is the remote one: the remote's endpoint carries
@@ -60,22 +60,16 @@ internal listener.
 
 from __future__ import annotations
 
-from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, extension_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2
 from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.matching.input_matchers.metadata.v3 import metadata_pb2 as input_metadata_pb2
-from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
-from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 from envoy.type.matcher.v3 import http_inputs_pb2, value_pb2
 from google.protobuf.message import Message
 from xds.core.v3 import extension_pb2 as xds_extension_pb2
@@ -90,7 +84,6 @@ from spillover.names import (
     local_first_cluster_name,
     remote_cluster_name,
     remote_first_cluster_name,
-    remote_listener_name,
     remote_member_cluster_name,
     stat_name,
 )
@@ -100,22 +93,16 @@ from spillover.translate.common import (
     CLIENT_HOST_KEY,
     CLIENT_HOST_NAMESPACE,
     CLIENT_ORIGINAL_HOST_KEY,
-    duration,
-    header,
     http1_options,
     lua_filter,
     pack,
     u32,
 )
-from spillover.translate.strategies import LbPolicy
 
 __all__ = [
-    "INTERNAL_LISTENER_EXTENSION",
-    "REMOTE_FAILURES",
     "aggregate_clusters",
     "failover_targets",
     "host_only",
-    "remote_side",
 ]
 
 REMOTE_SIDE_FILTER = "spillover.remote_side"
@@ -129,17 +116,6 @@ NO_AUTHORIZATION = "spillover-none"
 # flight per cluster would turn a dead side under load into 503s (upstream_rq_retry_overflow).
 MAX_RETRIES_IN_FLIGHT = 1024
 
-
-# The bootstrap extension without which Envoy refuses an internal listener.
-INTERNAL_LISTENER_EXTENSION = "envoy.bootstrap.internal_listener"
-# What the internal listener says in UPSTREAM_SIDE_HEADER when it could not reach the remote: the retry
-# condition an outer attempt at the remote itself would have met, by the response flags of its 503.
-REMOTE_FAILURES: dict[str, tuple[str, ...]] = {
-    # Upstream connection failure; no healthy upstream (the remote cluster's health check failed it,
-    # or its outlier detection ejected it): an aggregate would have gone to its other member.
-    "connect-failure": ("UF", "UH"),
-    "reset": ("UR", "UC"),  # upstream reset / connection termination before the response
-}
 
 
 def failover_targets(model: str, tag: str) -> tuple[str, str]:
@@ -375,145 +351,3 @@ def aggregate_clusters(
     else:
         local = _aggregate(local_first, [local_cluster, remote_name], filters)
     return {local_first: local, remote_first: _aggregate(remote_first, [remote_name, local_cluster], filters)}
-
-
-# -- the remote side: a member cluster in front of an internal listener in front of the remote -----------
-
-
-def _member_outlier_detection(remote: RemoteBackend) -> outlier_detection_pb2.OutlierDetection | None:
-    """The member is ejected (the aggregates fail over, without a retry per request) once the internal
-    listener answered as many gateway errors in a row as the remote's health check needs failures: the
-    remote unreachable, failed by its health check or ejected (503), or answering 502-504 itself. Envoy
-    can't health-check the member itself: its checks run on the main thread, which has no internal
-    listeners (they exist on the workers only)."""
-    hc, od = remote.health_check, remote.outlier_detection
-    if hc is None and od is None:
-        return None
-    failures = hc.unhealthy_threshold if hc is not None else od.consecutive_5xx  # type: ignore[union-attr]
-    seconds = hc.interval_s if hc is not None else od.base_ejection_time_s  # type: ignore[union-attr]
-    field = "health_check.interval_s" if hc is not None else "outlier_detection.base_ejection_time_s"
-    every = duration(seconds, field)
-    return outlier_detection_pb2.OutlierDetection(
-        consecutive_gateway_failure=u32(failures),
-        enforcing_consecutive_gateway_failure=u32(100),
-        # Only the rule above: the remote's own 5xx and success rate are the remote cluster's business.
-        enforcing_consecutive_5xx=u32(0),
-        enforcing_success_rate=u32(0),
-        interval=every,
-        # Back after one interval, however often it was ejected: the remote cluster's health check says
-        # when the remote is back, and the next attempt finds out.
-        base_ejection_time=every,
-        max_ejection_time=every,
-        max_ejection_percent=u32(100),
-    )
-
-
-def _member(model: Model, remote: RemoteBackend) -> cluster_pb2.Cluster:
-    """The aggregates' remote member: one host, the model's internal listener."""
-    name = remote_member_cluster_name(model.name)
-    cluster = cluster_pb2.Cluster(
-        name=name,
-        alt_stat_name=stat_name(name),
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout=duration(remote.connect_timeout_s, "connect_timeout_s"),
-        load_balancing_policy=LbPolicy("round_robin").policy(),
-    )
-    cluster.load_assignment.cluster_name = name
-    endpoint = cluster.load_assignment.endpoints.add().lb_endpoints.add().endpoint
-    endpoint.address.CopyFrom(
-        address_pb2.Address(
-            envoy_internal_address=address_pb2.EnvoyInternalAddress(
-                server_listener_name=remote_listener_name(model.name)
-            )
-        )
-    )
-    cluster.transport_socket.name = "envoy.transport_sockets.internal_upstream"
-    cluster.transport_socket.typed_config.CopyFrom(
-        pack(
-            internal_upstream_pb2.InternalUpstreamTransport(
-                transport_socket=base_pb2.TransportSocket(
-                    name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer())
-                )
-            )
-        )
-    )
-    outlier = _member_outlier_detection(remote)
-    if outlier is not None:
-        cluster.outlier_detection.CopyFrom(outlier)
-        # One host: Envoy's panic mode (< 50% healthy -> use all hosts) would undo its ejection.
-        cluster.common_lb_config.healthy_panic_threshold.value = 0.0
-    for key, value in http1_options().items():
-        cluster.typed_extension_protocol_options[key].CopyFrom(value)
-    return cluster
-
-
-def _remote_failure_replies() -> list[hcm_pb2.ResponseMapper]:
-    return [
-        hcm_pb2.ResponseMapper(
-            filter=accesslog_pb2.AccessLogFilter(
-                response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=list(flags))
-            ),
-            headers_to_add=[header(UPSTREAM_SIDE_HEADER, condition)],
-        )
-        for condition, flags in REMOTE_FAILURES.items()
-    ]
-
-
-def _listener(model: Model, remote: RemoteBackend) -> listener_pb2.Listener:
-    name = remote_listener_name(model.name)
-    action = route_components_pb2.RouteAction(cluster=remote_cluster_name(model.name))
-    # The outer route's timeouts (request, per try) bound the attempt; none of its own here.
-    action.timeout.SetInParent()
-    if remote.host_rewrite:
-        # Sets x-envoy-original-host to the client's host, as the remote routes without failover do.
-        action.host_rewrite_literal = remote.host_rewrite
-    prefix = remote.path_prefix.rstrip("/")
-    if prefix:
-        if not prefix.startswith("/"):
-            raise ValueError(f"model {model.name!r}: path_prefix must start with '/', got {remote.path_prefix!r}")
-        # "/v1/chat" -> "<prefix>/v1/chat", as the remote cluster's path_prefix Lua does without failover.
-        action.prefix_rewrite = prefix + "/"
-    route = route_components_pb2.Route(
-        name="remote",
-        match=route_components_pb2.RouteMatch(prefix="/"),
-        route=action,
-        request_headers_to_add=[header(k, v) for k, v in remote.headers],
-    )
-    filters = []
-    if remote.bearer_token_secret_name:
-        # The client's Authorization (meant for this gateway) is replaced by the remote's token.
-        filters.append(credential_filter(remote.bearer_token_secret_name, overwrite=True))
-    filters.append(hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())))
-    manager = hcm_pb2.HttpConnectionManager(
-        stat_prefix=stat_name(name),
-        codec_type=hcm_pb2.HttpConnectionManager.HTTP1,
-        route_config=route_pb2.RouteConfiguration(
-            name=name,
-            virtual_hosts=[route_components_pb2.VirtualHost(name="remote", domains=["*"], routes=[route])],
-        ),
-        http_filters=filters,
-        local_reply_config=hcm_pb2.LocalReplyConfig(mappers=_remote_failure_replies()),
-    )
-    # The outer Envoy's timeouts apply to the attempt.
-    manager.stream_idle_timeout.SetInParent()
-    return listener_pb2.Listener(
-        name=name,
-        internal_listener=listener_pb2.Listener.InternalListenerConfig(),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
-                    )
-                ]
-            )
-        ],
-    )
-
-
-def remote_side(model: Model) -> tuple[cluster_pb2.Cluster, listener_pb2.Listener]:
-    """The local-first aggregates' remote member and the internal listener it points at."""
-    remote = model.remote
-    if remote is None:
-        raise ValueError(f"model {model.name!r}: failover needs a remote backend")
-    return _member(model, remote), _listener(model, remote)

@@ -40,8 +40,6 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.config.route.v3.route_components_pb2 import FilterConfig, HeaderMatcher
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
-from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
 from envoy.type.matcher.v3 import metadata_pb2 as metadata_matcher_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2, value_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
@@ -76,7 +74,8 @@ from spillover.translate.common import (
     pack,
     u32,
 )
-from spillover.translate.failover import REMOTE_FAILURES, host_only
+from spillover.translate.failover import host_only
+from spillover.translate.retries import retry_policy
 from spillover.translate.strategies import Serving
 
 __all__ = [
@@ -215,57 +214,6 @@ def _rate_limit_body(model: Model, total: float) -> str:
     )
 
 
-# -- retries -----------------------------------------------------------------------------------------
-
-
-def _retry_policy(model: Model, through_listener: bool = True) -> route_components_pb2.RetryPolicy | None:
-    """With failover, a retry goes to the other side (the aggregates' other priority): the side that just
-    failed is likely still down, and waiting for its health check to say so is what costs requests."""
-    retries, timeouts = model.retries, model.timeouts
-    if retries.num_retries < 0:
-        raise ValueError(f"model {model.name!r}: num_retries must be >= 0")
-    if retries.num_retries == 0:
-        return None
-    if not retries.retry_on:
-        raise ValueError(f"model {model.name!r}: retries need at least one retry_on condition")
-    policy = route_components_pb2.RetryPolicy(
-        retry_on=",".join(retries.retry_on),
-        num_retries=u32(retries.num_retries),
-        # A retry should land on another endpoint: the one that just failed is likely still down.
-        retry_host_predicate=[
-            route_components_pb2.RetryPolicy.RetryHostPredicate(
-                name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
-            )
-        ],
-        host_selection_retry_max_attempts=3,
-    )
-    if model.failover:
-        # The local-first aggregates reach the remote through its internal listener, where an attempt
-        # neither fails to connect nor is reset: the internal listener answers 503 and names the
-        # condition it met on its way to the remote (failover.REMOTE_FAILURES).
-        conditions = [c for c in REMOTE_FAILURES if c in retries.retry_on] if through_listener else []
-        if conditions:
-            policy.retry_on += ",retriable-headers"
-            policy.retriable_headers.append(
-                HeaderMatcher(
-                    name=UPSTREAM_SIDE_HEADER,
-                    string_match=string_pb2.StringMatcher(
-                        safe_regex=regex_pb2.RegexMatcher(regex="|".join(conditions))
-                    ),
-                )
-            )
-        policy.retry_priority.name = "envoy.retry_priorities.previous_priorities"
-        policy.retry_priority.typed_config.CopyFrom(
-            pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(update_frequency=1))
-        )
-    if timeouts.per_try_s > 0:
-        policy.per_try_timeout.CopyFrom(duration(timeouts.per_try_s, "per_try_s"))
-    if timeouts.per_try_idle_s > 0:
-        policy.per_try_idle_timeout.CopyFrom(duration(timeouts.per_try_idle_s, "per_try_idle_s"))
-    return policy
-
-
 # -- routes ------------------------------------------------------------------------------------------
 
 
@@ -393,7 +341,7 @@ def model_route(
     if serving.hash_header:
         action.hash_policy.add().header.header_name = serving.hash_header
     action.timeout.CopyFrom(duration(model.timeouts.request_s, "request_s"))  # 0s = none (Envoy: 15s)
-    retry = _retry_policy(model, through_listener)
+    retry = retry_policy(model, through_listener)
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
     return route

@@ -41,8 +41,9 @@ from spillover.translate.clusters import (
     local_cluster,
     remote_cluster,
 )
-from spillover.translate.failover import aggregate_clusters, failover_targets, remote_side
+from spillover.translate.failover import aggregate_clusters, failover_targets
 from spillover.translate.listener import build_listener
+from spillover.translate.remote_listener import remote_side
 from spillover.translate.route_table import route_configuration
 from spillover.translate.routes import model_route, runtime_split
 from spillover.translate.strategies import effective_strategy, serving_for

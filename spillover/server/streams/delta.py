@@ -13,13 +13,13 @@ from spillover.server.cache import Snapshot, new_nonce
 from spillover.server.resources import CLUSTER, ENDPOINT, SECRET, Resource, delta_payload
 from spillover.server.streams.base import (
     REFERRING_TYPES,
-    SHARED_SUBSCRIPTIONS,
     BaseStream,
     Outgoing,
     TypeState,
     is_nack,
     state_sent_version,
 )
+from spillover.server.streams.subscriptions import SHARED_SUBSCRIPTIONS
 
 
 class DeltaStream(BaseStream):
