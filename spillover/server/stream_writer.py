@@ -84,7 +84,10 @@ class StreamWriter:
     def _tick(self) -> None:
         self._timer = None
         wake_at = self.stream.wake_at
-        if wake_at is not None and wake_at > time.monotonic():
+        if wake_at is None:
+            # Nothing waits any more: a request answered it meanwhile. A push now would only look again.
+            return
+        if wake_at > time.monotonic():
             # Early: the timer was set from the loop's clock, which may lag the stream's (uvloop's is
             # cached per iteration; a read preempted between the two clocks). The stream would find its
             # deadline not yet passed and set none again, and what waited for it would wait for the next

@@ -374,9 +374,30 @@ async def test_a_tick_before_the_stream_s_deadline_arms_again_instead_of_being_l
         lambda: None,
     )
     writer.schedule_wake()
-    writer._tick()  # the timer's callback, fired early
+    timer = writer._timer
+    assert timer is not None
+    timer.cancel()  # it fires early, now: one timer, as in the loop (a second left pending would tick too)
+    writer._tick()
     assert writer._push_task is None and stream.ticks == 0
     await async_wait_until(lambda: stream.ticks == 1, timeout=5, message="the tick at the deadline")
+    writer.close()
+
+
+async def test_a_tick_after_the_deadline_was_answered_pushes_nothing() -> None:
+    """A timer left over (its deadline answered by a request meanwhile, or a second one armed while the
+    first was pending) finds no deadline: it used to push anyway and tick the stream a second time."""
+    stream = _Deadline(time.monotonic())
+    stream.wake_at = None
+
+    async def write(payload: bytes) -> None:
+        pass
+
+    writer = StreamWriter(
+        stream, write, asyncio.get_running_loop(), lambda t: None, lambda g: None, lambda s: None,  # type: ignore[arg-type]
+        lambda: None,
+    )
+    writer._tick()
+    assert writer._push_task is None and stream.ticks == 0
     writer.close()
 
 
