@@ -54,6 +54,18 @@ __all__ = ["main", "run"]
 
 WARM_UP = 50
 IDLE_S = 5.0
+# The requests' body: datapath.BODY, or that body grown to --body-bytes (main sets it).
+_body = BODY
+
+
+def padded_body(size: int) -> str:
+    """datapath.BODY with a third message whose content brings it to `size` bytes (no smaller than BODY):
+    a longer chat, the same top-level keys."""
+    body = json.loads(BODY)
+    body["messages"].append({"role": "user", "content": ""})
+    filler = max(0, size - len(json.dumps(body)))
+    body["messages"][-1]["content"] = "Tell me more. " * (filler // 14) + "x" * (filler % 14)
+    return json.dumps(body) if filler else BODY
 
 
 def _envoy_binary() -> str:
@@ -78,7 +90,7 @@ def _post(conn: http.client.HTTPConnection, kind: str) -> None:
     headers = {"Content-Type": "application/json"}
     if kind == "header":
         headers["x-model"] = MODEL
-    conn.request("POST", "/v1/chat/completions", body=BODY, headers=headers)
+    conn.request("POST", "/v1/chat/completions", body=_body, headers=headers)
     response = conn.getresponse()
     response.read()
     if response.status != 200:
@@ -217,6 +229,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Envoy's instructions per request (benchmarks/datapath_instructions.py)", "",
         f"Command: `{result['command']}` ({result['date']}, git {result['git']}); {result['valgrind']}; "
+        f"{result['body_bytes']:,}-byte body; "
         f"{result['requests']} requests per count after {result['warm_up']} warm-up requests, one keep-alive "
         f"connection, one Envoy worker; {result['repeats']} count(s) per side (median, min-max). Load average "
         f"before: {' '.join(result['load_average']['before'])}, after: {' '.join(result['load_average']['after'])}"
@@ -245,12 +258,15 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", type=Path, help="a source tree whose translation is counted beside this one's"
     )
     parser.add_argument("--only", action="append", default=[], help="only the sides whose name contains this")
+    parser.add_argument("--body-bytes", type=int, help="grow the requests' body to this size (default: datapath.BODY)")
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--name", default="datapath-instructions", help="results/NAME.{md,json}")
     parser.add_argument(
         "--keep", type=Path, help="copy each count's callgrind dump and Envoy config here (callgrind_annotate)"
     )
     args = parser.parse_args(argv)
+    global _body
+    _body = padded_body(args.body_bytes) if args.body_bytes else BODY
     info = machine.describe()
     valgrind = ensure_valgrind()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
@@ -265,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     command += f" --baseline {args.baseline}" if args.baseline else ""
     command += "".join(f" --only {part!r}" for part in args.only)
-    result.update(command=command, date=info["date"], git=info["git"], machine=info, valgrind=valgrind,
+    command += f" --body-bytes {args.body_bytes}" if args.body_bytes else ""
+    result.update(command=command, body_bytes=len(_body), date=info["date"], git=info["git"], machine=info, valgrind=valgrind,
                   load_average={"before": load_before, "after": Path("/proc/loadavg").read_text().split()[:3]})  # fmt: skip
     text = markdown(result)
     print(text)

@@ -194,6 +194,12 @@ def test_body_model_is_the_top_level_key(gateway, upstream_factory) -> None:
         assert missing.json()["error"]["message"].startswith("No model given"), body
     assert gw.post('{"model": false}').json()["error"]["message"] == "The model `false` does not exist"
     assert gw.post('{"model": 2.5}').json()["error"]["message"] == "The model `2.5` does not exist"
+    # A raw control character is no JSON string (no model); escaped, a carriage return or NUL can't go
+    # in a header, and the 404 names it from metadata (Envoy's formatter ends the name at a NUL).
+    assert gw.post('{"model": "a\tb"}').json()["error"]["message"].startswith("No model given")
+    for odd, named in (("a\rb", "a\rb"), ("a\x00b", "a")):
+        answer = gw.post(json.dumps({"model": odd}))
+        assert (answer.status, answer.json()["error"]["message"]) == (404, f"The model `{named}` does not exist")
     assert a.request_count == len(routed) and b.request_count == 2
     # The body is buffered whole (Envoy's 1 MiB buffer limit): a large one still routes, a larger one is
     # refused with 413, as when json_to_metadata buffered it.
