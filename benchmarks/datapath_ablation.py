@@ -373,8 +373,8 @@ def baseline_bootstrap(tree: Path, name: str, upstream: tuple[str, int], port: i
 
 
 def _one_run(tools: dict[str, str], cpus: str, ports: dict[str, int], kind: str, seconds: float, workdir: Path,
-             pids: dict[str, dict[str, int]], side: str) -> dict[str, Any]:  # fmt: skip
-    return wrk(tools, cpus, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side])
+             pids: dict[str, dict[str, int]], side: str, syscalls: bool = False) -> dict[str, Any]:  # fmt: skip
+    return wrk(tools, cpus, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side], syscalls)
 
 
 def run(
@@ -386,8 +386,10 @@ def run(
     concurrent: bool = False,
     patched: bool = False,
     others: tuple[Path, ...] = (),
+    syscalls: bool = False,
 ) -> dict[str, Any]:
-    """`only`: keep the sides whose name contains one of these (plain always runs). `patched`: add the
+    """`only`: keep the sides whose name contains one of these (plain always runs). `syscalls`: count each
+    Envoy's syscalls and context switches per request too (perf stat, see process_cost). `patched`: add the
     PATCHED sides (what each body-path filter costs). `others`: more trees whose full config runs as a
     side (named after the tree's directory). `concurrent`: each
     round's wrk runs of one kind at once, one per side, all the Envoys sharing their one core over the
@@ -452,7 +454,7 @@ def run(
             order = names if rnd % 2 == 0 else list(reversed(names))
             for kind in KINDS:
                 now = [side for side in order if kind in kinds_of[side]]
-                one = partial(_one_run, tools, rest, ports, kind, seconds, workdir, pids)
+                one = partial(_one_run, tools, rest, ports, kind, seconds, workdir, pids, syscalls=syscalls)
                 if concurrent:
                     with ThreadPoolExecutor(len(now)) as pool:
                         results = list(pool.map(one, now))
@@ -481,6 +483,11 @@ def run(
                 "cpu_us": statistics.median(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
                 "cpu_us_min": min(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
                 "cpu_us_max": max(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
+                **{
+                    key: statistics.median(at[(n, side)][f"envoy_{key}_per_req"] for n in range(rounds))
+                    for key in SPLIT
+                    if f"envoy_{key}_per_req" in at[(0, side)]
+                },
             }
             for side in names
             if (0, side) in at
@@ -488,6 +495,20 @@ def run(
     return {"rounds": rounds, "seconds_per_run": seconds, "connections": SHAPES["throughput"], "runs": runs,
             "concurrent": concurrent,
             "summary": summary}  # fmt: skip
+
+
+# Per request, beside the CPU: its user and system parts (always), syscalls and context switches (--syscalls).
+SPLIT = ("user_us", "sys_us", "syscalls", "context_switches")
+
+
+def _split_cell(s: dict[str, Any]) -> str:
+    """user + sys µs, then syscalls and context switches where counted (runs before the split: '-')."""
+    if "user_us" not in s:
+        return "-"
+    cell = f"{s['user_us']:.0f} + {s['sys_us']:.0f}"
+    if "syscalls" in s:
+        cell += f"; {s['syscalls']:.2f} syscalls, {s['context_switches']:.3f} switches"
+    return cell
 
 
 def section(result: dict[str, Any], title: str = "now") -> list[str]:
@@ -502,8 +523,9 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
         f"{' '.join(result.get('load_average', {}).get('after', ['?']))}.", "",
         "Envoy CPU per request (its /proc utime + stime over the run ÷ requests) is the steadier figure: other "
         "work on the machine takes CPU away from rps, not from the CPU each request costs.", "",
-        "| config | header-routed: Envoy CPU µs / request | rps (÷ plain) | body-routed: Envoy CPU µs / request "
-        "| rps (÷ plain) |", "|---|---|---|---|---|",
+        "| config | header-routed: Envoy CPU µs / request | user + sys µs (median) | rps (÷ plain) "
+        "| body-routed: Envoy CPU µs / request | user + sys µs (median) | rps (÷ plain) |",
+        "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     known = ["plain", *sides(("127.0.0.1", 1), pieces=True)]  # the JSON's keys come back sorted
     for side in sorted(
@@ -513,9 +535,10 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
         for kind in KINDS:
             s = result["summary"][kind].get(side)
             if s is None:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"]
                 continue
             cells.append(f"{s['cpu_us']:.0f} ({s['cpu_us_min']:.0f}-{s['cpu_us_max']:.0f})")
+            cells.append(_split_cell(s))
             cells.append(
                 f"{s['rps']:.0f} ({s['over_plain']:.2f}, {s['over_plain_min']:.2f}-{s['over_plain_max']:.2f})"
             )
@@ -566,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="add the sides that price the body path's filters one by one (PATCHED)")  # fmt: skip
     parser.add_argument("--concurrent", action="store_true",
                         help="run the sides of a round at once, sharing Envoy's core (see run())")  # fmt: skip
+    parser.add_argument("--syscalls", action="store_true",
+                        help="count each Envoy's syscalls and context switches per request (perf stat)")  # fmt: skip
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sides whose name contains this (repeatable; plain always runs)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -574,13 +599,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
                      only=tuple(args.only), concurrent=args.concurrent, patched=args.pieces,
-                     others=tuple(args.other))  # fmt: skip
+                     others=tuple(args.other), syscalls=args.syscalls)  # fmt: skip
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
     baseline = f" --baseline {args.baseline}" if args.baseline else ""
     baseline += "".join(f" --only {part!r}" for part in args.only)
     baseline += " --concurrent" if args.concurrent else ""
+    baseline += " --syscalls" if args.syscalls else ""
     baseline += (" --pieces" if args.pieces else "") + "".join(f" --other {tree}" for tree in args.other)
     result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
                           f"{baseline}",
