@@ -323,6 +323,13 @@ def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
         "split weights in runtime (spilling)": Side(full, split_weights="runtime"),
         "all local, remote kept (route weights)": Side(all_local),
         "all local, remote kept (runtime weights)": Side(all_local, split_weights="runtime"),
+        # STANDBY less one feature: some cost few instructions but a share of the code a request runs through,
+        # which decides how much of it stays in the core's L2 (datapath_instructions --simulate --last-level).
+        "all local - rate limit": Side(dataclasses.replace(all_local, profiles=(Profile("default", "least-request"),))),
+        "all local - failover": Side(dataclasses.replace(all_local, failover=False)),
+        "all local - retry policy": Side(all_local, edit=_without_retries),
+        "all local - the retries' host predicate": Side(
+            all_local, edit=_without_retry_parts("retry_host_predicate", "host_selection_retry_max_attempts")),
     })  # fmt: skip
     if pieces:
         result.update({name: Side(full, edit=patch) for name, patch in PATCHED.items()})

@@ -100,18 +100,22 @@ def _first_connection(port: int, kind: str, timeout: float) -> http.client.HTTPC
 
 
 def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, name: str,
-          keep: Path | None = None, simulate: bool = False) -> dict[str, float]:
+          keep: Path | None = None, simulate: bool = False, last_level: str | None = None) -> dict[str, float]:
     """Envoy's instructions per `kind`-routed request over `requests` requests after a warm-up. `keep`: a
     directory the requests' callgrind dump is copied to (for callgrind_annotate: where the count goes).
     `simulate`: callgrind's cache and branch simulation too (SIMULATED: the events per request beside
-    the instructions), what instructions alone can't show: a config whose requests miss the caches more."""
+    the instructions), what instructions alone can't show: a config whose requests miss the caches more.
+    `last_level`: the simulated last-level cache (valgrind's --LL=size,associativity,line size), e.g. the
+    machine's L2 (callgrind simulates two levels only and takes L3 by default, which a request's working
+    set fits: the L2 misses are what grow)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-{kind}-", dir=workdir))
     config = run_dir / "envoy.yaml"
     config.write_text(dump_yaml(bootstrap))
     with (run_dir / "valgrind.log").open("ab") as log:
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={run_dir}/callgrind.%p",
-             *(("--cache-sim=yes", "--branch-sim=yes") if simulate else ()), _envoy_binary(), "-c", str(config), "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "error"],
+             *(("--cache-sim=yes", "--branch-sim=yes") if simulate else ()),
+             *((f"--LL={last_level}",) if simulate and last_level else ()), _envoy_binary(), "-c", str(config), "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "error"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
     try:
@@ -183,7 +187,8 @@ def _control(pid: int, *args: str) -> None:
 
 
 def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...], jobs: int,
-        log: Any = print, keep: Path | None = None, simulate: bool = False) -> dict[str, Any]:  # fmt: skip
+        log: Any = print, keep: Path | None = None, simulate: bool = False,
+        last_level: str | None = None) -> dict[str, Any]:  # fmt: skip
     tools = ensure_tools()
     _, rest = _cpus()
     workdir = Path(tempfile.mkdtemp(prefix="spillover-bench-instructions-"))
@@ -209,10 +214,11 @@ def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...
             side, kind, make, repeat = task
             if keep is None:
                 result = count(make(free_port()), kind, requests, workdir, f"s{abs(hash(side)) % 10**6}",
-                               simulate=simulate)  # fmt: skip
+                               simulate=simulate, last_level=last_level)  # fmt: skip
             else:
                 slug = re.sub(r"[^a-z0-9]+", "-", side.lower()).strip("-")[:60]
-                result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep, simulate)
+                result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep, simulate,
+                               last_level)  # fmt: skip
             log(f"    {kind:6} {result['instructions_per_request']:9.0f} instructions / request  {side}")
             return {"side": side, "kind": kind, "repeat": repeat, **result}
 
@@ -227,7 +233,7 @@ def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...
         plain = statistics.median(r["instructions_per_request"] for r in summary[kind]["plain"])
         summary[kind] = {side: _side_summary(mine, plain) for side, mine in summary[kind].items()}
     return {"requests": requests, "repeats": repeats, "warm_up": WARM_UP, "runs": runs, "summary": summary,
-            "simulate": simulate}  # fmt: skip
+            "simulate": simulate, "last_level": last_level}  # fmt: skip
 
 
 def _side_summary(mine: list[dict[str, Any]], plain: float) -> dict[str, Any]:
@@ -263,7 +269,8 @@ def markdown(result: dict[str, Any]) -> str:
                       [f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})", f"{s['over_plain']:.3f}"])  # fmt: skip
         lines.append(f"| {name} | {' | '.join(cells)} |")
     if result.get("simulate"):
-        lines += ["", "Simulated by callgrind (`--simulate`: `--cache-sim=yes --branch-sim=yes`, its default caches), "
+        caches = f"last level `--LL={result['last_level']}`" if result.get("last_level") else "its default caches"
+        lines += ["", f"Simulated by callgrind (`--simulate`: `--cache-sim=yes --branch-sim=yes`, {caches}), "
                   "per request, median: " + ", ".join(f"{event} = {meaning}" for event, meaning in _MEANINGS.items()) + ".",
                   "", f"| config | kind | {' | '.join(SIMULATED)} |", f"|---|---|{'---|' * len(SIMULATED)}"]  # fmt: skip
         for name in names:
@@ -298,13 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--simulate", action="store_true",
                         help="callgrind's cache and branch simulation too (misses, mispredictions per request)")  # fmt: skip
+    parser.add_argument("--last-level", metavar="SIZE,ASSOC,LINE",
+                        help="with --simulate: the simulated last-level cache, e.g. 524288,8,64 (this machine's L2)")  # fmt: skip
     args = parser.parse_args(argv)
     info = machine.describe()
     valgrind = ensure_valgrind()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         result = run(args.requests, args.repeats, args.baseline, tuple(args.only), args.jobs,
-                     log=lambda line: print(line, flush=True), keep=args.keep, simulate=args.simulate)  # fmt: skip
+                     log=lambda line: print(line, flush=True), keep=args.keep, simulate=args.simulate,
+                     last_level=args.last_level)  # fmt: skip
     except (BenchError, OSError, subprocess.CalledProcessError) as error:
         print(f"FAILED: {error}")
         return 1
@@ -314,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     command += f" --baseline {args.baseline}" if args.baseline else ""
     command += "".join(f" --only {part!r}" for part in args.only)
     command += " --simulate" if args.simulate else ""
+    command += f" --last-level {args.last_level}" if args.last_level else ""
     result.update(command=command, date=info["date"], git=info["git"], machine=info, valgrind=valgrind,
                   load_average={"before": load_before, "after": Path("/proc/loadavg").read_text().split()[:3]})  # fmt: skip
     text = markdown(result)
