@@ -100,14 +100,16 @@ def _first_connection(port: int, kind: str, timeout: float) -> http.client.HTTPC
 
 
 def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, name: str,
-          keep: Path | None = None, simulate: bool = False, last_level: str | None = None) -> dict[str, float]:
+          keep: Path | None = None, simulate: bool = False, last_level: str | None = None,
+          dump_instr: bool = False) -> dict[str, float]:
     """Envoy's instructions per `kind`-routed request over `requests` requests after a warm-up. `keep`: a
     directory the requests' callgrind dump is copied to (for callgrind_annotate: where the count goes).
     `simulate`: callgrind's cache and branch simulation too (SIMULATED: the events per request beside
     the instructions), what instructions alone can't show: a config whose requests miss the caches more.
     `last_level`: the simulated last-level cache (valgrind's --LL=size,associativity,line size), e.g. the
     machine's L2 (callgrind simulates two levels only and takes L3 by default, which a request's working
-    set fits: the L2 misses are what grow)."""
+    set fits: the L2 misses are what grow). `dump_instr`: the dumps count per instruction address (for
+    benchmarks/code_footprint.py, with `keep`)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-{kind}-", dir=workdir))
     config = run_dir / "envoy.yaml"
     config.write_text(dump_yaml(bootstrap))
@@ -115,7 +117,8 @@ def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, na
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={run_dir}/callgrind.%p",
              *(("--cache-sim=yes", "--branch-sim=yes") if simulate else ()),
-             *((f"--LL={last_level}",) if simulate and last_level else ()), _envoy_binary(), "-c", str(config), "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "error"],
+             *((f"--LL={last_level}",) if simulate and last_level else ()),
+             *(("--dump-instr=yes", "--dump-line=no") if dump_instr else ()), _envoy_binary(), "-c", str(config), "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "error"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
     try:
@@ -188,7 +191,7 @@ def _control(pid: int, *args: str) -> None:
 
 def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...], jobs: int,
         log: Any = print, keep: Path | None = None, simulate: bool = False,
-        last_level: str | None = None) -> dict[str, Any]:  # fmt: skip
+        last_level: str | None = None, dump_instr: bool = False) -> dict[str, Any]:  # fmt: skip
     tools = ensure_tools()
     _, rest = _cpus()
     workdir = Path(tempfile.mkdtemp(prefix="spillover-bench-instructions-"))
@@ -218,7 +221,7 @@ def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...
             else:
                 slug = re.sub(r"[^a-z0-9]+", "-", side.lower()).strip("-")[:60]
                 result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep, simulate,
-                               last_level)  # fmt: skip
+                               last_level, dump_instr)  # fmt: skip
             log(f"    {kind:6} {result['instructions_per_request']:9.0f} instructions / request  {side}")
             return {"side": side, "kind": kind, "repeat": repeat, **result}
 
@@ -307,14 +310,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="callgrind's cache and branch simulation too (misses, mispredictions per request)")  # fmt: skip
     parser.add_argument("--last-level", metavar="SIZE,ASSOC,LINE",
                         help="with --simulate: the simulated last-level cache, e.g. 524288,8,64 (this machine's L2)")  # fmt: skip
+    parser.add_argument("--dump-instr", action="store_true",
+                        help="with --keep: dumps with a count per instruction (python -m benchmarks.code_footprint)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.dump_instr and args.keep is None:
+        parser.error("--dump-instr needs --keep DIR (the dumps are what it is for)")
     info = machine.describe()
     valgrind = ensure_valgrind()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         result = run(args.requests, args.repeats, args.baseline, tuple(args.only), args.jobs,
                      log=lambda line: print(line, flush=True), keep=args.keep, simulate=args.simulate,
-                     last_level=args.last_level)  # fmt: skip
+                     last_level=args.last_level, dump_instr=args.dump_instr)  # fmt: skip
     except (BenchError, OSError, subprocess.CalledProcessError) as error:
         print(f"FAILED: {error}")
         return 1
@@ -325,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     command += "".join(f" --only {part!r}" for part in args.only)
     command += " --simulate" if args.simulate else ""
     command += f" --last-level {args.last_level}" if args.last_level else ""
+    command += f" --keep {args.keep}" if args.keep else ""
+    command += " --dump-instr" if args.dump_instr else ""
     result.update(command=command, date=info["date"], git=info["git"], machine=info, valgrind=valgrind,
                   load_average={"before": load_before, "after": Path("/proc/loadavg").read_text().split()[:3]})  # fmt: skip
     text = markdown(result)
