@@ -24,6 +24,7 @@ over rounds; ratios are taken per round, then the median.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ from typing import Any
 import yaml
 
 from benchmarks import machine
+from benchmarks.process_cost import SyscallCount, cpu_times
 from spillover.translate.bootstrap import build_bootstrap, static_bootstrap
 from tests.harness.envoy import Envoy
 from tests.harness.polling import wait_until
@@ -250,29 +252,26 @@ def _split_served(envoy: Envoy) -> bool:
     return "weighted_clusters" in text and "local_ratelimit" in text
 
 
-_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads (/proc/PID/stat utime and stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
-
-
 def wrk(tools: dict[str, str], cpus: str, port: int, kind: str, connections: int, seconds: float,
-        script_dir: Path, pids: dict[str, int] | None = None) -> dict[str, Any]:  # fmt: skip
-    """One wrk run; with `pids`, also the CPU time each of those processes spent per request: unlike rps,
-    that barely moves when other work on the machine takes the CPU away."""
+        script_dir: Path, pids: dict[str, int] | None = None, syscalls: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One wrk run; with `pids`, also the CPU time each of those processes spent per request (and its
+    split into user and system time): unlike rps, that barely moves when other work on the machine takes
+    the CPU away. `syscalls`: their syscalls and context switches per request too (perf stat)."""
     script = script_dir / f"{kind}.lua"
     if not script.exists():
         header = f'wrk.headers["x-model"] = "{MODEL}"' if kind == "header" else ""
         script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY), header=header))
-    cpu_before = {role: cpu_seconds(pid) for role, pid in (pids or {}).items()}
-    done = subprocess.run(
-        ["taskset", "-c", cpus, tools["wrk"], "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s",
-         "-s", str(script), f"http://127.0.0.1:{port}"],
-        capture_output=True, text=True, timeout=seconds + 30,
-    )  # fmt: skip
+    counts = {role: SyscallCount(pid) for role, pid in (pids or {}).items()} if syscalls else {}
+    with contextlib.ExitStack() as stack:
+        for count in counts.values():
+            stack.enter_context(count)
+        times_before = {role: cpu_times(pid) for role, pid in (pids or {}).items()}
+        done = subprocess.run(
+            ["taskset", "-c", cpus, tools["wrk"], "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s",
+             "-s", str(script), f"http://127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=seconds + 30,
+        )  # fmt: skip
+        times_after = {role: cpu_times(pid) for role, pid in (pids or {}).items()}
     found = re.search(r"^WRK_RESULT (\{.*\})$", done.stdout, re.M)
     if done.returncode != 0 or found is None:
         raise BenchError(f"wrk failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
@@ -280,8 +279,15 @@ def wrk(tools: dict[str, str], cpus: str, port: int, kind: str, connections: int
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
     if errors:
         raise BenchError(f"wrk saw {errors} errors on port {port} ({kind}): {r}")
-    cpu = {f"{role}_cpu_us_per_req": (cpu_seconds(pid) - cpu_before[role]) / max(r["requests"], 1) * 1e6
-           for role, pid in (pids or {}).items()}  # fmt: skip
+    cpu: dict[str, float] = {}
+    per_request = 1e6 / max(r["requests"], 1)
+    for role in pids or {}:
+        user, system = (after - before for after, before in zip(times_after[role], times_before[role], strict=True))
+        cpu[f"{role}_cpu_us_per_req"] = (user + system) * per_request
+        cpu[f"{role}_user_us_per_req"] = user * per_request
+        cpu[f"{role}_sys_us_per_req"] = system * per_request
+        for event, n in counts[role].counts.items() if role in counts else ():
+            cpu[f"{role}_{event}_per_req"] = n / max(r["requests"], 1)
     return {"rps": r["requests"] / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000,
             "p90_ms": r["p90_us"] / 1000, "p99_ms": r["p99_us"] / 1000, "mean_ms": r["mean_us"] / 1000,
             "requests": r["requests"], **cpu}  # fmt: skip

@@ -30,13 +30,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from benchmarks import machine
+from benchmarks.bootstrap_edits import (
+    PATCHED,
+    Bootstrap,
+    aggregate_filters,
+    client_host_in_filter_state,
+    without_filters,
+    without_reply_mapper,
+    without_retries,
+    without_retry_parts,
+    without_route_stats,
+    without_side_header_removal,
+)
 from benchmarks.datapath import (
     KINDS,
     MODEL,
@@ -52,16 +64,14 @@ from benchmarks.datapath import (
     wrk,
 )
 from spillover.ir import Endpoint, Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
-from spillover.names import UPSTREAM_SIDE_HEADER
 from spillover.translate import translate
 from spillover.translate.common import (
     CLIENT_HOST_FILTER,
-    HTTP_PROTOCOL_OPTIONS,
     JSON_TO_METADATA_FILTER,
     NORMALIZE_FILTER,
     PREFIX_HASH_FILTER,
 )
-from tests.harness.envoy import Envoy, dicts_in
+from tests.harness.envoy import Envoy
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
 from tests.harness.static_bootstrap import to_static_bootstrap
@@ -103,9 +113,6 @@ def variants(upstream: tuple[str, int]) -> dict[str, Model]:
     }
 
 
-Bootstrap = dict[str, Any]
-
-
 @dataclasses.dataclass(frozen=True)
 class Side:
     """One Envoy of the run: a model translated (`split_weights` as the gateway's), then `edit` applied to
@@ -118,182 +125,6 @@ class Side:
     kinds: tuple[str, ...] = KINDS
 
 
-def _managers(bootstrap: Bootstrap) -> Iterator[dict[str, Any]]:
-    for listener in bootstrap["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network_filter in chain["filters"]:
-                if network_filter["name"] == "envoy.filters.network.http_connection_manager":
-                    yield network_filter["typed_config"]
-
-
-def _routes(bootstrap: Bootstrap) -> Iterator[dict[str, Any]]:
-    return (d for manager in _managers(bootstrap) for d in dicts_in(manager["route_config"])
-            if "match" in d and "name" in d)  # fmt: skip
-
-
-def _without_filters(*names: str) -> Callable[[Bootstrap], None]:
-    """The listener without these HTTP filters, and the routes without their per-route configs."""
-
-    def edit(bootstrap: Bootstrap) -> None:
-        for manager in _managers(bootstrap):
-            manager["http_filters"] = [f for f in manager["http_filters"] if f["name"] not in names]
-        for route in _routes(bootstrap):
-            for name in names:
-                route.get("typed_per_filter_config", {}).pop(name, None)
-
-    return edit
-
-
-def _client_host_in_filter_state(bootstrap: Bootstrap) -> None:
-    """What saving the client's host costs with set_filter_state instead of header_to_metadata: the same two
-    headers, on every request (only the saving: the restore Lua reads dynamic metadata and would need to
-    read filter state instead)."""
-    _without_filters(CLIENT_HOST_FILTER)(bootstrap)
-    values = [{"object_key": f"spillover.client.{key}", "factory_key": "envoy.string", "skip_if_empty": True,
-               "format_string": {"text_format_source": {"inline_string": f"%REQ({header})%"}}}
-              for key, header in (("authority", ":authority"), ("original_host", "x-envoy-original-host"))]  # fmt: skip
-    for manager in _managers(bootstrap):
-        manager["http_filters"].insert(-1, {"name": "spillover.client_host_state", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
-            "on_request_headers": values}})  # fmt: skip
-
-
-def _without_side_header_removal(bootstrap: Bootstrap) -> None:
-    """The failover routes without their removal of UPSTREAM_SIDE_HEADER (a client's copy on the request,
-    the internal listener's answer on the response)."""
-    for route in _routes(bootstrap):
-        for field in ("request_headers_to_remove", "response_headers_to_remove"):
-            kept = [h for h in route.get(field, []) if h != UPSTREAM_SIDE_HEADER]
-            if kept:
-                route[field] = kept
-            else:
-                route.pop(field, None)
-
-
-def _without_reply_mapper(bootstrap: Bootstrap) -> None:
-    for manager in _managers(bootstrap):
-        manager.pop("local_reply_config", None)
-
-
-def _without_route_stats(bootstrap: Bootstrap) -> None:
-    for route in _routes(bootstrap):
-        route.pop("stat_prefix", None)
-
-
-def _without_retries(bootstrap: Bootstrap) -> None:
-    for route in _routes(bootstrap):
-        route.get("route", {}).pop("retry_policy", None)
-
-
-def _without_retry_parts(*fields: str) -> Callable[[Bootstrap], None]:
-    def edit(bootstrap: Bootstrap) -> None:
-        for route in _routes(bootstrap):
-            for field in fields:
-                route.get("route", {}).get("retry_policy", {}).pop(field, None)
-
-    return edit
-
-
-def _aggregate_filters(keep: Callable[[str], bool]) -> Callable[[Bootstrap], None]:
-    """The failover aggregates' upstream filters reduced to those whose name `keep` says (none left: no
-    upstream chain of their own, Envoy's default codec)."""
-
-    def edit(bootstrap: Bootstrap) -> None:
-        for cluster in bootstrap["static_resources"]["clusters"]:
-            if cluster.get("cluster_type", {}).get("name") != "envoy.clusters.aggregate":
-                continue
-            options = cluster["typed_extension_protocol_options"][HTTP_PROTOCOL_OPTIONS]
-            kept = [f for f in options.get("http_filters", []) if keep(f["name"])]
-            if any(f["name"] != "envoy.filters.http.upstream_codec" for f in kept):
-                options["http_filters"] = kept
-            else:
-                options.pop("http_filters", None)
-
-    return edit
-
-
-def _model_routes(node: Any, name: str) -> list[dict[str, Any]]:
-    """Every route called `name` anywhere in a static bootstrap (the table nests them in RouteLists)."""
-    found = []
-    if isinstance(node, dict):
-        if node.get("name") == name and "match" in node:
-            found.append(node)
-        for value in node.values():
-            found += _model_routes(value, name)
-    elif isinstance(node, list):
-        for value in node:
-            found += _model_routes(value, name)
-    return found
-
-
-def _turn_on(*filters: str, copy_from: str | None = None) -> Callable[[Bootstrap], None]:
-    """A patch of the full config's bootstrap: the model's route (the one header-routed requests match
-    first) leaves `filters` on instead of switching them off, or, with `copy_from`, takes that route's
-    per-filter configs of `filters` (where it has one). Header-routed requests then pay for just those."""
-
-    def patch(bootstrap: Bootstrap) -> None:
-        routes = _model_routes(bootstrap, f"{MODEL}/default")
-        assert routes, "the model's route is not in the bootstrap"
-        source = _model_routes(bootstrap, copy_from)[0] if copy_from else None
-        for route in routes:
-            per_filter = route.setdefault("typed_per_filter_config", {})
-            for name in filters:
-                if source is not None and name in source["typed_per_filter_config"]:
-                    per_filter[name] = source["typed_per_filter_config"][name]
-                else:
-                    per_filter.pop(name, None)
-
-    return patch
-
-
-def _drop_routes(node: Any, name: str) -> None:
-    if isinstance(node, dict):
-        if isinstance(node.get("routes"), list):
-            node["routes"] = [r for r in node["routes"] if r.get("name") != name]
-        for value in node.values():
-            _drop_routes(value, name)
-    elif isinstance(node, list):
-        for value in node:
-            _drop_routes(value, name)
-
-
-def _without_listener_filter(name: str) -> Callable[[Bootstrap], None]:
-    """A patch: the listener's filter chain without `name`, and without the body-model route that turns
-    it on (body-routed requests take the old slow path): what a filter disabled by default costs
-    header-routed requests, whatever Envoy spends deciding to skip it."""
-
-    def patch(bootstrap: Bootstrap) -> None:
-        found = 0
-        for listener in bootstrap["static_resources"]["listeners"]:
-            for chain in listener["filter_chains"]:
-                for network_filter in chain["filters"]:
-                    filters = network_filter["typed_config"].get("http_filters", [])
-                    kept = [f for f in filters if f["name"] != name]
-                    found += len(filters) - len(kept)
-                    network_filter["typed_config"]["http_filters"] = kept
-        assert found, f"no {name} in the listener"
-        _drop_routes(bootstrap, "body-model")
-
-    return patch
-
-
-# Costs of the pieces, measured on the header-routed side (the body-routed side is the full config's):
-# each is the full config with one more filter on for header-routed requests.
-PATCHED: dict[str, Callable[[Bootstrap], None]] = {
-    "all of it, header path + json_to_metadata": _turn_on("envoy.filters.http.json_to_metadata"),
-    "all of it, header path + Lua normaliser": _turn_on("spillover.normalize"),
-    "all of it, header path + json_to_metadata + Lua": _turn_on(
-        "envoy.filters.http.json_to_metadata", "spillover.normalize"
-    ),
-    "all of it, header path + the body-model Lua (the body path)": _turn_on(
-        "spillover.body_model", copy_from="body-model"
-    ),
-    "all of it, no body-model filter in the listener (body: old slow path)": _without_listener_filter(
-        "spillover.body_model"
-    ),
-}
-
-
 def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
     """`variants` and the parts of the chain only an edit of the bootstrap takes away; with `pieces`, the
     PATCHED sides too (what each body-path filter costs header-routed requests)."""
@@ -301,28 +132,35 @@ def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
     all_local = dataclasses.replace(full, split=TrafficSplit(100, 0))
     result = {name: Side(model) for name, model in variants(upstream).items()}
     result.update({
-        "- the aggregates' upstream filters (host rewrite kept, no restore)": Side(full, edit=_aggregate_filters(
+        "- the aggregates' upstream filters (host rewrite kept, no restore)": Side(full, edit=aggregate_filters(
             lambda name: False)),
-        "- the aggregates' restore and side-header removal (side header kept)": Side(full, edit=_aggregate_filters(
+        "- the aggregates' restore and side-header removal (side header kept)": Side(full, edit=aggregate_filters(
             lambda name: name in ("envoy.filters.http.header_mutation", "envoy.filters.http.upstream_codec"))),
-        "- client_host header_to_metadata": Side(full, edit=_without_filters(CLIENT_HOST_FILTER)),
-        "- the side header's removal (request and response)": Side(full, edit=_without_side_header_removal),
+        "- client_host header_to_metadata": Side(full, edit=without_filters(CLIENT_HOST_FILTER)),
+        "- the side header's removal (request and response)": Side(full, edit=without_side_header_removal),
         "- the retry on the internal listener's failure header (retriable-headers)": Side(
-            full, edit=_without_retry_parts("retriable_headers")),
-        "client_host in filter state (set_filter_state) instead": Side(full, edit=_client_host_in_filter_state),
-        "- prefix_hash Lua (inert)": Side(full, edit=_without_filters(PREFIX_HASH_FILTER)),
+            full, edit=without_retry_parts("retriable_headers")),
+        "client_host in filter state (set_filter_state) instead": Side(full, edit=client_host_in_filter_state),
+        "- prefix_hash Lua (inert)": Side(full, edit=without_filters(PREFIX_HASH_FILTER)),
         "- json_to_metadata and normaliser (header only)": Side(
-            full, edit=_without_filters(JSON_TO_METADATA_FILTER, NORMALIZE_FILTER), kinds=("header",)),
-        "- local reply mapper": Side(full, edit=_without_reply_mapper),
-        "- per-route stats": Side(full, edit=_without_route_stats),
-        "- retry policy": Side(full, edit=_without_retries),
+            full, edit=without_filters(JSON_TO_METADATA_FILTER, NORMALIZE_FILTER), kinds=("header",)),
+        "- local reply mapper": Side(full, edit=without_reply_mapper),
+        "- per-route stats": Side(full, edit=without_route_stats),
+        "- retry policy": Side(full, edit=without_retries),
         "- the retries' host predicate (previous_hosts)": Side(
-            full, edit=_without_retry_parts("retry_host_predicate", "host_selection_retry_max_attempts")
+            full, edit=without_retry_parts("retry_host_predicate", "host_selection_retry_max_attempts")
         ),
-        "- the retries' priority (previous_priorities)": Side(full, edit=_without_retry_parts("retry_priority")),
+        "- the retries' priority (previous_priorities)": Side(full, edit=without_retry_parts("retry_priority")),
         "split weights in runtime (spilling)": Side(full, split_weights="runtime"),
         "all local, remote kept (route weights)": Side(all_local),
         "all local, remote kept (runtime weights)": Side(all_local, split_weights="runtime"),
+        # STANDBY less one feature: some cost few instructions but a share of the code a request runs through,
+        # which decides how much of it stays in the core's L2 (datapath_instructions --simulate --last-level).
+        "all local - rate limit": Side(dataclasses.replace(all_local, profiles=(Profile("default", "least-request"),))),
+        "all local - failover": Side(dataclasses.replace(all_local, failover=False)),
+        "all local - retry policy": Side(all_local, edit=without_retries),
+        "all local - the retries' host predicate": Side(
+            all_local, edit=without_retry_parts("retry_host_predicate", "host_selection_retry_max_attempts")),
     })  # fmt: skip
     if pieces:
         result.update({name: Side(full, edit=patch) for name, patch in PATCHED.items()})
@@ -373,8 +211,8 @@ def baseline_bootstrap(tree: Path, name: str, upstream: tuple[str, int], port: i
 
 
 def _one_run(tools: dict[str, str], cpus: str, ports: dict[str, int], kind: str, seconds: float, workdir: Path,
-             pids: dict[str, dict[str, int]], side: str) -> dict[str, Any]:  # fmt: skip
-    return wrk(tools, cpus, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side])
+             pids: dict[str, dict[str, int]], side: str, syscalls: bool = False) -> dict[str, Any]:  # fmt: skip
+    return wrk(tools, cpus, ports[side], kind, SHAPES["throughput"], seconds, workdir, pids[side], syscalls)
 
 
 def run(
@@ -386,8 +224,10 @@ def run(
     concurrent: bool = False,
     patched: bool = False,
     others: tuple[Path, ...] = (),
+    syscalls: bool = False,
 ) -> dict[str, Any]:
-    """`only`: keep the sides whose name contains one of these (plain always runs). `patched`: add the
+    """`only`: keep the sides whose name contains one of these (plain always runs). `syscalls`: count each
+    Envoy's syscalls and context switches per request too (perf stat, see process_cost). `patched`: add the
     PATCHED sides (what each body-path filter costs). `others`: more trees whose full config runs as a
     side (named after the tree's directory). `concurrent`: each
     round's wrk runs of one kind at once, one per side, all the Envoys sharing their one core over the
@@ -452,7 +292,7 @@ def run(
             order = names if rnd % 2 == 0 else list(reversed(names))
             for kind in KINDS:
                 now = [side for side in order if kind in kinds_of[side]]
-                one = partial(_one_run, tools, rest, ports, kind, seconds, workdir, pids)
+                one = partial(_one_run, tools, rest, ports, kind, seconds, workdir, pids, syscalls=syscalls)
                 if concurrent:
                     with ThreadPoolExecutor(len(now)) as pool:
                         results = list(pool.map(one, now))
@@ -481,6 +321,11 @@ def run(
                 "cpu_us": statistics.median(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
                 "cpu_us_min": min(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
                 "cpu_us_max": max(at[(n, side)]["envoy_cpu_us_per_req"] for n in range(rounds)),
+                **{
+                    key: statistics.median(at[(n, side)][f"envoy_{key}_per_req"] for n in range(rounds))
+                    for key in SPLIT
+                    if f"envoy_{key}_per_req" in at[(0, side)]
+                },
             }
             for side in names
             if (0, side) in at
@@ -488,6 +333,20 @@ def run(
     return {"rounds": rounds, "seconds_per_run": seconds, "connections": SHAPES["throughput"], "runs": runs,
             "concurrent": concurrent,
             "summary": summary}  # fmt: skip
+
+
+# Per request, beside the CPU: its user and system parts (always), syscalls and context switches (--syscalls).
+SPLIT = ("user_us", "sys_us", "syscalls", "context_switches")
+
+
+def _split_cell(s: dict[str, Any]) -> str:
+    """user + sys µs, then syscalls and context switches where counted (runs before the split: '-')."""
+    if "user_us" not in s:
+        return "-"
+    cell = f"{s['user_us']:.0f} + {s['sys_us']:.0f}"
+    if "syscalls" in s:
+        cell += f"; {s['syscalls']:.2f} syscalls, {s['context_switches']:.3f} switches"
+    return cell
 
 
 def section(result: dict[str, Any], title: str = "now") -> list[str]:
@@ -502,8 +361,9 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
         f"{' '.join(result.get('load_average', {}).get('after', ['?']))}.", "",
         "Envoy CPU per request (its /proc utime + stime over the run ÷ requests) is the steadier figure: other "
         "work on the machine takes CPU away from rps, not from the CPU each request costs.", "",
-        "| config | header-routed: Envoy CPU µs / request | rps (÷ plain) | body-routed: Envoy CPU µs / request "
-        "| rps (÷ plain) |", "|---|---|---|---|---|",
+        "| config | header-routed: Envoy CPU µs / request | user + sys µs (median) | rps (÷ plain) "
+        "| body-routed: Envoy CPU µs / request | user + sys µs (median) | rps (÷ plain) |",
+        "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     known = ["plain", *sides(("127.0.0.1", 1), pieces=True)]  # the JSON's keys come back sorted
     for side in sorted(
@@ -513,9 +373,10 @@ def section(result: dict[str, Any], title: str = "now") -> list[str]:
         for kind in KINDS:
             s = result["summary"][kind].get(side)
             if s is None:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"]
                 continue
             cells.append(f"{s['cpu_us']:.0f} ({s['cpu_us_min']:.0f}-{s['cpu_us_max']:.0f})")
+            cells.append(_split_cell(s))
             cells.append(
                 f"{s['rps']:.0f} ({s['over_plain']:.2f}, {s['over_plain_min']:.2f}-{s['over_plain_max']:.2f})"
             )
@@ -566,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="add the sides that price the body path's filters one by one (PATCHED)")  # fmt: skip
     parser.add_argument("--concurrent", action="store_true",
                         help="run the sides of a round at once, sharing Envoy's core (see run())")  # fmt: skip
+    parser.add_argument("--syscalls", action="store_true",
+                        help="count each Envoy's syscalls and context switches per request (perf stat)")  # fmt: skip
     parser.add_argument("--only", action="append", default=[],
                         help="run only the sides whose name contains this (repeatable; plain always runs)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -574,13 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(args.rounds, args.seconds, log=lambda line: print(line, flush=True), baseline=args.baseline,
                      only=tuple(args.only), concurrent=args.concurrent, patched=args.pieces,
-                     others=tuple(args.other))  # fmt: skip
+                     others=tuple(args.other), syscalls=args.syscalls)  # fmt: skip
     except (BenchError, AssertionError, OSError, RuntimeError) as error:
         print(f"FAILED: {error}")
         return 1
     baseline = f" --baseline {args.baseline}" if args.baseline else ""
     baseline += "".join(f" --only {part!r}" for part in args.only)
     baseline += " --concurrent" if args.concurrent else ""
+    baseline += " --syscalls" if args.syscalls else ""
     baseline += (" --pieces" if args.pieces else "") + "".join(f" --other {tree}" for tree in args.other)
     result.update(command=f"python -m benchmarks.datapath_ablation --rounds {args.rounds} --seconds {args.seconds:g}"
                           f"{baseline}",

@@ -112,16 +112,25 @@ def _first_connection(port: int, kind: str, timeout: float) -> http.client.HTTPC
 
 
 def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, name: str,
-          keep: Path | None = None) -> dict[str, float]:
+          keep: Path | None = None, simulate: bool = False, last_level: str | None = None,
+          dump_instr: bool = False) -> dict[str, float]:
     """Envoy's instructions per `kind`-routed request over `requests` requests after a warm-up. `keep`: a
-    directory the requests' callgrind dump is copied to (for callgrind_annotate: where the count goes)."""
+    directory the requests' callgrind dump is copied to (for callgrind_annotate: where the count goes).
+    `simulate`: callgrind's cache and branch simulation too (SIMULATED: the events per request beside
+    the instructions), what instructions alone can't show: a config whose requests miss the caches more.
+    `last_level`: the simulated last-level cache (valgrind's --LL=size,associativity,line size), e.g. the
+    machine's L2 (callgrind simulates two levels only and takes L3 by default, which a request's working
+    set fits: the L2 misses are what grow). `dump_instr`: the dumps count per instruction address (for
+    benchmarks/code_footprint.py, with `keep`)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-{kind}-", dir=workdir))
     config = run_dir / "envoy.yaml"
     config.write_text(dump_yaml(bootstrap))
     with (run_dir / "valgrind.log").open("ab") as log:
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={run_dir}/callgrind.%p",
-             _envoy_binary(), "-c", str(config), "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "error"],
+             *(("--cache-sim=yes", "--branch-sim=yes") if simulate else ()),
+             *((f"--LL={last_level}",) if simulate and last_level else ()),
+             *(("--dump-instr=yes", "--dump-line=no") if dump_instr else ()), _envoy_binary(), "-c", str(config), "--concurrency", "1", "--use-dynamic-base-id", "--log-level", "error"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )  # fmt: skip
     try:
@@ -151,11 +160,8 @@ def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, na
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-    parts = {}
-    for dump in run_dir.glob("callgrind.*.*"):
-        part = int(dump.name.rsplit(".", 1)[1])
-        parts[part] = sum(int(line.split()[1]) for line in dump.read_text(errors="replace").splitlines()
-                          if line.startswith("totals:"))  # fmt: skip
+    totals = {int(dump.name.rsplit(".", 1)[1]): _totals(dump) for dump in run_dir.glob("callgrind.*.*")}
+    parts = {part: events.get("Ir", 0) for part, events in totals.items()}
     if not parts.get(2):
         raise BenchError(f"callgrind counted nothing for {name} ({kind}): see {run_dir}/valgrind.log")
     idle_rate = parts[1] / IDLE_S
@@ -165,8 +171,30 @@ def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, na
             shutil.copy(dump, keep / f"{name}-{kind}.part{dump.name.rsplit('.', 1)[1]}.callgrind")
         (keep / f"{name}-{kind}.yaml").write_text(config.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)
+    # The simulated events per request, idle rate subtracted like the instructions'.
+    simulated = {f"{event}_per_request": (totals[2].get(event, 0) - totals.get(1, {}).get(event, 0) / IDLE_S * wall)
+                 / requests for event in SIMULATED if event in totals[2]}  # fmt: skip
     return {"instructions_per_request": (parts[2] - idle_rate * wall) / requests, "seconds": wall,
-            "idle_instructions_per_second": idle_rate, "raw_instructions_per_request": parts[2] / requests}  # fmt: skip
+            "idle_instructions_per_second": idle_rate, "raw_instructions_per_request": parts[2] / requests,
+            **simulated}  # fmt: skip
+
+
+# callgrind's simulated events (--cache-sim, --branch-sim): L1 instruction and data misses (reads and
+# writes), last-level misses, conditional and indirect branch mispredictions.
+SIMULATED = ("I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw", "Bcm", "Bim")
+
+
+def _totals(dump: Path) -> dict[str, int]:
+    """A callgrind dump's `totals:` by event name (its `events:` line names the columns)."""
+    names: list[str] = []
+    found: dict[str, int] = {}
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("totals:"):
+            for event, value in zip(names, line.split()[1:], strict=False):
+                found[event] = found.get(event, 0) + int(value)
+    return found
 
 
 def _control(pid: int, *args: str) -> None:
@@ -174,7 +202,8 @@ def _control(pid: int, *args: str) -> None:
 
 
 def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...], jobs: int,
-        log: Any = print, keep: Path | None = None) -> dict[str, Any]:  # fmt: skip
+        log: Any = print, keep: Path | None = None, simulate: bool = False,
+        last_level: str | None = None, dump_instr: bool = False) -> dict[str, Any]:  # fmt: skip
     tools = ensure_tools()
     _, rest = _cpus()
     workdir = Path(tempfile.mkdtemp(prefix="spillover-bench-instructions-"))
@@ -199,10 +228,12 @@ def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...
         def one(task: tuple[str, str, Any, int]) -> dict[str, Any]:
             side, kind, make, repeat = task
             if keep is None:
-                result = count(make(free_port()), kind, requests, workdir, f"s{abs(hash(side)) % 10**6}")
+                result = count(make(free_port()), kind, requests, workdir, f"s{abs(hash(side)) % 10**6}",
+                               simulate=simulate, last_level=last_level)  # fmt: skip
             else:
                 slug = re.sub(r"[^a-z0-9]+", "-", side.lower()).strip("-")[:60]
-                result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep)
+                result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep, simulate,
+                               last_level, dump_instr)  # fmt: skip
             log(f"    {kind:6} {result['instructions_per_request']:9.0f} instructions / request  {side}")
             return {"side": side, "kind": kind, "repeat": repeat, **result}
 
@@ -212,13 +243,22 @@ def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...
         upstream.stop()
     summary: dict[str, Any] = {kind: {} for kind in KINDS}
     for r in runs:
-        summary[r["kind"]].setdefault(r["side"], []).append(r["instructions_per_request"])
+        summary[r["kind"]].setdefault(r["side"], []).append(r)
     for kind in KINDS:
-        plain = statistics.median(summary[kind]["plain"])
-        summary[kind] = {side: {"median": statistics.median(values), "min": min(values), "max": max(values),
-                                "over_plain": statistics.median(values) / plain}
-                         for side, values in summary[kind].items()}  # fmt: skip
-    return {"requests": requests, "repeats": repeats, "warm_up": WARM_UP, "runs": runs, "summary": summary}
+        plain = statistics.median(r["instructions_per_request"] for r in summary[kind]["plain"])
+        summary[kind] = {side: _side_summary(mine, plain) for side, mine in summary[kind].items()}
+    return {"requests": requests, "repeats": repeats, "warm_up": WARM_UP, "runs": runs, "summary": summary,
+            "simulate": simulate, "last_level": last_level}  # fmt: skip
+
+
+def _side_summary(mine: list[dict[str, Any]], plain: float) -> dict[str, Any]:
+    values = [r["instructions_per_request"] for r in mine]
+    out = {"median": statistics.median(values), "min": min(values), "max": max(values),
+           "over_plain": statistics.median(values) / plain}  # fmt: skip
+    for event in SIMULATED:
+        if f"{event}_per_request" in mine[0]:
+            out[event] = statistics.median(r[f"{event}_per_request"] for r in mine)
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -244,7 +284,23 @@ def markdown(result: dict[str, Any]) -> str:
             cells += (["-", "-"] if s is None else
                       [f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})", f"{s['over_plain']:.3f}"])  # fmt: skip
         lines.append(f"| {name} | {' | '.join(cells)} |")
+    if result.get("simulate"):
+        caches = f"last level `--LL={result['last_level']}`" if result.get("last_level") else "its default caches"
+        lines += ["", f"Simulated by callgrind (`--simulate`: `--cache-sim=yes --branch-sim=yes`, {caches}), "
+                  "per request, median: " + ", ".join(f"{event} = {meaning}" for event, meaning in _MEANINGS.items()) + ".",
+                  "", f"| config | kind | {' | '.join(SIMULATED)} |", f"|---|---|{'---|' * len(SIMULATED)}"]  # fmt: skip
+        for name in names:
+            for kind in KINDS:
+                s = result["summary"][kind].get(name)
+                if s is not None and SIMULATED[0] in s:
+                    lines.append(f"| {name} | {kind} | {' | '.join(f'{s[e]:,.0f}' for e in SIMULATED)} |")
     return "\n".join(lines) + "\n"
+
+
+_MEANINGS = {"I1mr": "L1 instruction misses", "D1mr": "L1 data read misses", "D1mw": "L1 data write misses",
+             "ILmr": "last-level instruction misses", "DLmr": "last-level data read misses",
+             "DLmw": "last-level data write misses", "Bcm": "conditional branches mispredicted",
+             "Bim": "indirect branches mispredicted"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", type=Path, help="copy each count's callgrind dump and Envoy config here (callgrind_annotate)"
     )
+    parser.add_argument("--simulate", action="store_true",
+                        help="callgrind's cache and branch simulation too (misses, mispredictions per request)")  # fmt: skip
+    parser.add_argument("--last-level", metavar="SIZE,ASSOC,LINE",
+                        help="with --simulate: the simulated last-level cache, e.g. 524288,8,64 (this machine's L2)")  # fmt: skip
+    parser.add_argument("--dump-instr", action="store_true",
+                        help="with --keep: dumps with a count per instruction (python -m benchmarks.code_footprint)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.dump_instr and args.keep is None:
+        parser.error("--dump-instr needs --keep DIR (the dumps are what it is for)")
     global _body
     _body = padded_body(args.body_bytes) if args.body_bytes else BODY
     info = machine.describe()
@@ -272,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     try:
         result = run(args.requests, args.repeats, args.baseline, tuple(args.only), args.jobs,
-                     log=lambda line: print(line, flush=True), keep=args.keep)  # fmt: skip
+                     log=lambda line: print(line, flush=True), keep=args.keep, simulate=args.simulate,
+                     last_level=args.last_level, dump_instr=args.dump_instr)  # fmt: skip
     except (BenchError, OSError, subprocess.CalledProcessError) as error:
         print(f"FAILED: {error}")
         return 1
@@ -282,6 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     command += f" --baseline {args.baseline}" if args.baseline else ""
     command += "".join(f" --only {part!r}" for part in args.only)
     command += f" --body-bytes {args.body_bytes}" if args.body_bytes else ""
+    command += " --simulate" if args.simulate else ""
+    command += f" --last-level {args.last_level}" if args.last_level else ""
+    command += f" --keep {args.keep}" if args.keep else ""
+    command += " --dump-instr" if args.dump_instr else ""
     result.update(command=command, body_bytes=len(_body), date=info["date"], git=info["git"], machine=info, valgrind=valgrind,
                   load_average={"before": load_before, "after": Path("/proc/loadavg").read_text().split()[:3]})  # fmt: skip
     text = markdown(result)
