@@ -194,6 +194,19 @@ def _without_retry_parts(*fields: str) -> Callable[[Bootstrap], None]:
     return edit
 
 
+def _with_listener_failure_header(bootstrap: Bootstrap) -> None:
+    """The model's routes retry on the internal listener's failure header and remove it from responses, as
+    every failover route did before translate/retries.py left it to the routes with a local share."""
+    for route in _routes(bootstrap):
+        policy = route.get("route", {}).get("retry_policy")
+        if policy is None:
+            continue
+        policy["retry_on"] += ",retriable-headers"
+        policy["retriable_headers"] = [{"name": UPSTREAM_SIDE_HEADER,
+                                        "string_match": {"safe_regex": {"regex": "connect-failure|reset"}}}]  # fmt: skip
+        route.setdefault("response_headers_to_remove", []).append(UPSTREAM_SIDE_HEADER)
+
+
 def _aggregate_filters(keep: Callable[[str], bool]) -> Callable[[Bootstrap], None]:
     """The failover aggregates' upstream filters reduced to those whose name `keep` says (none left: no
     upstream chain of their own, Envoy's default codec)."""
@@ -299,6 +312,8 @@ def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
     PATCHED sides too (what each body-path filter costs header-routed requests)."""
     full = _model(upstream)
     all_local = dataclasses.replace(full, split=TrafficSplit(100, 0))
+    all_remote = dataclasses.replace(full, split=TrafficSplit(0, 100))
+    local_only = dataclasses.replace(full, failover=False, split=TrafficSplit(100, 0))
     result = {name: Side(model) for name, model in variants(upstream).items()}
     result.update({
         "- the aggregates' upstream filters (host rewrite kept, no restore)": Side(full, edit=_aggregate_filters(
@@ -320,6 +335,10 @@ def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
             full, edit=_without_retry_parts("retry_host_predicate", "host_selection_retry_max_attempts")
         ),
         "- the retries' priority (previous_priorities)": Side(full, edit=_without_retry_parts("retry_priority")),
+        "local only, - retry policy": Side(local_only, edit=_without_retries),
+        "local only, - per-route stats": Side(local_only, edit=_without_route_stats),
+        "all remote (failover)": Side(all_remote),
+        "all remote (failover), + the listener's failure header": Side(all_remote, edit=_with_listener_failure_header),
         "split weights in runtime (spilling)": Side(full, split_weights="runtime"),
         "all local, remote kept (route weights)": Side(all_local),
         "all local, remote kept (runtime weights)": Side(all_local, split_weights="runtime"),
@@ -356,6 +375,7 @@ BASELINE_SIDES = (
     "spillover (all of it)",
     "- failover aggregates (and their upstream Lua)",
     "all local, remote kept (route weights)",
+    "- failover, - weighted split (local only)",
 )
 
 
