@@ -104,6 +104,30 @@ def without_retry_parts(*fields: str) -> Callable[[Bootstrap], None]:
     return edit
 
 
+def route_stats_rejected(regex: str) -> Callable[[Bootstrap], None]:
+    """Envoy's stats matcher rejects the route stats `regex` matches (a cheaper form of the per-route stats,
+    if rejected stats cost less per request than kept ones)."""
+
+    def edit(bootstrap: Bootstrap) -> None:
+        bootstrap.setdefault("stats_config", {})["stats_matcher"] = {"exclusion_list": {"patterns": [
+            {"safe_regex": {"regex": rf"^vhost\.[^.]+\.route\..*\.{regex}$"}}]}}  # fmt: skip
+
+    return edit
+
+
+def with_listener_failure_header(bootstrap: Bootstrap) -> None:
+    """The model's routes retry on the internal listener's failure header and remove it from responses, as
+    every failover route did before translate/retries.py left it to the routes with a local share."""
+    for route in _routes(bootstrap):
+        policy = route.get("route", {}).get("retry_policy")
+        if policy is None:
+            continue
+        policy["retry_on"] += ",retriable-headers"
+        policy["retriable_headers"] = [{"name": UPSTREAM_SIDE_HEADER,
+                                        "string_match": {"safe_regex": {"regex": "connect-failure|reset"}}}]  # fmt: skip
+        route.setdefault("response_headers_to_remove", []).append(UPSTREAM_SIDE_HEADER)
+
+
 def aggregate_filters(keep: Callable[[str], bool]) -> Callable[[Bootstrap], None]:
     """The failover aggregates' upstream filters reduced to those whose name `keep` says (none left: no
     upstream chain of their own, Envoy's default codec)."""

@@ -42,6 +42,8 @@ from benchmarks.bootstrap_edits import (
     Bootstrap,
     aggregate_filters,
     client_host_in_filter_state,
+    route_stats_rejected,
+    with_listener_failure_header,
     without_filters,
     without_reply_mapper,
     without_retries,
@@ -130,6 +132,8 @@ def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
     PATCHED sides too (what each body-path filter costs header-routed requests)."""
     full = _model(upstream)
     all_local = dataclasses.replace(full, split=TrafficSplit(100, 0))
+    all_remote = dataclasses.replace(full, split=TrafficSplit(0, 100))
+    local_only = dataclasses.replace(full, failover=False, split=TrafficSplit(100, 0))
     result = {name: Side(model) for name, model in variants(upstream).items()}
     result.update({
         "- the aggregates' upstream filters (host rewrite kept, no restore)": Side(full, edit=aggregate_filters(
@@ -147,10 +151,17 @@ def sides(upstream: tuple[str, int], pieces: bool = False) -> dict[str, Side]:
         "- local reply mapper": Side(full, edit=without_reply_mapper),
         "- per-route stats": Side(full, edit=without_route_stats),
         "- retry policy": Side(full, edit=without_retries),
+        "route stats without per-code and completed counters (stats_matcher)": Side(
+            full, edit=route_stats_rejected(r"upstream_rq_(completed|\d{3})")),
+        "route stats without their histogram (stats_matcher)": Side(full, edit=route_stats_rejected("upstream_rq_time")),
         "- the retries' host predicate (previous_hosts)": Side(
             full, edit=without_retry_parts("retry_host_predicate", "host_selection_retry_max_attempts")
         ),
         "- the retries' priority (previous_priorities)": Side(full, edit=without_retry_parts("retry_priority")),
+        "local only, - retry policy": Side(local_only, edit=without_retries),
+        "local only, - per-route stats": Side(local_only, edit=without_route_stats),
+        "all remote (failover)": Side(all_remote),
+        "all remote (failover), + the listener's failure header": Side(all_remote, edit=with_listener_failure_header),
         "split weights in runtime (spilling)": Side(full, split_weights="runtime"),
         "all local, remote kept (route weights)": Side(all_local),
         "all local, remote kept (runtime weights)": Side(all_local, split_weights="runtime"),
@@ -194,6 +205,7 @@ BASELINE_SIDES = (
     "spillover (all of it)",
     "- failover aggregates (and their upstream Lua)",
     "all local, remote kept (route weights)",
+    "- failover, - weighted split (local only)",
 )
 
 

@@ -1,5 +1,13 @@
 """A model route's retry policy: how many attempts, which failures, and with failover which side the retry
-goes to (spillover.translate.routes builds the routes that carry it)."""
+goes to (spillover.translate.routes builds the routes that carry it).
+
+Envoy pays for a route's retry policy on every request, retried or not: it builds the retry state and each
+plugin the policy names (a previous_priorities plugin validates its config per request), buffers the
+request body for a replay, and matches `retriable_headers` against every response. So the policy names
+only what can change a retry's choice on that route (benchmarks/results/datapath-retry-stats.md):
+previous_hosts only when the model has more than one local endpoint (its remote has one host: a
+LOGICAL_DNS or STATIC cluster of one endpoint, or the internal listener), previous_priorities only with
+failover, the internal listener's failure header only on routes whose attempts can reach it."""
 
 from __future__ import annotations
 
@@ -17,9 +25,12 @@ from spillover.translate.remote_listener import REMOTE_FAILURES
 __all__ = ["retry_policy"]
 
 
-def retry_policy(model: Model, through_listener: bool = True) -> route_components_pb2.RetryPolicy | None:
+def retry_policy(model: Model, listener_failures: bool = True) -> route_components_pb2.RetryPolicy | None:
     """With failover, a retry goes to the other side (the aggregates' other priority): the side that just
-    failed is likely still down, and waiting for its health check to say so is what costs requests."""
+    failed is likely still down, and waiting for its health check to say so is what costs requests.
+    `listener_failures`: the route's attempts can reach the remote through its internal listener (a
+    failover route with a local share, `failover_remote: internal-listener`), whose failure header is
+    then retried like the failure it names."""
     retries, timeouts = model.retries, model.timeouts
     if retries.num_retries < 0:
         raise ValueError(f"model {model.name!r}: num_retries must be >= 0")
@@ -28,22 +39,28 @@ def retry_policy(model: Model, through_listener: bool = True) -> route_component
     if not retries.retry_on:
         raise ValueError(f"model {model.name!r}: retries need at least one retry_on condition")
     policy = route_components_pb2.RetryPolicy(
-        retry_on=",".join(retries.retry_on),
-        num_retries=u32(retries.num_retries),
-        # A retry should land on another endpoint: the one that just failed is likely still down.
-        retry_host_predicate=[
+        retry_on=",".join(retries.retry_on), num_retries=u32(retries.num_retries)
+    )
+    if len(model.endpoints) > 1:
+        # A retry should land on another endpoint: the one that just failed is likely still down. With
+        # one local endpoint there is no other to pick (and the remote side has one host): Envoy would
+        # pick the same host 3 more times. The price of leaving it out there: a model's route changes
+        # (an RDS update) when its endpoints go from one to two or back, which otherwise changes its
+        # ClusterLoadAssignments only.
+        policy.retry_host_predicate.append(
             route_components_pb2.RetryPolicy.RetryHostPredicate(
                 name="envoy.retry_host_predicates.previous_hosts",
                 typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
             )
-        ],
-        host_selection_retry_max_attempts=3,
-    )
+        )
+        policy.host_selection_retry_max_attempts = 3
     if model.failover:
         # The local-first aggregates reach the remote through its internal listener, where an attempt
         # neither fails to connect nor is reset: the internal listener answers 503 and names the
-        # condition it met on its way to the remote (remote_listener.REMOTE_FAILURES).
-        conditions = [c for c in REMOTE_FAILURES if c in retries.retry_on] if through_listener else []
+        # condition it met on its way to the remote (remote_listener.REMOTE_FAILURES). A route to the
+        # remote-first aggregates alone never meets it (their members are the remote cluster itself
+        # and the local one).
+        conditions = [c for c in REMOTE_FAILURES if c in retries.retry_on] if listener_failures else []
         if conditions:
             policy.retry_on += ",retriable-headers"
             policy.retriable_headers.append(

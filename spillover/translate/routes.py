@@ -284,6 +284,7 @@ def model_route(
     if runtime_weights and remote is not None:
         # Decided in runtime, not here: the route is the fallback (all local), both entries always there.
         split = FALLBACK_SPLIT
+    listener_failures = False
     if failover is not None:
         local_first, remote_first = failover
         # The remote-first aggregates' upstream filters take the side of an attempt from this header,
@@ -291,7 +292,10 @@ def model_route(
         # look remote. The internal listener answers with it why it could not reach the remote: that
         # is for the retry policy, not for the client.
         route.request_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
-        if through_listener:
+        # Only a route with a local share (the local-first aggregates) can reach the internal listener
+        # (with the splits in runtime, split is the fallback: all local).
+        listener_failures = through_listener and split.local > 0
+        if listener_failures:
             route.response_headers_to_remove.append(UPSTREAM_SIDE_HEADER)
         assert remote is not None
         only_local_first = split.remote == 0 and not runtime_weights
@@ -341,7 +345,7 @@ def model_route(
     if serving.hash_header:
         action.hash_policy.add().header.header_name = serving.hash_header
     action.timeout.CopyFrom(duration(model.timeouts.request_s, "request_s"))  # 0s = none (Envoy: 15s)
-    retry = retry_policy(model, through_listener)
+    retry = retry_policy(model, listener_failures)
     if retry is not None:
         action.retry_policy.CopyFrom(retry)
     return route

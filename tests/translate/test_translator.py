@@ -255,3 +255,36 @@ def test_messages_come_in_push_order_cds_eds_sds_lds_rds() -> None:
                 *resources.listeners.values(), *resources.routes.values()]
     assert len(messages) == len(expected)
     assert all(a is b for a, b in zip(messages, expected, strict=True))
+
+
+# -- the retry policy names only what can change a retry's choice (translate/retries.py) ---------------
+
+
+@pytest.mark.parametrize("endpoints", [1, 2])
+@pytest.mark.parametrize("failover", [False, True], ids=["no-failover", "failover"])
+def test_the_previous_hosts_predicate_only_with_another_local_endpoint_to_pick(endpoints: int, failover: bool) -> None:
+    # The remote side has one host (its cluster's one endpoint, or the internal listener): a retry that
+    # stays on a side of one host has nothing else to pick (test_envoy_retries.py: where it does).
+    remote = RemoteBackend("api.example.com", 443) if failover else None
+    model = _model(endpoints=tuple(Endpoint("127.0.0.1", 9000 + i) for i in range(endpoints)), remote=remote,
+                   failover=failover)  # fmt: skip
+    policy = _route(_gateway(model), "m/default").route.retry_policy
+    assert [p.name for p in policy.retry_host_predicate] == (
+        ["envoy.retry_host_predicates.previous_hosts"] if endpoints > 1 else []
+    )
+    assert policy.host_selection_retry_max_attempts == (3 if endpoints > 1 else 0)
+    # The other side, with failover, stays whatever the endpoints (test_envoy_failover.py proves it needed).
+    assert policy.retry_priority.name == ("envoy.retry_priorities.previous_priorities" if failover else "")
+
+
+@pytest.mark.parametrize("split", [TrafficSplit(100, 0), TrafficSplit(50, 50), TrafficSplit(0, 100)],
+                         ids=["standby", "overflow", "all-remote"])  # fmt: skip
+def test_the_internal_listeners_failure_header_only_on_routes_that_can_reach_it(split: TrafficSplit) -> None:
+    """Only the local-first aggregates have the internal listener as a member: a route to the remote-first
+    aggregates alone neither retries on its failure header nor removes it from responses."""
+    model = _model(remote=RemoteBackend("api.example.com", 443), split=split, failover=True)
+    route = _route(_gateway(model), "m/default")
+    reaches = split.local > 0
+    assert [h.name for h in route.route.retry_policy.retriable_headers] == (["x-spillover-upstream"] if reaches else [])
+    assert ("retriable-headers" in route.route.retry_policy.retry_on) == reaches
+    assert list(route.response_headers_to_remove) == (["x-spillover-upstream"] if reaches else [])
