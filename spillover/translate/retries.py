@@ -5,9 +5,8 @@ Envoy pays for a route's retry policy on every request, retried or not: it build
 plugin the policy names (a previous_priorities plugin validates its config per request), buffers the
 request body for a replay, and matches `retriable_headers` against every response. So the policy names
 only what can change a retry's choice on that route (benchmarks/results/datapath-retry-stats.md):
-previous_hosts only when the model has more than one local endpoint (its remote has one host: a
-LOGICAL_DNS or STATIC cluster of one endpoint, or the internal listener), previous_priorities only with
-failover, the internal listener's failure header only on routes whose attempts can reach it."""
+previous_priorities only with failover, the internal listener's failure header only on routes whose
+attempts can reach it. previous_hosts stays on every route (the route must not depend on the endpoints)."""
 
 from __future__ import annotations
 
@@ -41,19 +40,18 @@ def retry_policy(model: Model, listener_failures: bool = True) -> route_componen
     policy = route_components_pb2.RetryPolicy(
         retry_on=",".join(retries.retry_on), num_retries=u32(retries.num_retries)
     )
-    if len(model.endpoints) > 1:
-        # A retry should land on another endpoint: the one that just failed is likely still down. With
-        # one local endpoint there is no other to pick (and the remote side has one host): Envoy would
-        # pick the same host 3 more times. The price of leaving it out there: a model's route changes
-        # (an RDS update) when its endpoints go from one to two or back, which otherwise changes its
-        # ClusterLoadAssignments only.
-        policy.retry_host_predicate.append(
-            route_components_pb2.RetryPolicy.RetryHostPredicate(
-                name="envoy.retry_host_predicates.previous_hosts",
-                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
-            )
+    # A retry should land on another endpoint: the one that just failed is likely still down. Named even
+    # for a model of one local endpoint, where it has nothing else to pick (~950 Envoy instructions a
+    # request, benchmarks/results/datapath-retry-stats.md): the route must not depend on how many pods
+    # the model has, or scaling from one pod to two would be an RDS update (and refill every model's
+    # rate-limit buckets, tests/translate/test_rate_limit_updates.py).
+    policy.retry_host_predicate.append(
+        route_components_pb2.RetryPolicy.RetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts",
+            typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
         )
-        policy.host_selection_retry_max_attempts = 3
+    )
+    policy.host_selection_retry_max_attempts = 3
     if model.failover:
         # The local-first aggregates reach the remote through its internal listener, where an attempt
         # neither fails to connect nor is reset: the internal listener answers 503 and names the

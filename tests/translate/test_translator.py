@@ -260,20 +260,22 @@ def test_messages_come_in_push_order_cds_eds_sds_lds_rds() -> None:
 # -- the retry policy names only what can change a retry's choice (translate/retries.py) ---------------
 
 
-@pytest.mark.parametrize("endpoints", [1, 2])
 @pytest.mark.parametrize("failover", [False, True], ids=["no-failover", "failover"])
-def test_the_previous_hosts_predicate_only_with_another_local_endpoint_to_pick(endpoints: int, failover: bool) -> None:
-    # The remote side has one host (its cluster's one endpoint, or the internal listener): a retry that
-    # stays on a side of one host has nothing else to pick (test_envoy_retries.py: where it does).
+def test_the_route_is_the_same_for_one_local_endpoint_as_for_two(failover: bool) -> None:
+    """Scaling a model from one pod to two changes its ClusterLoadAssignment only: a route that named
+    previous_hosts only where there is another host to pick would be an RDS update, which refills every
+    model's rate-limit buckets (test_rate_limit_updates.py)."""
     remote = RemoteBackend("api.example.com", 443) if failover else None
-    model = _model(endpoints=tuple(Endpoint("127.0.0.1", 9000 + i) for i in range(endpoints)), remote=remote,
-                   failover=failover)  # fmt: skip
-    policy = _route(_gateway(model), "m/default").route.retry_policy
-    assert [p.name for p in policy.retry_host_predicate] == (
-        ["envoy.retry_host_predicates.previous_hosts"] if endpoints > 1 else []
-    )
-    assert policy.host_selection_retry_max_attempts == (3 if endpoints > 1 else 0)
-    # The other side, with failover, stays whatever the endpoints (test_envoy_failover.py proves it needed).
+    models = [
+        _model(endpoints=tuple(Endpoint("127.0.0.1", 9000 + i) for i in range(count)), remote=remote, failover=failover)
+        for count in (1, 2)
+    ]
+    routes = [_route(_gateway(model), "m/default") for model in models]
+    assert routes[0] == routes[1]
+    policy = routes[0].route.retry_policy
+    assert [p.name for p in policy.retry_host_predicate] == ["envoy.retry_host_predicates.previous_hosts"]
+    assert policy.host_selection_retry_max_attempts == 3
+    # The other side, with failover (test_envoy_failover.py proves it needed).
     assert policy.retry_priority.name == ("envoy.retry_priorities.previous_priorities" if failover else "")
 
 
