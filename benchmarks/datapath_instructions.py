@@ -97,7 +97,13 @@ def _post(conn: http.client.HTTPConnection, kind: str) -> None:
         raise BenchError(f"{kind}-routed request answered {response.status}")
 
 
-def _first_connection(port: int, kind: str, timeout: float) -> http.client.HTTPConnection:
+class PortLost(BenchError):
+    """Envoy exited because its listener's port was taken: under valgrind it binds seconds after the port
+    was picked, time enough for another process (a parallel count) to take it. Worth a new port."""
+
+
+def _first_connection(port: int, kind: str, timeout: float, proc: subprocess.Popen[bytes],
+                      log_path: Path) -> http.client.HTTPConnection:  # fmt: skip
     deadline = time.monotonic() + timeout
     while True:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -106,6 +112,13 @@ def _first_connection(port: int, kind: str, timeout: float) -> http.client.HTTPC
             return conn
         except (OSError, http.client.HTTPException, BenchError):
             conn.close()
+            if proc.poll() is not None:
+                # Not the deadline's 180 s: an Envoy that exited will not answer.
+                tail = log_path.read_text(errors="replace")[-2000:]
+                lost = "already in use" in tail
+                raise (PortLost if lost else BenchError)(
+                    f"Envoy exited ({proc.returncode}) before answering on port {port}: {tail}"
+                ) from None
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
@@ -137,7 +150,7 @@ def count(bootstrap: dict[str, Any], kind: str, requests: int, workdir: Path, na
         # The one listener with an address (failover's internal listeners have none).
         port = next(int(listener["address"]["socket_address"]["port_value"])
                     for listener in bootstrap["static_resources"]["listeners"] if "address" in listener)
-        conn = _first_connection(port, kind, timeout=180)
+        conn = _first_connection(port, kind, 180, proc, run_dir / "valgrind.log")
         for _ in range(WARM_UP):
             _post(conn, kind)
         control = partial(_control, proc.pid)
@@ -227,13 +240,20 @@ def run(requests: int, repeats: int, baseline: Path | None, only: tuple[str, ...
 
         def one(task: tuple[str, str, Any, int]) -> dict[str, Any]:
             side, kind, make, repeat = task
-            if keep is None:
-                result = count(make(free_port()), kind, requests, workdir, f"s{abs(hash(side)) % 10**6}",
-                               simulate=simulate, last_level=last_level)  # fmt: skip
-            else:
-                slug = re.sub(r"[^a-z0-9]+", "-", side.lower()).strip("-")[:60]
-                result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep, simulate,
-                               last_level, dump_instr)  # fmt: skip
+            for attempt in range(3):
+                try:
+                    if keep is None:
+                        result = count(make(free_port()), kind, requests, workdir, f"s{abs(hash(side)) % 10**6}",
+                                       simulate=simulate, last_level=last_level)  # fmt: skip
+                    else:
+                        slug = re.sub(r"[^a-z0-9]+", "-", side.lower()).strip("-")[:60]
+                        result = count(make(free_port()), kind, requests, workdir, f"{slug}-r{repeat}", keep,
+                                       simulate, last_level, dump_instr)  # fmt: skip
+                    break
+                except PortLost:
+                    if attempt == 2:
+                        raise
+                    log(f"    {kind:6} port taken before Envoy bound it; again on another  {side}")
             log(f"    {kind:6} {result['instructions_per_request']:9.0f} instructions / request  {side}")
             return {"side": side, "kind": kind, "repeat": repeat, **result}
 
