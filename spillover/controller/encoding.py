@@ -77,6 +77,7 @@ class _Routes:
     run: int
     runs: tuple[bytes, ...]  # the concatenated routes of pieces[i * run : (i + 1) * run]
     sums: tuple[int, ...]  # the sum of those pieces' `route_term`s
+    prefix_hash: bool  # joined by the table whose slow-path routes enable spillover.prefix_hash
 
 
 @dataclass(eq=False, slots=True)
@@ -100,6 +101,7 @@ class _Basis:
     # With split_weights "runtime": the entries of each model that has any (those that spill), and the layer.
     weights: dict[str, tuple[tuple[str, int], ...]] | None = None
     layer: Mapping[str, Resource] = field(default_factory=lambda: _NO_LAYER)
+    prefix_hashed: int = 0  # how many pieces' routes turn spillover.prefix_hash on
 
 
 def _layer(weights: Mapping[str, tuple[tuple[str, int], ...]]) -> Mapping[str, Resource]:
@@ -144,7 +146,8 @@ class SnapshotBuilder:
             raise ValueError("run must be >= 1")
         self.pieces = pieces if pieces is not None else PieceCache()
         self.run = run
-        self._table = RouteTable()
+        # The slow-path routes differ with whether some model uses prefix_hash (routes.py `_slow_path`).
+        self._tables = {flag: RouteTable(prefix_hash=flag) for flag in (False, True)}
         self._listeners: dict[ir.Listener, Resource] = {}
         # The last snapshot built, whatever its group: a group seen for the first time is built from it
         # (most groups serve the same models). Weak: it is the groups' to keep, not the builder's.
@@ -159,9 +162,12 @@ class SnapshotBuilder:
             self._listeners[listener] = resource
         return resource
 
-    def _route_table(self, pieces: Sequence[Piece], previous: _Routes | None = None, dirty: Iterable[int] = ()) -> _Routes:
+    def _route_table(
+        self, pieces: Sequence[Piece], prefix_hash: bool, previous: _Routes | None = None, dirty: Iterable[int] = ()
+    ) -> _Routes:
         """From `previous` (of pieces with the same names in the same places) with the pieces at `dirty`
-        changed, else from every piece."""
+        changed, else from every piece; `prefix_hash`: some piece turns it on (the other table's runs are
+        the same)."""
         run = self.run
         if previous is not None and previous.run == run:
             runs, sums = list(previous.runs), list(previous.sums)
@@ -173,10 +179,11 @@ class SnapshotBuilder:
             starts = range(0, len(pieces), run)
             runs = [b"".join([p.routes for p in pieces[s : s + run]]) for s in starts]
             sums = [sum(p.route_term for p in pieces[s : s + run]) for s in starts]
+        table = self._tables[prefix_hash]
         resource = Resource.from_bytes(
-            ROUTE, ROUTE_CONFIG_NAME, self._table.join(runs), version=self._table.version(sum(sums), len(pieces))
+            ROUTE, ROUTE_CONFIG_NAME, table.join(runs), version=table.version(sum(sums), len(pieces))
         )
-        return _Routes(resource, run, tuple(runs), tuple(sums))
+        return _Routes(resource, run, tuple(runs), tuple(sums), prefix_hash)
 
     def snapshot(self, gateway: ir.Gateway, previous: Snapshot | None = None) -> Snapshot:
         """Raises ValueError on what the translation refuses, as `translate` does."""
@@ -228,7 +235,8 @@ class SnapshotBuilder:
             _count(holders, (r.name for r in piece.secrets), 1)
             _count(references, piece.references, 1)
         by_type[SECRET] = _sorted(secrets)
-        routes = self._route_table(pieces)
+        hashed = sum(p.prefix_hash for p in pieces)
+        routes = self._route_table(pieces, hashed > 0)
         by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
         weights, layer = None, _NO_LAYER
         if gateway.split_weights == "runtime":
@@ -238,7 +246,7 @@ class SnapshotBuilder:
         by_type[RUNTIME] = layer
         basis = _Basis(
             self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
-            gateway.failover_remote, weights, layer,
+            gateway.failover_remote, weights, layer, hashed,
         )
         return self._snapshot(by_type, basis)
 
@@ -339,15 +347,17 @@ class SnapshotBuilder:
             sums[LISTENER] = (total - old.mix + new.mix, number)
             changes[LISTENER] = changes[LISTENER] | {LISTENER_NAME}
         routes = basis.routes
+        # A model that starts or stops using prefix_hash may change the slow-path routes (the other table).
+        hashed = basis.prefix_hashed + sum(p.prefix_hash for p in added) - sum(p.prefix_hash for p in removed)
         if at is not None:
             dirty = [i for i in at if pieces[i].route_digest != basis.pieces[i].route_digest]
-            if dirty:
-                routes = self._route_table(pieces, basis.routes, dirty)
+            if dirty or (hashed > 0) != routes.prefix_hash:
+                routes = self._route_table(pieces, hashed > 0, basis.routes, dirty)
         elif len(removed) != len(added) or any(
             old.model.name != new.model.name or old.route_digest != new.route_digest
             for old, new in zip(removed, added, strict=True)
         ):
-            routes = self._route_table(pieces)  # other names, or in other places: every run again
+            routes = self._route_table(pieces, hashed > 0)  # other names, or in other places: every run again
         if routes is basis.routes:
             by_type[ROUTE] = previous.get(ROUTE)
             changes[ROUTE] = frozenset()
@@ -371,7 +381,7 @@ class SnapshotBuilder:
         by_type[RUNTIME] = layer
         basis = _Basis(
             self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
-            gateway.failover_remote, weights, layer,
+            gateway.failover_remote, weights, layer, hashed,
         )
         return self._snapshot(by_type, basis, previous, changes)
 

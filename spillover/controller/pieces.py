@@ -34,6 +34,7 @@ class Piece:
     weights: tuple[tuple[str, int], ...] = ()  # its entries in the split weights' layer
     listeners: tuple[Resource, ...] = ()  # its remote's internal listener (failover)
     failover_remote: str = "internal-listener"  # rendered with this Gateway.failover_remote
+    prefix_hash: bool = False  # its routes turn spillover.prefix_hash on (`EncodedModel.prefix_hash`)
 
     def of_type(self, type_url: str) -> tuple[Resource, ...]:
         if type_url == CLUSTER:
@@ -58,6 +59,7 @@ def _piece(model: ir.Model, runtime_weights: bool = False, failover_remote: str 
         model, encoded.routes, encoded.route_digest, route_term(encoded.route_digest), clusters, endpoints, secrets,
         references, runtime_weights, encoded.weights,
         tuple(Resource.from_bytes(LISTENER, name, body) for name, body in encoded.listeners), failover_remote,
+        encoded.prefix_hash,
     )
 
 
