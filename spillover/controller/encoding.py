@@ -23,11 +23,12 @@ import itertools
 import operator
 import time
 import weakref
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from spillover import ir
+from spillover.controller.pieces import Piece, PieceCache
 from spillover.names import (
     FAILOVER_REMOTE,
     LISTENER_NAME,
@@ -51,16 +52,12 @@ from spillover.server.resources import (
 from spillover.translate.encoded import (
     RouteTable,
     encode_listener,
-    encode_model,
     encode_split_layer,
-    route_term,
 )
 from spillover.translate.translator import check_gateway
 
 __all__ = ["Piece", "PieceCache", "SnapshotBuilder"]
 
-# The IR values kept per model name: one per distinct Envoy count among the groups, in practice.
-VARIANTS = 4
 # Per-model resource types (the route table is per gateway). The listeners: the gateway's own, and the
 # internal listeners of its failover models' remotes.
 _PER_MODEL = (CLUSTER, ENDPOINT, LISTENER)
@@ -72,88 +69,6 @@ RUN = 64
 _NO_LAYER: Mapping[str, Resource] = MappingProxyType({})
 
 
-@dataclass(eq=False, slots=True)
-class Piece:
-    """One model's IR value and its resources, encoded."""
-
-    model: ir.Model
-    routes: bytes
-    route_digest: bytes
-    route_term: int  # `route_term(route_digest)`: its share of the route table's version
-    clusters: tuple[Resource, ...]
-    endpoints: tuple[Resource, ...]
-    secrets: tuple[Resource, ...]
-    # The secret names its own resources refer to (of its own secrets and its remote's).
-    references: frozenset[str]
-    runtime_weights: bool = False  # rendered with its split in runtime (its routes then without it)
-    weights: tuple[tuple[str, int], ...] = ()  # its entries in the split weights' layer
-    listeners: tuple[Resource, ...] = ()  # its remote's internal listener (failover)
-    failover_remote: str = "internal-listener"  # rendered with this Gateway.failover_remote
-
-    def of_type(self, type_url: str) -> tuple[Resource, ...]:
-        if type_url == CLUSTER:
-            return self.clusters
-        if type_url == ENDPOINT:
-            return self.endpoints
-        if type_url == LISTENER:
-            return self.listeners
-        return self.secrets
-
-
-def _piece(model: ir.Model, runtime_weights: bool = False, failover_remote: str = "internal-listener") -> Piece:
-    encoded = encode_model(model, runtime_weights, failover_remote)
-    clusters = tuple(Resource.from_bytes(CLUSTER, name, body) for name, body in encoded.clusters)
-    endpoints = tuple(Resource.from_bytes(ENDPOINT, name, body) for name, body in encoded.endpoints)
-    secrets = tuple(Resource.from_bytes(SECRET, name, body) for name, body in encoded.secrets)
-    candidates = {name for name, _ in encoded.secrets}
-    if model.remote is not None and model.remote.bearer_token_secret_name:
-        candidates.add(model.remote.bearer_token_secret_name)
-    references = secret_references((*clusters, *endpoints), candidates) if candidates else frozenset()
-    return Piece(
-        model, encoded.routes, encoded.route_digest, route_term(encoded.route_digest), clusters, endpoints, secrets,
-        references, runtime_weights, encoded.weights,
-        tuple(Resource.from_bytes(LISTENER, name, body) for name, body in encoded.listeners), failover_remote,
-    )
-
-
-class PieceCache:
-    """Encoded models by IR value, shared by every group; at most `variants` values per model name."""
-
-    def __init__(self, variants: int = VARIANTS) -> None:
-        self.variants = variants
-        self._by_name: dict[str, list[Piece]] = {}
-        self.encoded = 0  # models translated so far (what the tests and benchmarks count)
-
-    def piece(self, model: ir.Model, runtime_weights: bool = False, failover_remote: str = "internal-listener") -> Piece:
-        entries = self._by_name.get(model.name)
-        if entries is not None:
-            for index, known in enumerate(entries):
-                if (
-                    (known.model is model or known.model == model)
-                    and known.runtime_weights == runtime_weights
-                    and known.failover_remote == failover_remote
-                ):
-                    if index:
-                        entries.insert(0, entries.pop(index))
-                    return known
-        piece = _piece(model, runtime_weights, failover_remote)  # a ValueError leaves nothing behind
-        self.encoded += 1
-        if entries is None:
-            self._by_name[model.name] = [piece]
-        else:
-            entries.insert(0, piece)
-            del entries[self.variants :]
-        return piece
-
-    def retain(self, names: Collection[str]) -> None:
-        """Forget the models not named (gone from the policies)."""
-        for name in [n for n in self._by_name if n not in names]:
-            del self._by_name[name]
-
-    def __len__(self) -> int:
-        return sum(len(entries) for entries in self._by_name.values())
-
-
 @dataclass(frozen=True, eq=False, slots=True)
 class _Routes:
     """The route table and what it was joined from: the pieces' routes in runs of `run` pieces."""
@@ -162,6 +77,7 @@ class _Routes:
     run: int
     runs: tuple[bytes, ...]  # the concatenated routes of pieces[i * run : (i + 1) * run]
     sums: tuple[int, ...]  # the sum of those pieces' `route_term`s
+    prefix_hash: bool  # joined by the table whose slow-path routes enable spillover.prefix_hash
 
 
 @dataclass(eq=False, slots=True)
@@ -185,6 +101,7 @@ class _Basis:
     # With split_weights "runtime": the entries of each model that has any (those that spill), and the layer.
     weights: dict[str, tuple[tuple[str, int], ...]] | None = None
     layer: Mapping[str, Resource] = field(default_factory=lambda: _NO_LAYER)
+    prefix_hashed: int = 0  # how many pieces' routes turn spillover.prefix_hash on
 
 
 def _layer(weights: Mapping[str, tuple[tuple[str, int], ...]]) -> Mapping[str, Resource]:
@@ -229,7 +146,8 @@ class SnapshotBuilder:
             raise ValueError("run must be >= 1")
         self.pieces = pieces if pieces is not None else PieceCache()
         self.run = run
-        self._table = RouteTable()
+        # The slow-path routes differ with whether some model uses prefix_hash (routes.py `_slow_path`).
+        self._tables = {flag: RouteTable(prefix_hash=flag) for flag in (False, True)}
         self._listeners: dict[ir.Listener, Resource] = {}
         # The last snapshot built, whatever its group: a group seen for the first time is built from it
         # (most groups serve the same models). Weak: it is the groups' to keep, not the builder's.
@@ -244,9 +162,12 @@ class SnapshotBuilder:
             self._listeners[listener] = resource
         return resource
 
-    def _route_table(self, pieces: Sequence[Piece], previous: _Routes | None = None, dirty: Iterable[int] = ()) -> _Routes:
+    def _route_table(
+        self, pieces: Sequence[Piece], prefix_hash: bool, previous: _Routes | None = None, dirty: Iterable[int] = ()
+    ) -> _Routes:
         """From `previous` (of pieces with the same names in the same places) with the pieces at `dirty`
-        changed, else from every piece."""
+        changed, else from every piece; `prefix_hash`: some piece turns it on (the other table's runs are
+        the same)."""
         run = self.run
         if previous is not None and previous.run == run:
             runs, sums = list(previous.runs), list(previous.sums)
@@ -258,10 +179,11 @@ class SnapshotBuilder:
             starts = range(0, len(pieces), run)
             runs = [b"".join([p.routes for p in pieces[s : s + run]]) for s in starts]
             sums = [sum(p.route_term for p in pieces[s : s + run]) for s in starts]
+        table = self._tables[prefix_hash]
         resource = Resource.from_bytes(
-            ROUTE, ROUTE_CONFIG_NAME, self._table.join(runs), version=self._table.version(sum(sums), len(pieces))
+            ROUTE, ROUTE_CONFIG_NAME, table.join(runs), version=table.version(sum(sums), len(pieces))
         )
-        return _Routes(resource, run, tuple(runs), tuple(sums))
+        return _Routes(resource, run, tuple(runs), tuple(sums), prefix_hash)
 
     def snapshot(self, gateway: ir.Gateway, previous: Snapshot | None = None) -> Snapshot:
         """Raises ValueError on what the translation refuses, as `translate` does."""
@@ -313,7 +235,8 @@ class SnapshotBuilder:
             _count(holders, (r.name for r in piece.secrets), 1)
             _count(references, piece.references, 1)
         by_type[SECRET] = _sorted(secrets)
-        routes = self._route_table(pieces)
+        hashed = sum(p.prefix_hash for p in pieces)
+        routes = self._route_table(pieces, hashed > 0)
         by_type[ROUTE] = MappingProxyType({ROUTE_CONFIG_NAME: routes.resource})
         weights, layer = None, _NO_LAYER
         if gateway.split_weights == "runtime":
@@ -323,7 +246,7 @@ class SnapshotBuilder:
         by_type[RUNTIME] = layer
         basis = _Basis(
             self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
-            gateway.failover_remote, weights, layer,
+            gateway.failover_remote, weights, layer, hashed,
         )
         return self._snapshot(by_type, basis)
 
@@ -424,15 +347,17 @@ class SnapshotBuilder:
             sums[LISTENER] = (total - old.mix + new.mix, number)
             changes[LISTENER] = changes[LISTENER] | {LISTENER_NAME}
         routes = basis.routes
+        # A model that starts or stops using prefix_hash may change the slow-path routes (the other table).
+        hashed = basis.prefix_hashed + sum(p.prefix_hash for p in added) - sum(p.prefix_hash for p in removed)
         if at is not None:
             dirty = [i for i in at if pieces[i].route_digest != basis.pieces[i].route_digest]
-            if dirty:
-                routes = self._route_table(pieces, basis.routes, dirty)
+            if dirty or (hashed > 0) != routes.prefix_hash:
+                routes = self._route_table(pieces, hashed > 0, basis.routes, dirty)
         elif len(removed) != len(added) or any(
             old.model.name != new.model.name or old.route_digest != new.route_digest
             for old, new in zip(removed, added, strict=True)
         ):
-            routes = self._route_table(pieces)  # other names, or in other places: every run again
+            routes = self._route_table(pieces, hashed > 0)  # other names, or in other places: every run again
         if routes is basis.routes:
             by_type[ROUTE] = previous.get(ROUTE)
             changes[ROUTE] = frozenset()
@@ -456,7 +381,7 @@ class SnapshotBuilder:
         by_type[RUNTIME] = layer
         basis = _Basis(
             self, gateway.listener, pieces, routes, models, holders, references, sums, gateway.split_weights,
-            gateway.failover_remote, weights, layer,
+            gateway.failover_remote, weights, layer, hashed,
         )
         return self._snapshot(by_type, basis, previous, changes)
 

@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from spillover.ir import Gateway, Listener, Model
 from spillover.translate.listener import build_listener
 from spillover.translate.route_table import model_table_entry, route_configuration
+from spillover.translate.routes import uses_prefix_hash
 from spillover.translate.translator import split_layer, translate_model
 from spillover.wire import varint
 
@@ -73,6 +74,8 @@ class EncodedModel:
     weights: tuple[tuple[str, int], ...] = ()
     # The internal listener of its remote with failover (see spillover.translate.failover).
     listeners: tuple[tuple[str, bytes], ...] = ()
+    # Its routes turn spillover.prefix_hash on: the table needs `RouteTable(prefix_hash=True)` while any does.
+    prefix_hash: bool = False
 
 
 def encode_model(
@@ -89,6 +92,7 @@ def encode_model(
         secrets=tuple((name, _encode(m)) for name, m in own.secrets.items()),
         weights=tuple(sorted(own.weights.items())),
         listeners=tuple((name, _encode(m)) for name, m in own.listeners.items()),
+        prefix_hash=uses_prefix_hash(own.routes),
     )
 
 
@@ -110,13 +114,16 @@ def route_term(digest: bytes) -> int:
 
 class RouteTable:
     """The RouteConfiguration's fixed parts (its name, the virtual host, the slow-path and 404 routes,
-    the matchers around the `x-model` map), encoded once; `join` puts the models' entries in the map."""
+    the matchers around the `x-model` map), encoded once; `join` puts the models' entries in the map.
+    `prefix_hash`: the slow-path routes put spillover.prefix_hash in the chain, as a table of which some
+    model uses it needs (`EncodedModel.prefix_hash`); the two tables' versions differ."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix_hash: bool = True) -> None:
+        self.prefix_hash = prefix_hash
         # A table of one model, for the messages around the map; without models there is no map at all.
-        empty = route_configuration([])
+        empty = route_configuration([], prefix_hash)
         self._empty = _encode(empty)
-        config = route_configuration([("-", [])])
+        config = route_configuration([("-", [])], prefix_hash)
         if len(config.virtual_hosts) != 1:
             raise AssertionError("the route table is joined for exactly one virtual host")
         self._levels: list[tuple[bytes, bytes, bytes]] = []  # (before, tag, after), outermost first

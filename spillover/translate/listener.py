@@ -24,7 +24,8 @@ configuring it: a request whose route needs neither (no prefix-cache, no failove
 rewrites the host) has neither in its chain. Envoy builds a request's filter chain from the route it
 first matches, and a body-routed request first matches ``body-model`` or a slow-path route, not its
 model's: those routes enable both (routes._slow_path), which then read the model route's configuration,
-after the route is chosen again. The chain is the same for every gateway whatever its models use, so a
+after the route is chosen again; 5 only while some model of the gateway uses prefix-cache (otherwise no
+route reads it: one Lua run less per body-routed request). The chain is the same for every gateway whatever its models use, so a
 policy change never touches LDS (a listener update drains connections): routes switch the per-route
 filters on and off.
 """

@@ -23,6 +23,7 @@ from spillover.translate.routes import (
     PROFILE_HEADER_AIBRIX,
     not_found_routes,
     slow_path_routes,
+    uses_prefix_hash,
 )
 
 __all__ = ["model_table_entry", "route_configuration", "table_routes"]
@@ -65,15 +66,19 @@ def model_table_entry(
 
 
 def route_configuration(
-    models: Sequence[tuple[str, Sequence[route_components_pb2.Route]]],
+    models: Sequence[tuple[str, Sequence[route_components_pb2.Route]]], prefix_hash: bool | None = None
 ) -> route_pb2.RouteConfiguration:
     """The table as a matcher that selects what the list (slow-path routes, every model's routes in name
     order, the 404s) did. The slow-path routes came first: ``normalize-model-header`` needs ``x-model`` absent, so the map
     can't pass it over, and it heads the map's fallback; ``normalize-profile-header`` can precede any
     model's routes, so its condition is checked before the map, with the model header's route before
     it as in the list. Within a model's entry (or the fallback) Envoy still matches each route in
-    order. `models`: (name, routes) in name order; without models, the fallback alone."""
-    model_header, profile_header = slow_path_routes()
+    order. `models`: (name, routes) in name order; without models, the fallback alone. `prefix_hash`:
+    whether the slow-path routes put spillover.prefix_hash in the chain (routes.py `_slow_path`); by
+    default, when some model's routes use it."""
+    if prefix_hash is None:
+        prefix_hash = any(uses_prefix_hash(routes) for _, routes in models)
+    model_header, profile_header = slow_path_routes(prefix_hash)
     host = route_components_pb2.VirtualHost(name=VIRTUAL_HOST_NAME, domains=["*"])
     aibrix_profile = host.matcher.matcher_list.matchers.add()
     both = aibrix_profile.predicate.and_matcher.predicate
@@ -88,7 +93,7 @@ def route_configuration(
         tree.input.CopyFrom(_header_input(MODEL_HEADER))
         for name, routes in models:
             tree.exact_match_map.map[name].CopyFrom(_route_list(routes))
-    by_model.on_no_match.CopyFrom(_route_list([model_header, *not_found_routes()]))
+    by_model.on_no_match.CopyFrom(_route_list([model_header, *not_found_routes(prefix_hash)]))
     return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=[host])
 
 

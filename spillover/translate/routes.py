@@ -33,6 +33,7 @@ flip changes no route, and the route table's bytes (and Envoy's token buckets) s
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
@@ -85,6 +86,7 @@ __all__ = [
     "not_found_routes",
     "runtime_split",
     "slow_path_routes",
+    "uses_prefix_hash",
 ]
 
 # What a route whose weights come from runtime sends where runtime says nothing: all local.
@@ -132,17 +134,26 @@ def _fast_path(route: route_components_pb2.Route) -> None:
         route.typed_per_filter_config[name].CopyFrom(pack(FilterConfig(disabled=True)))
 
 
-def _slow_path(route: route_components_pb2.Route) -> None:
+def _slow_path(route: route_components_pb2.Route, prefix_hash: bool) -> None:
     """A body-routed request's chain is built on this route, before the normaliser finds its model's
     route: the filters that only a model route configures must be in it (off by default, listener.py).
     Envoy enables a filter for a route only by a config of it (a FilterConfig without one is refused),
     so each gets one that does nothing here; when they run, after the normaliser, they read the model
-    route's instead (or find none there and do nothing)."""
+    route's instead (or find none there and do nothing). `prefix_hash`: some model route configures
+    spillover.prefix_hash (`uses_prefix_hash`); without one it stays out of every chain, which saves a
+    body-routed request its Lua (about 5k of Envoy's instructions, benchmarks/results/datapath-prefix-hash-off.md)."""
     assert set(ROUTE_CONFIGURED_FILTERS) == {PREFIX_HASH_FILTER, CLIENT_HOST_FILTER}
-    route.typed_per_filter_config[PREFIX_HASH_FILTER].CopyFrom(pack(lua_pb2.LuaPerRoute(disabled=True)))
+    if prefix_hash:
+        route.typed_per_filter_config[PREFIX_HASH_FILTER].CopyFrom(pack(lua_pb2.LuaPerRoute(disabled=True)))
     # Envoy refuses a per-route header_to_metadata without rules; saving the client's host for a 404
     # (this route's own answer) is harmless.
     route.typed_per_filter_config[CLIENT_HOST_FILTER].CopyFrom(pack(client_host_config()))
+
+
+def uses_prefix_hash(routes: Iterable[route_components_pb2.Route]) -> bool:
+    """Whether a model's routes turn spillover.prefix_hash on (a prefix-cache strategy): then the slow-path
+    routes must put it in the chain (`_slow_path`)."""
+    return any(PREFIX_HASH_FILTER in route.typed_per_filter_config for route in routes)
 
 
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
@@ -378,10 +389,11 @@ def _missing_model_reply(route: route_components_pb2.Route) -> None:
     )
 
 
-def slow_path_routes() -> list[route_components_pb2.Route]:
+def slow_path_routes(prefix_hash: bool) -> list[route_components_pb2.Route]:
     """First in the table: requests whose model or profile is in a header the model routes don't match.
     They keep the normaliser on, which moves the value into ``x-model`` / ``config-profile`` (never
-    empty) so that the route chosen again is not this one; the 404 is only a guard."""
+    empty) so that the route chosen again is not this one; the 404 is only a guard. `prefix_hash`: as
+    `_slow_path`'s."""
     model_header = route_components_pb2.Route(
         name="normalize-model-header",
         match=route_components_pb2.RouteMatch(
@@ -390,7 +402,7 @@ def slow_path_routes() -> list[route_components_pb2.Route]:
     )
     # The header decides the model: the body is not needed.
     model_header.typed_per_filter_config[JSON_TO_METADATA_FILTER].CopyFrom(pack(FilterConfig(disabled=True)))
-    _slow_path(model_header)
+    _slow_path(model_header, prefix_hash)
     _missing_model_reply(model_header)
     aibrix_profile = route_components_pb2.Route(
         name="normalize-profile-header",
@@ -399,12 +411,13 @@ def slow_path_routes() -> list[route_components_pb2.Route]:
             headers=[_header_match(PROFILE_HEADER, absent=True), _header_match(PROFILE_HEADER_AIBRIX)],
         ),
     )
-    _slow_path(aibrix_profile)
+    _slow_path(aibrix_profile, prefix_hash)
     _missing_model_reply(aibrix_profile)
     return [model_header, aibrix_profile]
 
 
-def not_found_routes() -> list[route_components_pb2.Route]:
+def not_found_routes(prefix_hash: bool) -> list[route_components_pb2.Route]:
+    """The 404s, ``body-model`` and ``missing-model``; `prefix_hash`: as `_slow_path`'s."""
     unknown = route_components_pb2.Route(
         name="unknown-model",
         match=route_components_pb2.RouteMatch(prefix="/", headers=[_header_match(MODEL_HEADER)]),
@@ -466,12 +479,12 @@ def not_found_routes() -> list[route_components_pb2.Route]:
         body_model.typed_per_filter_config[name].CopyFrom(pack(FilterConfig(disabled=True)))
     # Body-routed requests land here first: their chain, built on this route, needs the filters only
     # model routes configure.
-    _slow_path(body_model)
+    _slow_path(body_model, prefix_hash)
     _missing_model_reply(body_model)
     missing = route_components_pb2.Route(
         name="missing-model", match=route_components_pb2.RouteMatch(prefix="/")
     )
     # Where a request that names its model only in its body lands first.
-    _slow_path(missing)
+    _slow_path(missing, prefix_hash)
     _missing_model_reply(missing)
     return [unknown, unknown_body, body_model, missing]

@@ -9,18 +9,21 @@ versions, which secrets are referenced, and what changed since the previous snap
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from envoy.config.route.v3 import route_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spillover.controller.encoding import RUN, PieceCache, SnapshotBuilder
-from spillover.ir import Gateway, Listener, Model, RemoteBackend, TrafficSplit
+from spillover.ir import Gateway, Listener, Model, Profile, RemoteBackend, TrafficSplit
 from spillover.names import LISTENER_NAME, SPLIT_RUNTIME_LAYER
 from spillover.server.cache import Snapshot
 from spillover.server.resources import LISTENER, PUSH_ORDER, ROUTE, RUNTIME, SECRET
 from spillover.translate import translate
+from spillover.translate.route_table import table_routes
 from tests.harness.ir_fleet import CHANGES, change, fleet, fleet_model
 
 
@@ -241,6 +244,64 @@ def test_a_new_listener_is_its_only_change() -> None:
     assert {t for t, names in second.changes_since(first).items() if names} == {
         "type.googleapis.com/envoy.config.listener.v3.Listener"
     }
+
+
+ALL_SLOW = {"normalize-model-header", "normalize-profile-header", "body-model", "missing-model"}
+
+
+def _hashing_slow_path(snapshot: Snapshot) -> set[str]:
+    """The slow-path routes of the snapshot's table that put spillover.prefix_hash in the chain."""
+    table = route_pb2.RouteConfiguration()
+    table.ParseFromString(snapshot.get(ROUTE)["spillover_routes"].body)
+    return {
+        r.name for r in table_routes(table) if r.name in ALL_SLOW and "spillover.prefix_hash" in r.typed_per_filter_config
+    }
+
+
+def _without_prefix_cache(model: Model) -> Model:
+    return dataclasses.replace(model, profiles=tuple(p for p in model.profiles if p.strategy != "prefix-cache"))
+
+
+def _with_prefix_cache(model: Model) -> Model:
+    return dataclasses.replace(model, profiles=(*model.profiles, Profile("chat", "prefix-cache")))
+
+
+def _replaced(gateway: Gateway, index: int, model: Model) -> Gateway:
+    return dataclasses.replace(gateway, models=(*gateway.models[:index], model, *gateway.models[index + 1 :]))
+
+
+
+def test_a_model_that_starts_or_stops_using_prefix_cache_switches_the_slow_path_routes() -> None:
+    # The slow-path routes put prefix_hash in the chain only while some model uses it: the fleet's first
+    # prefix-cache model (in place, added) and its last (in place, removed) change them too, and the
+    # in-place ones still re-join only the changed model's run.
+    builder = SnapshotBuilder(run=4)
+    gateway = fleet(20)
+    gateway = dataclasses.replace(gateway, models=tuple(_without_prefix_cache(m) for m in gateway.models))
+    snapshot = builder.snapshot(gateway)
+    _assert_same(snapshot, gateway)
+    assert _hashing_slow_path(snapshot) == set()
+    plain = gateway.models
+    added = _with_prefix_cache(fleet_model(0, name="z"))
+    steps: list[tuple[Callable[[Gateway], Gateway], set[str], int | None]] = [
+        (lambda g: _replaced(g, 9, _with_prefix_cache(plain[9])), ALL_SLOW, 2),  # the first, in place
+        (lambda g: _replaced(g, 13, _with_prefix_cache(plain[13])), ALL_SLOW, 3),  # models 9 and 13
+        (lambda g: _replaced(g, 13, plain[13]), ALL_SLOW, 3),  # 9 still does
+        (lambda g: _replaced(g, 9, plain[9]), set(), 2),  # the last one stops, in place
+        (lambda g: dataclasses.replace(g, models=(*g.models, added)), ALL_SLOW, None),  # added
+        (lambda g: dataclasses.replace(g, models=plain), set(), None),  # removed
+    ]
+    for step, (edit, hashing, run) in enumerate(steps):
+        gateway = edit(gateway)
+        previous, snapshot = snapshot, builder.snapshot(gateway, snapshot)
+        _assert_same(snapshot, gateway, previous)
+        assert _hashing_slow_path(snapshot) == hashing, step
+        assert snapshot.changes_since(previous)[ROUTE] == {"spillover_routes"}, step
+        if run is not None:
+            # O(changed): the runs of the other models are the previous table's objects.
+            before = previous.basis.routes.runs  # type: ignore[attr-defined]
+            after = snapshot.basis.routes.runs  # type: ignore[attr-defined]
+            assert [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a is not b] == [run], step
 
 
 _STEP = st.tuples(

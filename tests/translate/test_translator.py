@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
 
-from spillover.ir import Endpoint, Gateway, Model, Profile, RemoteBackend, TrafficSplit
+from spillover.ir import Endpoint, Gateway, Model, Profile, RemoteBackend, StrategyParams, TrafficSplit
 from spillover.names import LB_TAG_REGEX, STRATEGIES, is_local_cluster, local_cluster_prefix
 from spillover.translate import translate
 from spillover.translate.route_table import table_routes
@@ -157,6 +158,37 @@ def test_default_profile_has_a_single_route_so_a_single_token_bucket() -> None:
         "body-model",
         "missing-model",
     ]
+
+
+_SLOW_PATH_ROUTES = ("normalize-model-header", "normalize-profile-header", "body-model", "missing-model")
+
+
+@pytest.mark.parametrize("prefix_cache", ["none", "default", "named-profile"])
+def test_the_slow_path_routes_enable_prefix_hash_only_when_a_model_uses_it(prefix_cache: str) -> None:
+    # A body-routed request's chain is built on the slow-path route it lands on first: prefix_hash must be
+    # in it when its model's route hashes (prefix-cache), and needs not be (a Lua run per request) when no
+    # model's does.
+    plain = _model(name="a", profiles=(Profile("default", "least-request"),))
+    profiles = {
+        "none": (Profile("default", "random"),),
+        "default": (Profile("default", "prefix-cache", params=StrategyParams(prefix_chars=64)),),
+        "named-profile": (Profile("default", "random"), Profile("chat", "prefix-cache")),
+    }[prefix_cache]
+    routes = _routes(_gateway(plain, _model(name="b", profiles=profiles)))
+    slow = {r.name: r for r in routes if r.name in _SLOW_PATH_ROUTES}
+    assert sorted(slow) == sorted(_SLOW_PATH_ROUTES)
+    for route in slow.values():
+        configured = route.typed_per_filter_config
+        assert "spillover.client_host" in configured  # the other filter only model routes configure
+        if prefix_cache == "none":
+            assert "spillover.prefix_hash" not in configured, route.name
+        else:
+            per_route = lua_pb2.LuaPerRoute()
+            assert configured["spillover.prefix_hash"].Unpack(per_route), route.name
+            assert per_route.disabled, route.name  # in the chain, off here: the model route's runs it
+    hashing = [r.name for r in routes if "spillover.prefix_hash" in r.typed_per_filter_config]
+    assert hashing == ([] if prefix_cache == "none" else [*_SLOW_PATH_ROUTES[:2], *(
+        ["b/default"] if prefix_cache == "default" else ["b/chat"]), *_SLOW_PATH_ROUTES[2:]])
 
 
 @pytest.mark.parametrize(
