@@ -10,7 +10,6 @@ import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,184 +33,20 @@ from tests.harness.client import Response, request
 from tests.harness.envoy import Envoy
 from tests.harness.polling import wait_until
 from tests.harness.ports import free_port
-from tests.harness.static_bootstrap import to_static_bootstrap
-from tests.harness.upstream import HttpUpstream, make_self_signed_ca_and_cert
+from tests.harness.translated import CHAT, ep, served_by
+from tests.harness.upstream import make_self_signed_ca_and_cert
 
-CHAT = "/v1/chat/completions"
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
-class Gw:
-    """A started Envoy serving one translated gateway."""
-
-    def __init__(self, envoy: Envoy, port: int) -> None:
-        self.envoy = envoy
-        self.port = port
-
-    def post(
-        self, body: dict | str | None, headers: dict[str, str] | None = None, path: str = CHAT
-    ) -> Response:
-        hdrs = {"content-type": "application/json", **(headers or {})}
-        return request("POST", f"http://127.0.0.1:{self.port}{path}", body=body, headers=hdrs, timeout=10)
-
-    def counter(self, name: str) -> int:
-        return self.envoy.stats().get(name, 0)
-
-
-@pytest.fixture
-def gateway(envoy_factory: Callable[..., Envoy]) -> Callable[..., Gw]:
-    def start(*models: Model) -> Gw:
-        port = free_port()
-        resources = translate(Gateway("test", Listener("127.0.0.1", port), models))
-        envoy = envoy_factory(to_static_bootstrap(resources), name="translate")
-        wait_until(envoy.is_ready, timeout=15, message="envoy never became ready")
-        gw = Gw(envoy, port)
-        # The listener accepts once workers start; any HTTP answer proves it.
-        wait_until(lambda: gw.post({"model": "__probe__"}).status == 404, timeout=15, message="listener")
-        return gw
-
-    return start
-
-
-def _ep(upstream: HttpUpstream, weight: int = 1) -> Endpoint:
-    return Endpoint("127.0.0.1", upstream.port, weight)
-
-
-def _served_by(response: Response) -> str:
-    assert response.status == 200, (response.status, response.text)
-    return response.headers["x-upstream-name"]
-
-
-# -- model selection ------------------------------------------------------------------------------
-
-
-def test_body_and_header_model_routing_and_openai_404(gateway, upstream_factory) -> None:
-    a, b = upstream_factory("alpha-pod"), upstream_factory("beta-pod")
-    gw = gateway(Model("alpha", (_ep(a),)), Model("beta", (_ep(b),)))
-
-    assert _served_by(gw.post({"model": "alpha", "messages": []})) == "alpha-pod"
-    assert _served_by(gw.post({"model": "beta", "messages": []})) == "beta-pod"
-    utf8 = {"content-type": "application/json; charset=utf-8"}
-    assert _served_by(gw.post({"model": "beta"}, utf8)) == "beta-pod"
-    # The header wins over the body, and works without any JSON body at all.
-    assert _served_by(gw.post({"model": "alpha"}, {"x-model": "beta"})) == "beta-pod"
-    assert _served_by(gw.post("not json", {"content-type": "text/plain", "model": "alpha"})) == "alpha-pod"
-    assert (
-        _served_by(request("GET", f"http://127.0.0.1:{gw.port}/v1/models", headers={"x-model": "beta"}))
-        == "beta-pod"
-    )
-
-    unknown = gw.post({"model": 'gpt-"5'})
-    assert unknown.status == 404
-    assert unknown.headers["content-type"] == "application/json"
-    assert unknown.json() == {
-        "error": {
-            "message": 'The model `gpt-"5` does not exist',
-            "type": "invalid_request_error",
-            "param": "model",
-            "code": "model_not_found",
-        }
-    }
-    # An unknown header model is not rescued by a known body model: the header decides.
-    assert gw.post({"model": "alpha"}, {"x-model": "nope"}).json()["error"]["message"] == (
-        "The model `nope` does not exist"
-    )
-    missing = gw.post({"messages": []})
-    assert missing.status == 404
-    assert missing.json()["error"]["code"] == "model_not_found"
-    # The `model` header alone, and an empty x-model (ignored, as if absent: the body decides).
-    assert _served_by(gw.post({"messages": []}, {"model": "beta"})) == "beta-pod"
-    assert _served_by(gw.post({"model": "alpha"}, {"x-model": ""})) == "alpha-pod"
-    # A body model no header could carry is still named in the 404.
-    odd = "a\nb" + "x" * 300
-    assert gw.post({"model": odd}).json()["error"]["message"] == f"The model `{odd}` does not exist"
-    assert a.request_count == 3 and b.request_count == 5
-
-
-def _json_to_metadata_runs(gw: Gw) -> int:
-    """How many requests json_to_metadata looked at (its rq_* counters, whatever the outcome)."""
-    return sum(v for k, v in gw.envoy.stats().items() if k.startswith("json_to_metadata.rq."))
-
-
-def test_header_routed_requests_skip_the_body_filters(gateway, upstream_factory) -> None:
-    up = upstream_factory("pod")
-    gw = gateway(Model("m", (_ep(up),), profiles=(Profile("default", "random"), Profile("b", "random"))))
-    before = _json_to_metadata_runs(gw)
-    for headers in ({"x-model": "m"}, {"x-model": "m", "config-profile": "b"}, {"x-model": "nope"}):
-        gw.post({"model": "m", "messages": []}, headers)
-    assert _json_to_metadata_runs(gw) == before
-    # A body-routed request: the body-model Lua writes x-model, json_to_metadata (a parse of the whole
-    # body) does not run; the slow path's still does (a JSON media type in capitals).
-    assert _served_by(gw.post({"model": "m", "messages": []}, {"config-profile": "b"})) == "pod"
-    assert up.requests[-1]["headers"]["x-model"] == "m"
-    assert up.requests[-1]["headers"]["config-profile"] == "b"
-    assert _served_by(gw.post({"model": "m"}, {"content-type": "Application/JSON"})) == "pod"
-    wait_until(lambda: _json_to_metadata_runs(gw) == before + 1, timeout=5, message="slow path")
-
-
-def test_body_routing_edge_cases(gateway, upstream_factory) -> None:
-    """What the native body path hands to the slow path, and what it answers itself."""
-    up = upstream_factory("pod")
-    gw = gateway(Model("m", (_ep(up),)))
-    # A JSON media type in capitals is JSON too (the slow path reads it).
-    assert _served_by(gw.post({"model": "m"}, {"content-type": "Application/JSON"})) == "pod"
-    # The body decides over an empty `model` header; a number is no model's name.
-    assert _served_by(gw.post({"model": "m"}, {"model": ""})) == "pod"
-    assert gw.post({"model": 7}).json()["error"]["message"] == "The model `7` does not exist"
-    # Not JSON, no body, no model: the 404 of no model, and nothing reaches the upstream.
-    no_model: list[dict | str | None] = ["not json", None, {"model": None}, {"messages": []}]
-    for body in no_model:
-        missing = gw.post(body)
-        assert (missing.status, missing.json()["error"]["code"]) == (404, "model_not_found"), body
-    # The client's prefix-cache affinity never reaches the upstream (the model's route removes it).
-    assert _served_by(gw.post({"model": "m"}, {"x-spillover-prefix-hash": "forged"})) == "pod"
-    assert "x-spillover-prefix-hash" not in up.requests[-1]["headers"]
-    assert up.request_count == 3
-
-
-def test_body_model_is_the_top_level_key(gateway, upstream_factory) -> None:
-    """The body path reads the top level of the JSON object (lua.BODY_MODEL), not a parse of all of it:
-    the model wherever it stands among the keys, never a nested "model", the last of duplicates,
-    escapes decoded in keys and values; a body that is not a closed JSON object names no model."""
-    a, b = upstream_factory("a-pod"), upstream_factory("b-pod")
-    gw = gateway(Model("a", (_ep(a),)), Model("b/é", (_ep(b),)))
-    routed = [
-        # A quote after an escaped backslash ends the string; the escaped ones before it do not.
-        json.dumps({"messages": [{"role": "user", "content": 'x\\" , "model": "b/é"'}], "model": "a"}),
-        '{"tools": [{"model": "b/é", "deep": {"model": ["b/é"]}}], "n": -1.5e3, "ok": true, "model" : "a" }',
-        '{"model": "b/\\u00e9", "model": "a"}',
-        '{"mod\\u0065l": "a"}',
-        '\n {"stream": false, "model": "a", "max_tokens": null}\n',
-    ]
-    for body in routed:
-        assert _served_by(gw.post(body)) == "a-pod", body
-    assert _served_by(gw.post('{"model": "b/\\u00e9"}')) == "b-pod"
-    assert _served_by(gw.post('{"model": "b/é"}')) == "b-pod"  # UTF-8 as it is
-    no_model = ['{"model": "a"', '{"model": "a"} trailing', '["model", "a"]', '{"model": {"name": "a"}}',
-                '{"model": "a\\x"}', '{"messages": [}, "model": "a"', '{}', '{"model": ""}']  # fmt: skip
-    for body in no_model:
-        missing = gw.post(body)
-        assert missing.json()["error"]["message"].startswith("No model given"), body
-    assert gw.post('{"model": false}').json()["error"]["message"] == "The model `false` does not exist"
-    assert gw.post('{"model": 2.5}').json()["error"]["message"] == "The model `2.5` does not exist"
-    # A raw control character is no JSON string (no model); escaped, a carriage return or NUL can't go
-    # in a header, and the 404 names it from metadata (Envoy's formatter ends the name at a NUL).
-    assert gw.post('{"model": "a\tb"}').json()["error"]["message"].startswith("No model given")
-    for odd, named in (("a\rb", "a\rb"), ("a\x00b", "a")):
-        answer = gw.post(json.dumps({"model": odd}))
-        assert (answer.status, answer.json()["error"]["message"]) == (404, f"The model `{named}` does not exist")
-    assert a.request_count == len(routed) and b.request_count == 2
-    # The body is buffered whole (Envoy's 1 MiB buffer limit): a large one still routes, a larger one is
-    # refused with 413, as when json_to_metadata buffered it.
-    assert _served_by(gw.post({"messages": [{"content": "x" * 900_000}], "model": "a"})) == "a-pod"
-    assert gw.post({"model": "a", "messages": [{"content": "x" * 2_000_000}]}).status == 413
+# -- model selection (body routing: test_envoy_body_routing.py) ----------------------------------------
 
 
 def test_profile_header_selects_the_profile_cluster(gateway, upstream_factory) -> None:
     up = upstream_factory("pod")
     model = Model(
         "m",
-        (_ep(up),),
+        (ep(up),),
         profiles=(Profile("default", "random"), Profile("batch", "least-request")),
     )
     gw = gateway(model)
@@ -233,7 +68,7 @@ def test_profile_header_selects_the_profile_cluster(gateway, upstream_factory) -
     for model_header in ({}, {"x-model": "m"}):
         for headers, stat in cases:
             before = gw.counter(stat)
-            assert _served_by(gw.post({"model": "m"}, {**model_header, **headers})) == "pod"
+            assert served_by(gw.post({"model": "m"}, {**model_header, **headers})) == "pod"
 
             def counted(stat: str = stat, before: int = before) -> bool:
                 return gw.counter(stat) == before + 1
@@ -248,7 +83,7 @@ def test_session_affinity_keeps_each_session_on_one_endpoint(gateway, upstream_f
     ups = [upstream_factory(f"pod-{i}") for i in range(3)]
     model = Model(
         "chat",
-        tuple(_ep(u) for u in ups),
+        tuple(ep(u) for u in ups),
         profiles=(
             Profile("default", "session-affinity", params=StrategyParams(session_header="x-session-id")),
         ),
@@ -257,7 +92,7 @@ def test_session_affinity_keeps_each_session_on_one_endpoint(gateway, upstream_f
     homes: dict[str, set[str]] = {}
     for session in range(12):
         for turn in range(4):
-            served = _served_by(
+            served = served_by(
                 gw.post({"model": "chat", "messages": [turn]}, {"x-session-id": f"s{session}"})
             )
             homes.setdefault(f"s{session}", set()).add(served)
@@ -270,12 +105,12 @@ def test_least_request_avoids_a_slow_endpoint(gateway, upstream_factory) -> None
     slow = upstream_factory("slow", delay_s=1.5)
     fast = [upstream_factory(f"fast-{i}") for i in range(2)]
     gw = gateway(
-        Model("m", (_ep(slow), *(_ep(f) for f in fast)), profiles=(Profile("default", "least-request"),))
+        Model("m", (ep(slow), *(ep(f) for f in fast)), profiles=(Profile("default", "least-request"),))
     )
 
     def one(i: int) -> str:
         time.sleep(i * 0.02)  # staggered starts so that the slow pod's backlog is visible to P2C
-        return _served_by(gw.post({"model": "m"}))
+        return served_by(gw.post({"model": "m"}))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         served = Counter(pool.map(one, range(60)))
@@ -290,13 +125,13 @@ def test_least_latency_follows_eds_weights(gateway, upstream_factory) -> None:
         Model(
             "m",
             (
-                dataclasses.replace(_ep(a, 9), latency_weight=1),
-                dataclasses.replace(_ep(b, 1), latency_weight=9),
+                dataclasses.replace(ep(a, 9), latency_weight=1),
+                dataclasses.replace(ep(b, 1), latency_weight=9),
             ),
             profiles=(Profile("default", "least-latency"),),
         )
     )
-    served = Counter(_served_by(gw.post({"model": "m"})) for _ in range(100))
+    served = Counter(served_by(gw.post({"model": "m"})) for _ in range(100))
     assert 3 <= served["a"] <= 20, served
 
 
@@ -322,7 +157,7 @@ def test_prefix_cache_sends_equal_prefixes_to_one_endpoint(gateway, upstream_fac
     ups = [upstream_factory(f"pod-{i}") for i in range(3)]
     params = StrategyParams(prefix_chars=80)
     gw = gateway(
-        Model("m", tuple(_ep(u) for u in ups), profiles=(Profile("default", "prefix-cache", params=params),))
+        Model("m", tuple(ep(u) for u in ups), profiles=(Profile("default", "prefix-cache", params=params),))
     )
     homes: dict[int, set[str]] = {}
     for system in range(10):
@@ -333,7 +168,7 @@ def test_prefix_cache_sends_equal_prefixes_to_one_endpoint(gateway, upstream_fac
             response = gw.post(
                 body, {"x-spillover-prefix-hash": f"forged-{question}", **_routing(routed, "m")}
             )
-            homes.setdefault(system, set()).add(_served_by(response))
+            homes.setdefault(system, set()).add(served_by(response))
     assert all(len(pods) == 1 for pods in homes.values()), homes
     assert len(set().union(*homes.values())) >= 2, homes
     seen = {r["headers"].get("x-spillover-prefix-hash") for u in ups for r in u.requests}
@@ -343,7 +178,7 @@ def test_prefix_cache_sends_equal_prefixes_to_one_endpoint(gateway, upstream_fac
 def test_retries_move_connect_failures_to_another_endpoint(gateway, upstream_factory) -> None:
     up = upstream_factory("alive")
     dead = Endpoint("127.0.0.1", free_port())  # nothing listens: connection refused
-    gw = gateway(Model("m", (dead, _ep(up)), profiles=(Profile("default", "round-robin"),)))
+    gw = gateway(Model("m", (dead, ep(up)), profiles=(Profile("default", "round-robin"),)))
     assert [gw.post({"model": "m"}).status for _ in range(10)] == [200] * 10
     # Proof that the dead endpoint was tried and retried away from, not skipped.
     assert gw.counter("cluster.m_local_round_robin.upstream_rq_retry") >= 4
@@ -358,7 +193,7 @@ def test_requests_per_second_429_with_exact_header_and_body(gateway, upstream_fa
     gw = gateway(
         Model(
             "llama",
-            (_ep(up),),
+            (ep(up),),
             profiles=(Profile("default", "random", requests_per_second=5, total_requests_per_second=15),),
         )
     )
@@ -413,10 +248,10 @@ def test_weighted_split_and_remote_rewrites_headers_and_bearer_only_toward_remot
         bearer_token_secret_name="remote-oauth",
         bearer_token="tok-123",
     )
-    gw = gateway(Model("m", (_ep(local),), remote=backend, split=TrafficSplit(70, 30)))
+    gw = gateway(Model("m", (ep(local),), remote=backend, split=TrafficSplit(70, 30)))
     n = 200
     served = Counter(
-        _served_by(gw.post({"model": "m"}, {"authorization": "Bearer client-key"})) for _ in range(n)
+        served_by(gw.post({"model": "m"}, {"authorization": "Bearer client-key"})) for _ in range(n)
     )
     assert served["local"] + served["remote"] == n
     assert 0.18 * n <= served["remote"] <= 0.42 * n, served
@@ -446,7 +281,7 @@ def test_https_remote_with_sni_ca_and_health_check(gateway, upstream_factory, tm
     )
     gw = gateway(Model("m", (), remote=backend, split=TrafficSplit(0, 100)))
     _wait_healthy(gw.envoy, "m/remote")
-    assert _served_by(gw.post({"model": "m"})) == "remote-tls"
+    assert served_by(gw.post({"model": "m"})) == "remote-tls"
     traffic = [r for r in remote.requests if r["path"] == CHAT]
     assert traffic and traffic[-1]["sni"] == "models.remote.test"
     assert any(r["path"] == "/health" for r in remote.requests)
@@ -480,7 +315,7 @@ def test_https_remote_with_the_wrong_ca_is_refused(gateway, upstream_factory, tm
 
 def test_zero_zero_split_answers_503_json(gateway, upstream_factory) -> None:
     up = upstream_factory("pod")
-    gw = gateway(Model("m", (_ep(up),), split=TrafficSplit(0, 0)))
+    gw = gateway(Model("m", (ep(up),), split=TrafficSplit(0, 0)))
     response = gw.post({"model": "m"})
     assert response.status == 503
     assert json.loads(response.body)["error"]["code"] == "model_unavailable"
@@ -506,7 +341,7 @@ def test_resources_over_ads_with_sds_token_rotation(xds_server, envoy_factory, u
             "edge",
             Listener("127.0.0.1", port),
             (
-                Model("local-model", (_ep(local),)),
+                Model("local-model", (ep(local),)),
                 Model("remote-model", (), remote=backend, split=TrafficSplit(0, 100)),
             ),
         )
@@ -523,7 +358,7 @@ def test_resources_over_ads_with_sds_token_rotation(xds_server, envoy_factory, u
         return request("POST", f"http://127.0.0.1:{port}{CHAT}", body={"model": model}, timeout=5)
 
     wait_until(lambda: post("local-model").status == 200, timeout=10, message="local model over ADS")
-    assert _served_by(post("remote-model")) == "remote"
+    assert served_by(post("remote-model")) == "remote"
     assert remote.requests[-1]["headers"]["authorization"] == "Bearer first"
     assert "authorization" not in local.requests[-1]["headers"]
 
